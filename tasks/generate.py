@@ -1,0 +1,166 @@
+"""generate-candidates: k sampled responses per prompt from the current policy.
+
+Reads: the champion checkpoint and the round's training prompts.
+Writes: ``candidates.jsonl`` (one Candidate a line).
+
+Decoding is batched: prompts are rendered with the tokenizer's chat template,
+left-padded, and grouped by token length so a batch wastes little on padding;
+each candidate index has its own temperature, so one batch shares one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from infra.records import Candidate, Prompt
+from infra.settings import GenerateConfig
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    key: tuple  # caller's handle, returned with the text
+    prompt: str
+    temperature: float
+
+
+def render_chat(tokenizer, prompt_text: str) -> str:
+    messages = [{"role": "user", "content": prompt_text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def length_grouped_batches(requests: list[SampleRequest], lengths: list[int], batch_size: int):
+    """Batches of requests sharing a temperature, sorted by prompt length to keep padding small."""
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].temperature, lengths[i], i))
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == batch_size or requests[batch[0]].temperature != requests[i].temperature):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def sample_batched(
+    model,
+    tokenizer,
+    requests: list[SampleRequest],
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    top_p: float = 1.0,
+    progress: str | None = None,
+) -> dict[tuple, tuple[str, int]]:
+    """Decode every request; returns key -> (text, number of new tokens). Temperature 0 is greedy."""
+    rendered = [render_chat(tokenizer, r.prompt) for r in requests]
+    lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+    device = next(model.parameters()).device
+    eos_ids = _eos_ids(model, tokenizer)
+    results: dict[tuple, tuple[str, int]] = {}
+    bar = tqdm(total=len(requests), desc=progress, unit="seq", disable=progress is None)
+    for batch_no, batch in enumerate(length_grouped_batches(requests, lengths, batch_size)):
+        temperature = requests[batch[0]].temperature
+        enc = tokenizer(
+            [rendered[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
+        # A seed per batch: results do not depend on what ran before in the process.
+        torch.manual_seed(seed * 100_003 + batch_no)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos_ids,
+            top_k=None,
+            **sampling,
+        )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        for row, i in enumerate(batch):
+            ids = new_tokens[row].tolist()
+            n = _count_until_eos(ids, eos_ids, tokenizer.pad_token_id)
+            text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+            results[requests[i].key] = (text, n)
+        bar.update(len(batch))
+    bar.close()
+    return results
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _count_until_eos(ids: list[int], eos_ids: list[int], pad_id: int | None) -> int:
+    for n, token in enumerate(ids):
+        if token in eos_ids or token == pad_id:
+            return n
+    return len(ids)
+
+
+def generate_candidates(
+    model, tokenizer, prompts: list[Prompt], config: GenerateConfig, seed: int, progress: bool = True
+) -> list[Candidate]:
+    """k candidates per prompt, candidate i sampled at temperature i (cycled)."""
+    temps = [config.temperatures[i % len(config.temperatures)] for i in range(config.n_candidates)]
+    requests = [
+        SampleRequest(key=(p.id, i), prompt=p.text, temperature=temps[i])
+        for p in prompts
+        for i in range(config.n_candidates)
+    ]
+    decoded = sample_batched(
+        model,
+        tokenizer,
+        requests,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=seed,
+        top_p=config.top_p,
+        progress="generate-candidates" if progress else None,
+    )
+    return [
+        Candidate(prompt_id=r.key[0], index=r.key[1], text=decoded[r.key][0], temperature=r.temperature, n_tokens=decoded[r.key][1])
+        for r in requests
+    ]
+
+
+# --- Prefect task: load inputs, call the core, save outputs, log metrics -----------------
+
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="generate-candidates", cache_policy=NO_CACHE)
+def generate_candidates_task(ctx, checkpoint: str, prompts_key: str) -> str:
+    """Sample the round's candidates from the champion; returns the stage key."""
+    from infra.artifacts import read_jsonl, write_jsonl
+    from infra.models import load_model, load_tokenizer
+
+    config = ctx.config
+    prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_model(checkpoint, config.model)
+    seed = config.generate.seed * 1000 + ctx.round_index
+    started = time.perf_counter()
+    candidates = generate_candidates(model, tokenizer, prompts, config.generate, seed)
+    elapsed = time.perf_counter() - started
+    key = ctx.key("generate")
+    with ctx.store.stage(key, input_hash=checkpoint + prompts_key, config_hash=ctx.config_hash("model", "generate")) as out:
+        write_jsonl(out / "candidates.jsonl", candidates)
+    n_tokens = sum(c.n_tokens for c in candidates)
+    ctx.tracker.log_metrics(
+        {
+            "generate/n_candidates": len(candidates),
+            "generate/mean_tokens": n_tokens / max(len(candidates), 1),
+            "generate/tokens_per_s": n_tokens / elapsed if elapsed > 0 else 0.0,
+            "generate/seconds": elapsed,
+        }
+    )
+    return key

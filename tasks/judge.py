@@ -1,0 +1,140 @@
+"""judge: compare candidates for the same prompt, pair by pair.
+
+Reads: the round's prompts and ``candidates.jsonl``.
+Writes: ``judgments.jsonl`` (one Judgment per compared pair of candidates).
+
+A ``Judge`` maps (prompt, response A, response B) to a verdict with scores and
+a reason. Judges register by name (``JUDGES``) and configs refer to them so;
+the default ``verifier`` judge runs offline: a response scores the share of its
+prompt's constraints it satisfies (IFEval's checkers), minus a penalty for each
+failure mode it shows (verbose, sycophantic, evasive, repetitive, degenerate).
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from infra.records import Candidate, Judgment, Prompt, Verdict
+from infra.registry import Registry
+from infra.settings import JudgeConfig
+from tasks.constraints import constraint_score
+from tasks.failure_modes import detect_failure_modes
+
+
+@dataclass(frozen=True)
+class Comparison:
+    verdict: Verdict
+    score_a: float
+    score_b: float
+    reason: str
+
+
+class Judge(abc.ABC):
+    name: str = "judge"
+
+    @abc.abstractmethod
+    def compare(self, prompt: Prompt, response_a: str, response_b: str) -> Comparison:
+        """Which of two responses to ``prompt`` is better."""
+
+
+JUDGES: Registry[type[Judge]] = Registry("judge", base=Judge)
+
+
+@JUDGES.register("verifier", "ifeval")
+class VerifierJudge(Judge):
+    """Scores responses with machine checks; no model, no network."""
+
+    name = "verifier"
+
+    def __init__(self, config: JudgeConfig):
+        self.config = config
+        self._scores: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def score(self, prompt: Prompt, response: str) -> tuple[float, str]:
+        """Pointwise score of one response; memoised since each candidate meets k-1 others."""
+        key = (prompt.id, response)
+        if key not in self._scores:
+            self._scores[key] = self._score(prompt, response)
+        return self._scores[key]
+
+    def _score(self, prompt: Prompt, response: str) -> tuple[float, str]:
+        satisfied = constraint_score(response, prompt.constraints)
+        modes = [m for m, found in detect_failure_modes(response, self.config.verbose_words).items() if found]
+        score = satisfied - self.config.failure_penalty * len(modes)
+        why = f"constraints {satisfied:.2f}" + (f", failure modes: {', '.join(modes)}" if modes else "")
+        return score, why
+
+    def compare(self, prompt: Prompt, response_a: str, response_b: str) -> Comparison:
+        score_a, why_a = self.score(prompt, response_a)
+        score_b, why_b = self.score(prompt, response_b)
+        if abs(score_a - score_b) <= self.config.tie_margin:
+            verdict: Verdict = "tie"
+        else:
+            verdict = "A" if score_a > score_b else "B"
+        return Comparison(verdict, score_a, score_b, f"A: {why_a}; B: {why_b}")
+
+
+def build_judge(config: JudgeConfig) -> Judge:
+    return JUDGES.get(config.name)(config)
+
+
+def judge_pairs(
+    prompts: list[Prompt], candidates: list[Candidate], judge: Judge, progress: bool = True
+) -> list[Judgment]:
+    """Judge every pair of candidates of every prompt (k*(k-1)/2 comparisons a prompt)."""
+    by_prompt: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_prompt.setdefault(c.prompt_id, []).append(c)
+    prompt_by_id = {p.id: p for p in prompts}
+    missing = sorted(set(by_prompt) - set(prompt_by_id))
+    if missing:
+        raise ValueError(f"candidates refer to unknown prompts: {', '.join(missing[:5])}")
+    judgments = []
+    for prompt_id, group in tqdm(by_prompt.items(), desc="judge", unit="prompt", disable=not progress):
+        prompt = prompt_by_id[prompt_id]
+        for a, b in itertools.combinations(sorted(group, key=lambda c: c.index), 2):
+            result = judge.compare(prompt, a.text, b.text)
+            judgments.append(
+                Judgment(
+                    prompt_id=prompt_id,
+                    index_a=a.index,
+                    index_b=b.index,
+                    verdict=result.verdict,
+                    score_a=result.score_a,
+                    score_b=result.score_b,
+                    reason=result.reason,
+                    judge=judge.name,
+                )
+            )
+    return judgments
+
+
+def judge_summary(judgments: list[Judgment]) -> dict[str, float]:
+    n = len(judgments)
+    ties = sum(j.verdict == "tie" for j in judgments)
+    return {"judge/n_comparisons": n, "judge/tie_rate": ties / n if n else 0.0}
+
+
+# --- Prefect task -----------------------------------------------------------------------
+
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="judge", cache_policy=NO_CACHE)
+def judge_pairs_task(ctx, prompts_key: str, candidates_key: str) -> str:
+    """Judge every candidate pair of the round; returns the stage key."""
+    from infra.artifacts import read_jsonl, write_jsonl
+
+    prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
+    candidates = read_jsonl(ctx.store.local_path(candidates_key) / "candidates.jsonl", Candidate)
+    judgments = judge_pairs(prompts, candidates, build_judge(ctx.config.judge))
+    key = ctx.key("judge")
+    with ctx.store.stage(key, input_hash=candidates_key, config_hash=ctx.config_hash("judge")) as out:
+        write_jsonl(out / "judgments.jsonl", judgments)
+    ctx.tracker.log_metrics(judge_summary(judgments))
+    return key

@@ -1,0 +1,510 @@
+"""The self-play prompt set: everyday instructions carrying IFEval constraints.
+
+Reads: nothing for the built-in set; a JSONL file for source ``jsonl``.
+Writes: nothing; returns ``Prompt`` records, each marked ``train`` or ``eval``.
+
+The built-in set crosses ~90 topics with eight task forms and draws one or two
+compatible constraints per prompt from a fixed seed, e.g. "Write a short note to
+a neighbour about the parking rules on our street. Answer in fewer than 60
+words. Do not use the word "car"." Each constraint is stated in plain words that
+its checker kwargs encode exactly. Train and eval are split by topic, so the
+held-out set shares no prompt and no topic with the training pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from infra.records import Constraint, Prompt
+from infra.registry import Registry
+from infra.settings import PromptsConfig
+from tasks.constraints import ensure_punkt, validate_constraint
+
+# (slug, subject, keywords to require, tempting words to forbid). Forbidden words never
+# occur in the subject, so a prompt never forbids what it asks about.
+TOPICS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("parking-rules", "the parking rules on our street", ("space", "permit", "evening"), ("car", "vehicle")),
+    ("bicycle-gears", "bicycle gears", ("chain", "pedal", "hill"), ("speed", "easy")),
+    ("composting", "composting kitchen scraps", ("soil", "worms", "peel"), ("bin", "garden")),
+    ("grocery-budget", "saving money on groceries", ("list", "price", "season"), ("cheap", "coupon")),
+    ("houseplants", "keeping houseplants alive", ("water", "light", "pot"), ("green", "leaves")),
+    ("sleep", "getting better sleep", ("bedtime", "screen", "dark"), ("tired", "night")),
+    ("bread", "baking a simple loaf of bread", ("flour", "yeast", "oven"), ("dough", "knead")),
+    ("rainbows", "why rainbows appear", ("sunlight", "water", "angle"), ("rain", "prism")),
+    ("tides", "ocean tides", ("moon", "gravity", "shore"), ("water", "wave")),
+    ("recycling", "sorting household recycling", ("plastic", "paper", "glass"), ("waste", "trash")),
+    ("job-interview", "preparing for a job interview", ("questions", "research", "practice"), ("nervous", "boss")),
+    ("public-speaking", "speaking in front of a group", ("audience", "breath", "notes"), ("nervous", "fear")),
+    ("kitchen-burn", "treating a minor kitchen burn", ("cool", "water", "skin"), ("ice", "pain")),
+    ("daily-walk", "the benefits of a daily walk", ("heart", "mood", "steps"), ("exercise", "health")),
+    ("tea", "brewing a good cup of tea", ("leaves", "kettle", "minutes"), ("hot", "milk")),
+    ("coffee-grinding", "grinding coffee beans at home", ("grinder", "coarse", "fresh"), ("taste", "cup")),
+    ("passwords", "choosing strong passwords", ("length", "manager", "unique"), ("secure", "hacker")),
+    ("phishing", "spotting phishing emails", ("link", "sender", "urgent"), ("scam", "click")),
+    ("photo-backups", "backing up family photos", ("cloud", "drive", "copies"), ("lose", "phone")),
+    ("library", "using the local library", ("card", "borrow", "books"), ("free", "read")),
+    ("moving-house", "packing for a house move", ("boxes", "label", "tape"), ("heavy", "truck")),
+    ("dog-heat", "walking a dog in hot weather", ("paws", "shade", "water"), ("sun", "leash")),
+    ("litter-box", "keeping a cat's litter box clean", ("scoop", "daily", "smell"), ("dirty", "mess")),
+    ("bird-feeder", "setting up a bird feeder", ("seeds", "window", "squirrels"), ("garden", "food")),
+    ("bus-timetable", "reading a bus timetable", ("route", "stop", "times"), ("late", "ticket")),
+    ("train-tickets", "booking cheap train tickets", ("advance", "return", "seat"), ("price", "money")),
+    ("packing-light", "packing light for a weekend trip", ("bag", "layers", "toiletries"), ("suitcase", "clothes")),
+    ("jet-lag", "coping with jet lag", ("sleep", "daylight", "water"), ("tired", "flight")),
+    ("spending", "tracking monthly spending", ("income", "categories", "receipts"), ("money", "budget")),
+    ("emergency-fund", "building an emergency fund", ("savings", "months", "account"), ("money", "bank")),
+    ("thermostat", "setting a home thermostat in winter", ("degrees", "heating", "bill"), ("warm", "cold")),
+    ("warm-house", "keeping a house warm cheaply", ("curtains", "heating", "doors"), ("cold", "money")),
+    ("dripping-tap", "fixing a dripping tap", ("washer", "valve", "wrench"), ("water", "leak")),
+    ("light-bulbs", "choosing energy-saving light bulbs", ("watts", "lumens", "lifespan"), ("bright", "cheap")),
+    ("laundry", "washing clothes without shrinking them", ("label", "temperature", "cold"), ("hot", "dryer")),
+    ("ironing", "ironing a shirt", ("collar", "sleeves", "steam"), ("creases", "hot")),
+    ("coffee-stain", "removing a coffee stain", ("blot", "soap", "cold"), ("rub", "bleach")),
+    ("rice", "cooking fluffy rice", ("rinse", "pot", "lid"), ("water", "sticky")),
+    ("vegetable-soup", "making a simple vegetable soup", ("onion", "stock", "simmer"), ("pot", "carrot")),
+    ("knife-safety", "using a kitchen knife safely", ("grip", "board", "fingers"), ("sharp", "cut")),
+    ("meal-prep", "preparing lunches for the week", ("containers", "portions", "fridge"), ("food", "cook")),
+    ("hydration", "drinking enough water", ("bottle", "thirst", "daily"), ("glass", "health")),
+    ("stretching", "stretching after a run", ("muscles", "hold", "calves"), ("pain", "legs")),
+    ("desk-posture", "sitting well at a desk", ("chair", "screen", "back"), ("straight", "neck")),
+    ("eye-strain", "reducing eye strain from screens", ("breaks", "distance", "blink"), ("tired", "computer")),
+    ("meditation", "starting a short meditation habit", ("breath", "minutes", "quiet"), ("calm", "mind")),
+    ("journaling", "keeping a daily journal", ("notebook", "thoughts", "morning"), ("write", "diary")),
+    ("new-habit", "building a new habit", ("small", "cue", "routine"), ("easy", "goal")),
+    ("busy-week", "planning a busy week", ("calendar", "priorities", "tasks"), ("time", "stress")),
+    ("inbox", "keeping an email inbox tidy", ("folders", "archive", "unsubscribe"), ("messages", "delete")),
+    ("video-call", "joining a video call for the first time", ("camera", "microphone", "link"), ("zoom", "screen")),
+    ("phone-battery", "making a phone battery last longer", ("brightness", "apps", "charging"), ("power", "screen")),
+    ("home-wifi", "improving weak home wifi", ("router", "signal", "walls"), ("internet", "slow")),
+    ("printer", "fixing a printer that will not print", ("paper", "cable", "driver"), ("ink", "jam")),
+    ("food-bank", "volunteering at a food bank", ("shift", "donations", "sorting"), ("help", "people")),
+    ("noisy-neighbour", "asking a neighbour to keep the noise down", ("evening", "music", "polite"), ("loud", "angry")),
+    ("bin-day", "the new bin collection day", ("thursday", "recycling", "morning"), ("rubbish", "trash")),
+    ("street-party", "organising a street party", ("tables", "permission", "music"), ("fun", "food")),
+    ("balcony-tomatoes", "growing tomatoes on a balcony", ("pots", "sun", "water"), ("plants", "red")),
+    ("windowsill-herbs", "growing herbs on a windowsill", ("basil", "light", "soil"), ("green", "kitchen")),
+    ("lawn", "mowing a lawn", ("blades", "height", "weekly"), ("grass", "cut")),
+    ("snow-clearing", "clearing snow from a driveway", ("shovel", "salt", "ice"), ("cold", "car")),
+    ("smoke-alarm", "testing a smoke alarm", ("button", "battery", "monthly"), ("fire", "beep")),
+    ("flat-tyre", "fixing a flat bicycle tyre", ("tube", "pump", "patch"), ("wheel", "puncture")),
+    ("car-oil", "checking a car's oil", ("dipstick", "engine", "level"), ("dirty", "garage")),
+    ("road-trip", "planning a family road trip", ("snacks", "stops", "map"), ("car", "drive")),
+    ("tent", "pitching a tent", ("poles", "pegs", "ground"), ("rain", "wind")),
+    ("day-hike", "preparing for a day hike", ("boots", "water", "map"), ("mountain", "tired")),
+    ("adult-swimming", "learning to swim as an adult", ("lessons", "breathing", "pool"), ("water", "fear")),
+    ("chess", "the basic rules of chess", ("king", "pawn", "board"), ("game", "win")),
+    ("guitar-chords", "learning the first chords on a guitar", ("fingers", "strings", "practice"), ("music", "hard")),
+    ("reading-more", "reading more books", ("minutes", "library", "shelf"), ("time", "novel")),
+    ("phone-photos", "taking better photos with a phone", ("light", "angle", "focus"), ("camera", "picture")),
+    ("birthday-party", "planning a child's birthday party", ("guests", "cake", "games"), ("fun", "kids")),
+    ("thank-you-note", "a thank-you note for a birthday gift", ("kind", "thoughtful", "card"), ("present", "happy")),
+    ("missed-meeting", "apologising for missing a meeting", ("sorry", "reschedule", "agenda"), ("late", "forgot")),
+    ("wedding-toast", "a short toast at a friend's wedding", ("couple", "glasses", "cheers"), ("love", "marriage")),
+    ("volcanoes", "how volcanoes erupt", ("magma", "pressure", "crust"), ("lava", "hot")),
+    ("photosynthesis", "how plants make food from sunlight", ("leaves", "carbon", "sugar"), ("green", "energy")),
+    ("seasons", "why we have seasons", ("tilt", "axis", "orbit"), ("summer", "winter")),
+    ("moon-phases", "the phases of the moon", ("crescent", "sunlight", "orbit"), ("night", "full")),
+    ("vaccines", "how vaccines train the immune system", ("antibodies", "virus", "memory"), ("shot", "disease")),
+    ("thunder", "why thunder follows lightning", ("sound", "light", "distance"), ("storm", "loud")),
+    ("bees", "why bees matter to farms", ("pollen", "flowers", "crops"), ("honey", "insects")),
+    ("savings-interest", "how savings interest works", ("rate", "balance", "yearly"), ("money", "bank")),
+    ("credit-score", "what a credit score is", ("loans", "payments", "history"), ("debt", "bank")),
+    ("inflation", "what inflation means for shoppers", ("prices", "wages", "rise"), ("money", "expensive")),
+    ("local-election", "how a local election works", ("ballot", "candidates", "count"), ("vote", "politics")),
+    ("paper-map", "reading a paper map", ("scale", "north", "key"), ("compass", "road")),
+    ("clock-change", "changing the clocks for daylight saving", ("hour", "spring", "autumn"), ("time", "sleep")),
+    ("new-language", "learning a few words of a new language", ("phrases", "practice", "app"), ("hard", "grammar")),
+    ("bank-account", "opening a first bank account", ("identity", "branch", "card"), ("money", "savings")),
+    ("cover-letter", "writing a cover letter", ("role", "skills", "company"), ("job", "experience")),
+    ("meeting-notes", "taking notes in a meeting", ("actions", "decisions", "names"), ("write", "boring")),
+    ("halving-recipe", "halving a recipe", ("grams", "ingredients", "divide"), ("half", "cook")),
+    ("freezing-leftovers", "freezing leftovers safely", ("containers", "label", "thaw"), ("cold", "food")),
+    ("picnic", "packing a picnic", ("blanket", "sandwiches", "basket"), ("food", "park")),
+    ("sunscreen", "using sunscreen properly", ("spf", "reapply", "skin"), ("sun", "burn")),
+    ("cycling-to-work", "cycling to work", ("helmet", "lights", "route"), ("bike", "traffic")),
+    ("online-returns", "returning an item bought online", ("receipt", "refund", "parcel"), ("money", "shop")),
+    ("screen-time", "limiting children's screen time", ("rules", "outdoors", "evening"), ("phone", "tv")),
+    ("elderly-neighbour", "checking on an elderly neighbour in winter", ("visit", "heating", "groceries"),
+     ("old", "cold")),
+    ("rescue-dog", "adopting a rescue dog", ("shelter", "patience", "walks"), ("puppy", "home")),
+)
+
+# Task forms; "letter" forms take placeholders such as [name], the others do not.
+FORMS: tuple[tuple[str, bool], ...] = (
+    ("Explain {subject} to a beginner.", False),
+    ("Write a short email to a friend about {subject}.", True),
+    ("Give some practical tips about {subject}.", False),
+    ("Describe {subject} in plain language.", False),
+    ("Summarise the key facts about {subject}.", False),
+    ("List the main things to know about {subject}.", False),
+    ("Write a short note to a neighbour about {subject}.", True),
+    ("Answer a coworker who asked you about {subject}.", False),
+)
+PROMPTS_PER_FORM = 2
+
+END_PHRASES = ("Any other questions?", "Is there anything else I can help with?", "Hope this helps.", "That is all.")
+
+# Draw weights: biased toward what a 135M instruct model can learn to satisfy.
+WEIGHTS: dict[str, float] = {
+    "length_constraints:number_words": 4,
+    "change_case:english_lowercase": 3,
+    "startend:end_checker": 3,
+    "keywords:existence": 3,
+    "detectable_format:title": 3,
+    "punctuation:no_comma": 3,
+    "keywords:forbidden_words": 2,
+    "startend:quotation": 1.5,
+    "detectable_content:postscript": 1.5,
+    "detectable_format:number_bullet_lists": 1.5,
+    "length_constraints:number_sentences": 1,
+    "length_constraints:number_paragraphs": 1,
+    "change_case:english_capital": 1,
+    "detectable_format:json_format": 1,
+    "detectable_content:number_placeholders": 1,
+}
+
+# Pairs never drawn together: they contradict, or fight over the same part of the answer.
+_CONFLICTS = {
+    frozenset(pair)
+    for pair in [
+        ("change_case:english_lowercase", "change_case:english_capital"),
+        ("change_case:english_lowercase", "startend:end_checker"),
+        ("change_case:english_lowercase", "detectable_content:postscript"),
+        ("change_case:english_capital", "startend:end_checker"),
+        ("startend:end_checker", "detectable_content:postscript"),
+        # punkt counts "P.S." as a sentence of its own, which makes sentence limits a trap.
+        ("detectable_content:postscript", "length_constraints:number_sentences"),
+        ("startend:end_checker", "startend:quotation"),
+        ("detectable_content:postscript", "startend:quotation"),
+        ("startend:quotation", "detectable_format:title"),
+        ("startend:quotation", "detectable_format:number_bullet_lists"),
+        ("startend:quotation", "length_constraints:number_paragraphs"),
+        ("detectable_format:number_bullet_lists", "length_constraints:number_paragraphs"),
+        ("detectable_format:number_bullet_lists", "length_constraints:number_sentences"),
+        ("length_constraints:number_words", "length_constraints:number_sentences"),
+        ("length_constraints:number_words", "length_constraints:number_paragraphs"),
+        ("length_constraints:number_sentences", "length_constraints:number_paragraphs"),
+    ]
+}
+# JSON leaves room only for word choice (as in IFEval's own conflict table).
+_JSON_PARTNERS = {"keywords:existence", "keywords:forbidden_words"}
+
+
+def compatible(a: str, b: str) -> bool:
+    """Whether constraint types ``a`` and ``b`` may share a prompt."""
+    if a == b:
+        return False
+    if "detectable_format:json_format" in (a, b):
+        return ({a, b} - {"detectable_format:json_format"}) <= _JSON_PARTNERS
+    return frozenset((a, b)) not in _CONFLICTS
+
+
+def _quoted(words: list[str], joiner: str) -> str:
+    """'"a"', '"a" and "b"' or '"a" or "b"'."""
+    return f" {joiner} ".join(f'"{w}"' for w in words)
+
+
+def describe(constraint: Constraint) -> str:
+    """The constraint in plain words, stating exactly what its kwargs encode."""
+    kw = constraint.kwargs
+    match constraint.id:
+        case "length_constraints:number_words":
+            bound = "fewer than" if kw["relation"] == "less than" else "at least"
+            return f"Answer in {bound} {kw['num_words']} words."
+        case "length_constraints:number_sentences":
+            bound = "fewer than" if kw["relation"] == "less than" else "at least"
+            return f"Use {bound} {kw['num_sentences']} sentences."
+        case "length_constraints:number_paragraphs":
+            return f"Write exactly {kw['num_paragraphs']} paragraphs, separated by the markdown divider ***."
+        case "keywords:existence":
+            noun = "word" if len(kw["keywords"]) == 1 else "words"
+            return f"Include the {noun} {_quoted(kw['keywords'], 'and')}."
+        case "keywords:forbidden_words":
+            noun = "word" if len(kw["forbidden_words"]) == 1 else "words"
+            return f"Do not use the {noun} {_quoted(kw['forbidden_words'], 'or')}."
+        case "detectable_format:number_bullet_lists":
+            return f"Format the answer as exactly {kw['num_bullets']} bullet points, each line starting with \"* \"."
+        case "change_case:english_lowercase":
+            return "Write your entire answer in English using only lowercase letters, with no capitals."
+        case "change_case:english_capital":
+            return "Write your entire answer in English using only capital letters."
+        case "detectable_format:json_format":
+            return "Format your entire answer as valid JSON."
+        case "startend:end_checker":
+            return f"End your answer with the exact phrase \"{kw['end_phrase']}\" and nothing after it."
+        case "detectable_format:title":
+            return "Give your answer a title wrapped in double angular brackets, such as <<my title>>."
+        case "punctuation:no_comma":
+            return "Do not use any commas."
+        case "startend:quotation":
+            return "Wrap your entire answer in double quotation marks."
+        case "detectable_content:postscript":
+            return f"At the end, add a postscript starting with {kw['postscript_marker']}"
+        case "detectable_content:number_placeholders":
+            return f"Include at least {kw['num_placeholders']} placeholders in square brackets, such as [name]."
+    raise ValueError(f"no plain-words description for constraint {constraint.id!r}")
+
+
+def _draw_kwargs(kind: str, rng: random.Random, topic: tuple, taken: dict[str, Any]) -> dict[str, Any]:
+    """Arguments for one constraint of type ``kind`` on ``topic``."""
+    _, _, keywords, tempting = topic
+    match kind:
+        case "length_constraints:number_words":
+            # Generation stops near 96 tokens (~70 words), so "at least" stays modest.
+            if rng.random() < 0.75:
+                return {"num_words": rng.choice((25, 30, 40, 50, 60)), "relation": "less than"}
+            return {"num_words": rng.choice((20, 30, 40)), "relation": "at least"}
+        case "length_constraints:number_sentences":
+            if rng.random() < 0.6:
+                return {"num_sentences": rng.choice((3, 4, 5)), "relation": "less than"}
+            return {"num_sentences": rng.choice((2, 3)), "relation": "at least"}
+        case "length_constraints:number_paragraphs":
+            return {"num_paragraphs": rng.choice((2, 3))}
+        case "keywords:existence":
+            return {"keywords": sorted(rng.sample(keywords, rng.choice((1, 1, 2))))}
+        case "keywords:forbidden_words":
+            return {"forbidden_words": [rng.choice(tempting)]}
+        case "detectable_format:number_bullet_lists":
+            return {"num_bullets": rng.choice((2, 3, 3, 4, 5))}
+        case "startend:end_checker":
+            forbidden = set(taken.get("forbidden_words", ()))
+            # An end phrase must not contain a word the same prompt forbids.
+            phrases = [p for p in END_PHRASES if not forbidden & set(p.lower().rstrip("?.").split())]
+            return {"end_phrase": rng.choice(phrases)}
+        case "detectable_content:postscript":
+            return {"postscript_marker": "P.S."}
+        case "detectable_content:number_placeholders":
+            return {"num_placeholders": rng.choice((1, 2, 3))}
+    return {}
+
+
+def _draw_constraints(rng: random.Random, topic: tuple, letter_form: bool) -> list[Constraint]:
+    """One or two compatible constraints for a prompt on ``topic``."""
+    kinds = [k for k in WEIGHTS if letter_form or k != "detectable_content:number_placeholders"]
+    chosen: list[str] = []
+    for _ in range(rng.choice((1, 2, 2))):
+        options = [k for k in kinds if all(compatible(k, c) for c in chosen)]
+        chosen.append(rng.choices(options, weights=[WEIGHTS[k] for k in options])[0])
+    # Forbidden words first, so an end phrase can avoid them.
+    chosen.sort(key=lambda k: k != "keywords:forbidden_words")
+    taken: dict[str, Any] = {}
+    constraints = []
+    for kind in chosen:
+        kwargs = _draw_kwargs(kind, rng, topic, taken)
+        taken.update(kwargs)
+        constraints.append(Constraint(id=kind, kwargs=kwargs))
+    return constraints
+
+
+def _text_id(prefix: str, text: str) -> str:
+    """A stable id from the prompt text."""
+    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def eval_topics(seed: int, eval_topic_share: float) -> set[str]:
+    """The built-in topic slugs held out for evaluation."""
+    slugs = sorted(t[0] for t in TOPICS)
+    random.Random(f"flywheel-topic-split-{seed}").shuffle(slugs)
+    n_eval = min(len(slugs) - 1, max(1, round(eval_topic_share * len(slugs))))
+    return set(slugs[:n_eval])
+
+
+def builtin_prompts(seed: int, eval_topic_share: float) -> list[Prompt]:
+    """Every built-in prompt, each marked train or eval by its topic."""
+    held_out = eval_topics(seed, eval_topic_share)
+    prompts: list[Prompt] = []
+    for topic in TOPICS:
+        slug, subject = topic[0], topic[1]
+        # One generator per topic: adding a topic leaves the others' prompts unchanged.
+        rng = random.Random(f"flywheel-prompts-{seed}-{slug}")
+        texts: set[str] = set()
+        for form, letter_form in FORMS:
+            task = form.format(subject=subject)
+            for _ in range(PROMPTS_PER_FORM):
+                constraints = _draw_constraints(rng, topic, letter_form)
+                text = " ".join([task, *(describe(c) for c in constraints)])
+                if text in texts:
+                    continue
+                texts.add(text)
+                split = "eval" if slug in held_out else "train"
+                prompts.append(
+                    Prompt(id=_text_id(f"b-{slug}", text), text=text, constraints=constraints, topic=slug, split=split)
+                )
+    return prompts
+
+
+class PromptFileError(ValueError):
+    """A malformed prompt file; the message names the file and the line."""
+
+
+_LINE_KEYS = {"id", "text", "topic", "split", "constraints"}
+
+
+def _hash_share(key: str) -> float:
+    """A stable number in [0, 1) for ``key``."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def _parse_constraints(raw: Any) -> list[Constraint]:
+    """Constraints from a line's "constraints" value; ValueError says what is wrong."""
+    if not isinstance(raw, list):
+        raise ValueError(f'"constraints" must be a list, got {type(raw).__name__}')
+    constraints = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise ValueError(f'constraint {i} must be an object with a string "id"')
+        if set(item) - {"id", "kwargs"}:
+            raise ValueError(f"constraint {i} has unknown keys {sorted(set(item) - {'id', 'kwargs'})}")
+        kwargs = item.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise ValueError(f'constraint {i} "kwargs" must be an object')
+        constraint = Constraint(id=item["id"], kwargs=kwargs)
+        validate_constraint(constraint)
+        constraints.append(constraint)
+    return constraints
+
+
+def _parse_line(line: str) -> dict[str, Any]:
+    """One JSONL line as Prompt fields (split may be missing); ValueError says what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if set(obj) - _LINE_KEYS:
+        raise ValueError(f"unknown keys {sorted(set(obj) - _LINE_KEYS)}; allowed: {sorted(_LINE_KEYS)}")
+    if not isinstance(obj.get("text"), str) or not obj["text"].strip():
+        raise ValueError('"text" is required and must be a non-empty string')
+    for key in ("id", "topic"):
+        if key in obj and not isinstance(obj[key], str):
+            raise ValueError(f'"{key}" must be a string, got {type(obj[key]).__name__}')
+    if "id" in obj and not obj["id"].strip():
+        raise ValueError('"id" must not be empty')
+    if "split" in obj and obj["split"] not in ("train", "eval"):
+        raise ValueError(f'"split" must be "train" or "eval", got {obj["split"]!r}')
+    fields = {k: obj[k] for k in ("id", "topic", "split") if k in obj}
+    fields["text"] = obj["text"]
+    fields["constraints"] = _parse_constraints(obj.get("constraints", []))
+    fields.setdefault("id", _text_id("p", obj["text"]))
+    return fields
+
+
+def load_prompt_file(path: Path, eval_share: float = 0.25) -> list[Prompt]:
+    """Prompts from a JSONL file; lines without a split follow their topic's hash."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PromptFileError(f"{path}: cannot read prompt file: {exc.strerror}") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            fields = _parse_line(line)
+        except ValueError as exc:
+            raise PromptFileError(f"{path}: line {number}: {exc}") from None
+        if fields["id"] in seen:
+            first = seen[fields["id"]]
+            raise PromptFileError(f"{path}: line {number}: duplicate id {fields['id']!r} (first on line {first})")
+        seen[fields["id"]] = number
+        rows.append((number, fields))
+    if not rows:
+        raise PromptFileError(f"{path}: no prompts in file")
+    topic_split = _topic_splits(path, rows)
+    prompts = []
+    for _, fields in rows:
+        key = fields.get("topic") or fields["text"]
+        if "split" not in fields:
+            fields["split"] = topic_split.get(key) or ("eval" if _hash_share(key) < eval_share else "train")
+        prompts.append(Prompt(**fields))
+    return prompts
+
+
+def _topic_splits(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> dict[str, str]:
+    """Explicit splits by topic; a topic given both splits is an error."""
+    splits: dict[str, tuple[str, int]] = {}
+    for number, fields in rows:
+        topic, split = fields.get("topic"), fields.get("split")
+        if not topic or not split:
+            continue
+        if topic in splits and splits[topic][0] != split:
+            first_split, first_line = splits[topic]
+            raise PromptFileError(
+                f"{path}: line {number}: topic {topic!r} is {split!r} here but {first_split!r} on line "
+                f"{first_line}; train and eval must share no topic"
+            )
+        splits.setdefault(topic, (split, number))
+    return {topic: split for topic, (split, _) in splits.items()}
+
+
+def select_prompts(prompts: list[Prompt], split: str, n: int, seed: int) -> list[Prompt]:
+    """A deterministic sample of ``n`` prompts of ``split`` (all of them when fewer)."""
+    pool = sorted((p for p in prompts if p.split == split), key=lambda p: p.id)
+    if not pool:
+        raise ValueError(f"no {split!r} prompts to select from")
+    return random.Random(f"flywheel-select-{seed}-{split}").sample(pool, min(n, len(pool)))
+
+
+PromptSource = Callable[[PromptsConfig], list[Prompt]]
+PROMPT_SOURCES: Registry[PromptSource] = Registry("prompt source")
+
+
+@PROMPT_SOURCES.register("builtin")
+def _builtin_source(config: PromptsConfig) -> list[Prompt]:
+    """The built-in generated set."""
+    return builtin_prompts(config.seed, config.eval_topic_share)
+
+
+@PROMPT_SOURCES.register("jsonl")
+def _jsonl_source(config: PromptsConfig) -> list[Prompt]:
+    """Prompts from the JSONL file at ``config.path``."""
+    if config.path is None:
+        raise ValueError("prompts.path is required when prompts.source is 'jsonl'")
+    return load_prompt_file(config.path, config.eval_topic_share)
+
+
+def load_prompts(config: PromptsConfig, data_dir: Path) -> list[Prompt]:
+    """All prompts of the configured source, every constraint checked to build."""
+    ensure_punkt(data_dir)
+    prompts = PROMPT_SOURCES.get(config.source)(config)
+    for prompt in prompts:
+        for constraint in prompt.constraints:
+            validate_constraint(constraint)
+    return prompts
+
+
+# --- Prefect task -----------------------------------------------------------------------
+
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="select-prompts", cache_policy=NO_CACHE)
+def select_prompts_task(ctx) -> str:
+    """The round's prompts: a fresh training sample per round, the same held-out set every round."""
+    from infra.artifacts import write_jsonl
+
+    config = ctx.config.prompts
+    prompts = load_prompts(config, ctx.data_dir)
+    train = select_prompts(prompts, "train", config.n_train, seed=config.seed * 1000 + ctx.round_index)
+    held_out = select_prompts(prompts, "eval", config.n_eval, seed=config.seed)
+    key = ctx.key("prompts")
+    with ctx.store.stage(key, config_hash=ctx.config_hash("prompts")) as out:
+        write_jsonl(out / "train.jsonl", train)
+        write_jsonl(out / "eval.jsonl", held_out)
+    ctx.tracker.log_metrics(
+        {
+            "prompts/n_train": len(train),
+            "prompts/n_eval": len(held_out),
+            "prompts/constraints_per_prompt": sum(len(p.constraints) for p in train) / len(train),
+        }
+    )
+    return key

@@ -1,0 +1,188 @@
+"""train: DPO on the round's pairs with TRL and a PEFT LoRA adapter.
+
+Reads: the champion checkpoint and the filter stage's pairs.
+Writes: ``adapter/`` (the LoRA adapter), ``merged/`` (the full checkpoint the
+next round starts from), ``log_history.json`` (TRL's per-step metrics) and
+``train_result.json``.
+
+The reference model is the policy with its adapter disabled, so no second copy
+of the weights is held. On CPUs with native bf16 (AMX) and on GPUs training
+runs under bf16 autocast with fp32 master weights; the merged checkpoint is
+saved in fp32 because LoRA's small deltas would round away in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel
+
+from infra.records import PreferencePair
+from infra.settings import ModelConfig, TrainConfig, per_round
+from tasks.filter import to_trl_rows
+
+LN2 = math.log(2)
+
+
+class TrainResult(BaseModel):
+    n_pairs: int
+    n_steps: int
+    beta: float
+    learning_rate: float
+    initial_loss: float
+    final_loss: float
+    final_reward_accuracy: float
+    final_reward_margin: float
+    runtime_s: float
+    pairs_per_s: float
+    log_history: list[dict]
+
+
+def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str):
+    """The trl.DPOConfig for this round: the pipeline's fields, then the user's pass-through extras."""
+    from trl import DPOConfig
+
+    use_bf16 = dtype == torch.bfloat16
+    args = dict(
+        output_dir=output_dir,
+        beta=per_round(config.beta, round_index),
+        learning_rate=per_round(config.learning_rate, round_index),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        max_length=config.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        bf16=use_bf16,
+        use_cpu=device.type == "cpu",
+        activation_checkpointing=False,  # recomputation costs more than it saves on small models
+        dataloader_num_workers=0,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=1,
+    )
+    args.update(config.dpo_args)
+    return DPOConfig(**args)
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _log_callback(on_log: Callable[[dict, int], None]):
+    from transformers import TrainerCallback
+
+    class ForwardLogs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                on_log(dict(logs), state.global_step)
+
+    return ForwardLogs()
+
+
+def train_policy(
+    checkpoint: str,
+    pairs: list[PreferencePair],
+    config: TrainConfig,
+    model_config: ModelConfig,
+    round_index: int,
+    output_dir: Path,
+    on_log: Callable[[dict, int], None] | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter with DPO from ``checkpoint``; save adapter and merged model under ``output_dir``."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    from infra.models import pick_device, pick_dtype
+
+    if len(pairs) < 1:
+        raise ValueError("no preference pairs to train on")
+    device = pick_device(model_config)
+    dtype = pick_dtype(model_config, device)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    dataset = Dataset.from_list(to_trl_rows(pairs))
+    with tempfile.TemporaryDirectory() as scratch:
+        args = dpo_args(config, round_index, device, dtype, scratch)
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+            callbacks=[_log_callback(on_log)] if on_log else None,
+        )
+        started = time.perf_counter()
+        trainer.train()
+        runtime = time.perf_counter() - started
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    peft_model = trainer.model
+    peft_model.save_pretrained(output_dir / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(output_dir / "merged")
+    tokenizer.save_pretrained(output_dir / "merged")
+    n_examples = len(pairs) * config.epochs
+    return TrainResult(
+        n_pairs=len(pairs),
+        n_steps=trainer.state.global_step,
+        beta=args.beta,
+        learning_rate=args.learning_rate,
+        initial_loss=history[0]["loss"] if history else float("nan"),
+        final_loss=history[-1]["loss"] if history else float("nan"),
+        final_reward_accuracy=history[-1].get("rewards/accuracies", float("nan")) if history else float("nan"),
+        final_reward_margin=history[-1].get("rewards/margins", float("nan")) if history else float("nan"),
+        runtime_s=runtime,
+        pairs_per_s=n_examples / runtime if runtime > 0 else float("nan"),
+        log_history=trainer.state.log_history,
+    )
+
+
+# --- Prefect task -----------------------------------------------------------------------
+
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_policy_task(ctx, checkpoint: str, pairs_key: str) -> tuple[str, TrainResult]:
+    """DPO-train a challenger from the champion; returns the stage key and the result."""
+    from infra.artifacts import read_jsonl
+
+    pairs = read_jsonl(ctx.store.local_path(pairs_key) / "pairs.jsonl", PreferencePair)
+    key = ctx.key("train")
+
+    def log_step(logs: dict, step: int) -> None:
+        ctx.tracker.log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=step)
+
+    with ctx.store.stage(key, input_hash=checkpoint + pairs_key, config_hash=ctx.config_hash("model", "train")) as out:
+        result = train_policy(checkpoint, pairs, ctx.config.train, ctx.config.model, ctx.round_index, out, log_step)
+        (out / "train_result.json").write_text(result.model_dump_json(indent=2))
+    ctx.tracker.log_metrics(
+        {
+            "train/initial_loss": result.initial_loss,
+            "train/final_loss": result.final_loss,
+            "train/final_reward_accuracy": result.final_reward_accuracy,
+            "train/final_reward_margin": result.final_reward_margin,
+            "train/pairs_per_s": result.pairs_per_s,
+            "train/beta": result.beta,
+            "train/learning_rate_round": result.learning_rate,
+        }
+    )
+    return key, result

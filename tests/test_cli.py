@@ -1,0 +1,61 @@
+"""The command line stops on bad input before anything is written, naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from flows.cli import main
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _written(workdir):
+    return sorted(p.name for p in workdir.iterdir() if p.name not in {"config.yaml", "prompts.jsonl"})
+
+
+def test_bad_config_value_names_the_field(workdir, capsys):
+    (workdir / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": -1}, "generate": {"n_candidates": 1}}))
+    assert main(["loop", "--config", "config.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml" in err and "train.epochs" in err and "generate.n_candidates" in err
+    assert _written(workdir) == []
+
+
+def test_unknown_key_and_bad_override_are_named(workdir, capsys):
+    assert main(["round", "--set", "judge.nmae=verifier"]) == 2
+    assert "judge.nmae: unknown key" in capsys.readouterr().err
+    assert main(["round", "--set", "prompts.n_train=lots"]) == 2
+    assert "prompts.n_train" in capsys.readouterr().err
+    assert _written(workdir) == []
+
+
+def test_malformed_prompt_file_names_file_and_line(workdir, capsys):
+    good = {"text": "Say hello.", "constraints": [{"id": "change_case:english_lowercase"}]}
+    lines = [json.dumps(good), "{not json", json.dumps({"text": "Bye."})]
+    (workdir / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["loop", "--set", "prompts.source=jsonl", "--set", "prompts.path=prompts.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.jsonl: line 2:" in err
+    assert _written(workdir) == []
+
+
+def test_unknown_constraint_in_prompt_file_is_refused(workdir, capsys):
+    bad = {"text": "Say hello.", "constraints": [{"id": "change_case:shouting"}]}
+    (workdir / "prompts.jsonl").write_text(json.dumps(bad) + "\n")
+    assert main(["loop", "--set", "prompts.source=jsonl", "--set", "prompts.path=prompts.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.jsonl" in err and "change_case:shouting" in err
+
+
+def test_config_command_prints_the_merged_config(workdir, capsys):
+    assert main(["config", "--set", "train.beta=[0.2, 0.3]"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["beta"] == [0.2, 0.3]
+    assert printed["model"]["base"] == "smollm2-135m-instruct"

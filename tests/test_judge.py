@@ -1,0 +1,79 @@
+"""The offline verifier judge on hand-written responses whose scores are known."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.records import Candidate, Constraint, Prompt
+from infra.settings import JudgeConfig
+from tasks.constraints import ensure_punkt
+from tasks.judge import JUDGES, Judge, VerifierJudge, build_judge, judge_pairs, judge_summary
+
+# Two constraints: all lowercase, and fewer than 20 words.
+PROMPT = Prompt(
+    id="p1",
+    text="Describe Paris in one sentence. Use only lowercase letters. Answer in fewer than 20 words.",
+    constraints=[
+        Constraint(id="change_case:english_lowercase"),
+        Constraint(id="length_constraints:number_words", kwargs={"relation": "less than", "num_words": 20}),
+    ],
+    topic="travel",
+    split="train",
+)
+BOTH = "paris is a city of wide avenues, old bridges and small cafes along the river."
+LOWERCASE_ONLY = " ".join(["paris has many quiet streets and lovely parks to walk in."] * 3)  # 33 words
+NEITHER = " ".join(["Paris has many quiet streets and lovely parks to walk in."] * 3)
+FLATTERING = "what a great question! paris is a city of bridges, cafes and long walks by the river."
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory) -> VerifierJudge:
+    ensure_punkt(tmp_path_factory.mktemp("data"))
+    return VerifierJudge(JudgeConfig(tie_margin=0.05, failure_penalty=0.25))
+
+
+def test_scores_are_share_of_constraints_met(judge):
+    assert judge.score(PROMPT, BOTH)[0] == pytest.approx(1.0)
+    assert judge.score(PROMPT, NEITHER)[0] == pytest.approx(0.0 - 0.25)  # also repetitive
+    assert judge.score(PROMPT, LOWERCASE_ONLY)[0] == pytest.approx(0.5 - 0.25)
+
+
+def test_failure_modes_are_penalised_and_named(judge):
+    score, reason = judge.score(PROMPT, FLATTERING)
+    assert score == pytest.approx(1.0 - 0.25)
+    assert "sycophantic" in reason
+
+
+def test_verdicts_follow_scores_in_either_order(judge):
+    assert judge.compare(PROMPT, BOTH, LOWERCASE_ONLY).verdict == "A"
+    assert judge.compare(PROMPT, LOWERCASE_ONLY, BOTH).verdict == "B"
+    assert judge.compare(PROMPT, BOTH, BOTH).verdict == "tie"
+
+
+def test_differences_within_tie_margin_are_ties(tmp_path):
+    lenient = VerifierJudge(JudgeConfig(tie_margin=0.3, failure_penalty=0.25))
+    # 1.0 against 0.75: a real difference, but inside this judge's margin.
+    assert lenient.compare(PROMPT, BOTH, FLATTERING).verdict == "tie"
+
+
+def test_judge_pairs_compares_every_pair_once(judge):
+    texts = [BOTH, LOWERCASE_ONLY, NEITHER, FLATTERING]
+    candidates = [Candidate(prompt_id="p1", index=i, text=t, temperature=0.7, n_tokens=10) for i, t in enumerate(texts)]
+    judgments = judge_pairs([PROMPT], candidates, judge, progress=False)
+    assert [(j.index_a, j.index_b) for j in judgments] == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    by_pair = {(j.index_a, j.index_b): j.verdict for j in judgments}
+    assert by_pair[(0, 1)] == "A" and by_pair[(2, 3)] == "B" and by_pair[(1, 2)] == "A"
+    assert judge_summary(judgments)["judge/n_comparisons"] == 6
+
+
+def test_candidates_of_unknown_prompts_are_refused(judge):
+    stray = [Candidate(prompt_id="nope", index=0, text="x", temperature=1.0, n_tokens=1)]
+    with pytest.raises(ValueError, match="unknown prompts: nope"):
+        judge_pairs([PROMPT], stray, judge, progress=False)
+
+
+def test_registry_names_the_known_judges():
+    assert isinstance(build_judge(JudgeConfig(name="ifeval")), VerifierJudge)
+    assert issubclass(JUDGES.get("verifier"), Judge)
+    with pytest.raises(KeyError, match="known: ifeval, verifier"):
+        build_judge(JudgeConfig(name="gpt-judge"))

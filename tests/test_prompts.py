@@ -1,0 +1,308 @@
+"""The self-play prompt set: built-in generator, JSONL files, selection, sources."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from infra.records import Constraint, Prompt
+from infra.settings import PromptsConfig
+from tasks.constraints import check_constraints, constraint_score, ensure_punkt, known_constraints
+from tasks.prompts import (
+    PROMPT_SOURCES,
+    TOPICS,
+    PromptFileError,
+    builtin_prompts,
+    compatible,
+    describe,
+    load_prompt_file,
+    load_prompts,
+    select_prompts,
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    ensure_punkt(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def builtin(data_dir):
+    return builtin_prompts(seed=0, eval_topic_share=0.25)
+
+
+
+
+def test_builtin_is_big_enough(builtin):
+    assert len({t[0] for t in TOPICS}) == len(TOPICS) >= 60
+    assert sum(p.split == "train" for p in builtin) >= 600
+    assert sum(p.split == "eval" for p in builtin) >= 150
+
+
+def test_builtin_is_deterministic():
+    assert builtin_prompts(0, 0.25) == builtin_prompts(0, 0.25)
+    assert builtin_prompts(0, 0.25) != builtin_prompts(1, 0.25)
+
+
+def test_builtin_ids_and_texts_are_unique(builtin):
+    assert len({p.id for p in builtin}) == len(builtin)
+    assert len({p.text for p in builtin}) == len(builtin)
+
+
+def test_train_and_eval_share_no_prompt_and_no_topic(builtin):
+    train = [p for p in builtin if p.split == "train"]
+    held_out = [p for p in builtin if p.split == "eval"]
+    assert not {p.topic for p in train} & {p.topic for p in held_out}
+    assert not {p.text for p in train} & {p.text for p in held_out}
+    assert not {p.id for p in train} & {p.id for p in held_out}
+
+
+def eval_topic_count(prompts: list[Prompt]) -> int:
+    return len({p.topic for p in prompts if p.split == "eval"})
+
+
+def test_eval_topic_share_sets_the_split():
+    assert eval_topic_count(builtin_prompts(0, 0.25)) == round(0.25 * len(TOPICS))
+    assert eval_topic_count(builtin_prompts(0, 0.1)) == round(0.1 * len(TOPICS))
+
+
+
+
+def test_every_constraint_is_known_and_builds(builtin):
+    known = set(known_constraints())
+    for prompt in builtin:
+        assert 1 <= len(prompt.constraints) <= 2
+        assert {c.id for c in prompt.constraints} <= known
+        assert check_constraints("Some answer.", prompt.constraints)  # builds every checker
+
+
+def test_constraint_pairs_are_compatible_and_respect_ifeval_conflicts(builtin):
+    from lm_eval.tasks.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, conflict_make
+
+    conflicts = conflict_make({k: set(v) for k, v in INSTRUCTION_CONFLICTS.items()})
+    for prompt in builtin:
+        if len(prompt.constraints) == 2:
+            a, b = (c.id for c in prompt.constraints)
+            assert compatible(a, b), prompt.text
+            assert b not in conflicts[a], prompt.text
+
+
+def test_prompt_text_states_every_constraint_with_its_values(builtin):
+    for prompt in builtin:
+        for c in prompt.constraints:
+            assert describe(c) in prompt.text
+            for value in c.kwargs.values():
+                for item in value if isinstance(value, list) else [value]:
+                    if item not in ("less than", "at least"):
+                        assert str(item) in prompt.text, (c, prompt.text)
+            if c.kwargs.get("relation") == "less than":
+                assert "fewer than" in prompt.text
+
+
+def test_forbidden_words_never_appear_in_the_task(builtin):
+    for prompt in builtin:
+        task_words = set(re.findall(r"\w+", prompt.text.split(".")[0].lower()))
+        for c in prompt.constraints:
+            for word in c.kwargs.get("forbidden_words", []):
+                assert word not in task_words, prompt.text
+    for slug, subject, keywords, tempting in TOPICS:
+        assert not set(tempting) & set(re.findall(r"\w+", subject.lower())), slug
+        assert not set(tempting) & set(keywords), slug
+
+
+def compliant_response(prompt: Prompt) -> str:
+    """A hand-built answer meant to satisfy every constraint of ``prompt``."""
+    kw = {c.id: c.kwargs for c in prompt.constraints}
+    if "detectable_format:json_format" in kw:
+        words = kw.get("keywords:existence", {}).get("keywords", [])
+        return json.dumps({"answer": " ".join(["plan ahead", *words])})
+    # Long enough for langdetect to call it English even in capitals.
+    sentences = ["Check the details first and make a simple plan."]
+    if words := kw.get("keywords:existence", {}).get("keywords"):
+        sentences = [f"Check the details first and think about {' and '.join(words)}."]
+    sentence_rule = kw.get("length_constraints:number_sentences")
+    extra = iter(["Stay patient.", "Ask a friend.", "Take notes.", "Go step by step.", "Check twice."] * 10)
+    if sentence_rule and sentence_rule["relation"] == "at least":
+        sentences += [next(extra) for _ in range(sentence_rule["num_sentences"])]
+    word_rule = kw.get("length_constraints:number_words")
+    if word_rule and word_rule["relation"] == "at least":
+        while len(re.findall(r"\w+", " ".join(sentences))) < word_rule["num_words"] + 12:
+            sentences.append(next(extra))
+    if n := kw.get("detectable_format:number_bullet_lists", {}).get("num_bullets"):
+        sentences += [next(extra) for _ in range(max(0, n - len(sentences)))]
+        items = sentences[: n - 1] + [" ".join(sentences[n - 1 :])]
+        body = "\n".join(f"* {s}" for s in items)
+    elif n := kw.get("length_constraints:number_paragraphs", {}).get("num_paragraphs"):
+        sentences += [next(extra) for _ in range(max(0, n - len(sentences)))]
+        parts = sentences[: n - 1] + [" ".join(sentences[n - 1 :])]
+        body = "\n\n***\n\n".join(parts)
+    else:
+        body = " ".join(sentences)
+    if n := kw.get("detectable_content:number_placeholders", {}).get("num_placeholders"):
+        body = f"Dear [name] at [place] on [date]:\n{body}"
+    if "detectable_format:title" in kw:
+        body = f"<<Notes>>\n{body}"
+    if "detectable_content:postscript" in kw:
+        body += "\n\nP.S. Thanks."
+    if "startend:end_checker" in kw:
+        body += " " + kw["startend:end_checker"]["end_phrase"]
+    if "startend:quotation" in kw:
+        body = f'"{body}"'
+    if "change_case:english_lowercase" in kw:
+        body = body.lower()
+    if "change_case:english_capital" in kw:
+        body = body.upper()
+    return body
+
+
+def test_every_builtin_prompt_is_satisfiable(builtin):
+    failures = [
+        (p.text, compliant_response(p))
+        for p in builtin
+        if not all(check_constraints(compliant_response(p), p.constraints))
+    ]
+    assert not failures, failures[:3]
+
+
+def first_prompt_with(prompts: list[Prompt], ids: set[str]) -> tuple[Prompt, dict[str, dict]]:
+    """The first prompt carrying exactly these constraint ids, with kwargs by id."""
+    prompt = next(p for p in prompts if {c.id for c in p.constraints} == ids)
+    return prompt, {c.id: c.kwargs for c in prompt.constraints}
+
+
+def test_hand_written_answers_score_as_expected(builtin):
+    prompt, kw = first_prompt_with(builtin, {"change_case:english_lowercase", "detectable_format:title"})
+    assert constraint_score("<<bin day>>\nthe bins now go out on thursday morning before seven.", prompt.constraints) == 1
+    assert constraint_score("<<Bin day>>\nThe bins now go out on Thursday morning.", prompt.constraints) == 0.5
+
+    prompt, kw = first_prompt_with(builtin, {"punctuation:no_comma", "startend:end_checker"})
+    phrase = kw["startend:end_checker"]["end_phrase"]
+    assert constraint_score(f"Shift early and keep pedalling. {phrase}", prompt.constraints) == 1.0
+    assert constraint_score(f"Shift early, and keep pedalling. {phrase}", prompt.constraints) == 0.5
+    assert constraint_score(f"{phrase} Shift early, then pedal.", prompt.constraints) == 0.0
+
+    prompt, kw = first_prompt_with(builtin, {"keywords:forbidden_words", "detectable_format:number_bullet_lists"})
+    (word,) = kw["keywords:forbidden_words"]["forbidden_words"]
+    n_bullets = kw["detectable_format:number_bullet_lists"]["num_bullets"]
+    bullets = "\n".join(f"* Point number {i}." for i in range(n_bullets))
+    assert constraint_score(bullets, prompt.constraints) == 1.0
+    assert constraint_score(f"{bullets}\n* One more about {word}.", prompt.constraints) == 0.0
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_reads_fields_skips_blank_lines_and_defaults_ids(tmp_path, data_dir):
+    path = write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            json.dumps({"id": "a", "text": "Say hi.", "topic": "greetings", "split": "eval"}),
+            "",
+            json.dumps(
+                {
+                    "text": "Describe tea in lowercase.",
+                    "topic": "tea",
+                    "constraints": [{"id": "change_case:english_lowercase"}],
+                }
+            ),
+            json.dumps({"text": "Say bye.", "topic": "greetings"}),
+        ],
+    )
+    prompts = load_prompt_file(path)
+    assert [p.text for p in prompts] == ["Say hi.", "Describe tea in lowercase.", "Say bye."]
+    assert prompts[0].id == "a"
+    assert prompts[1].constraints == [Constraint(id="change_case:english_lowercase")]
+    assert prompts[1].id.startswith("p-") and prompts[1].id == load_prompt_file(path)[1].id
+    assert prompts[2].split == "eval"  # follows its topic's explicit split
+
+
+def test_jsonl_split_by_topic_hash_keeps_topics_whole(tmp_path, data_dir):
+    lines = [json.dumps({"text": f"Prompt {i} about topic {i % 20}.", "topic": f"t{i % 20}"}) for i in range(200)]
+    prompts = load_prompt_file(write_lines(tmp_path / "p.jsonl", lines), eval_share=0.3)
+    splits = {}
+    for p in prompts:
+        splits.setdefault(p.topic, set()).add(p.split)
+    assert all(len(s) == 1 for s in splits.values())
+    assert {"train", "eval"} == {p.split for p in prompts}
+    assert prompts == load_prompt_file(tmp_path / "p.jsonl", eval_share=0.3)
+
+
+BAD_LINES = [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"topic": "x"}), '"text" is required'),
+    (json.dumps({"text": "   "}), '"text" is required'),
+    (json.dumps({"text": "Hi.", "constraints": [{"id": "no_such:constraint"}]}), "no_such:constraint"),
+    (json.dumps({"text": "Hi.", "split": "test"}), '"split" must be'),
+    (json.dumps({"text": "Hi.", "topic": 3}), '"topic" must be a string'),
+    (json.dumps({"text": "Hi.", "constraints": {"id": "punctuation:no_comma"}}), "must be a list"),
+    (json.dumps({"text": "Hi.", "constraints": [{"id": "length_constraints:number_words"}]}), "num_words"),
+    (json.dumps({"text": "Hi.", "colour": "red"}), "unknown keys"),
+    (json.dumps(["Hi."]), "expected a JSON object"),
+    (json.dumps({"id": "a", "text": "Again."}), "duplicate id 'a'"),
+]
+
+
+@pytest.mark.parametrize("line, problem", BAD_LINES)
+def test_malformed_line_names_file_line_and_problem(tmp_path, data_dir, line, problem):
+    path = write_lines(
+        tmp_path / "broken.jsonl",
+        [json.dumps({"id": "a", "text": "Fine."}), json.dumps({"text": "Also fine."}), line],
+    )
+    with pytest.raises(PromptFileError) as err:
+        load_prompt_file(path)
+    message = str(err.value)
+    assert "broken.jsonl" in message and "line 3" in message and problem in message
+    assert isinstance(err.value, ValueError)
+
+
+def test_topic_in_both_splits_is_an_error(tmp_path, data_dir):
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            json.dumps({"text": "A.", "topic": "t", "split": "train"}),
+            json.dumps({"text": "B.", "topic": "t", "split": "eval"}),
+        ],
+    )
+    with pytest.raises(PromptFileError, match="line 2.*topic 't'"):
+        load_prompt_file(path)
+
+
+def test_missing_or_empty_file_is_an_error(tmp_path):
+    with pytest.raises(PromptFileError, match="cannot read"):
+        load_prompt_file(tmp_path / "absent.jsonl")
+    with pytest.raises(PromptFileError, match="no prompts"):
+        load_prompt_file(write_lines(tmp_path / "empty.jsonl", ["", "  "]))
+
+
+
+
+def test_select_prompts_is_deterministic_and_stays_in_split(builtin):
+    first = select_prompts(builtin, "train", 96, seed=3)
+    assert first == select_prompts(list(reversed(builtin)), "train", 96, seed=3)
+    assert len(first) == 96 and len({p.id for p in first}) == 96
+    assert all(p.split == "train" for p in first)
+    assert first != select_prompts(builtin, "train", 96, seed=4)
+    n_eval = sum(p.split == "eval" for p in builtin)
+    assert len(select_prompts(builtin, "eval", 10_000, seed=0)) == n_eval
+
+
+def test_select_from_empty_split_raises():
+    with pytest.raises(ValueError, match="eval"):
+        select_prompts([Prompt(id="a", text="t")], "eval", 5, seed=0)
+
+
+def test_load_prompts_through_the_registry(tmp_path, data_dir):
+    assert {"builtin", "jsonl"} <= set(PROMPT_SOURCES.names())
+    assert load_prompts(PromptsConfig(seed=0), data_dir) == builtin_prompts(0, 0.25)
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"text": "Say hi.", "split": "eval"})])
+    config = PromptsConfig(source="jsonl", path=path)
+    assert [p.text for p in load_prompts(config, data_dir)] == ["Say hi."]
+    with pytest.raises(KeyError, match="builtin"):
+        load_prompts(PromptsConfig(source="nope"), data_dir)

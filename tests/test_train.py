@@ -1,0 +1,52 @@
+import math
+
+import pytest
+from safetensors.torch import load_file
+
+from infra.records import PreferencePair
+from infra.settings import ModelConfig, TrainConfig
+from tasks.train import train_policy
+
+
+def make_pairs(n):
+    return [
+        PreferencePair(
+            prompt_id=str(i), prompt=f"Name a colour, number {i}.", chosen=f"Blue is a fine colour, {i}.",
+            rejected=f"no no no no {i}", score_chosen=1.0, score_rejected=0.0, similarity=0.2,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    logged = []
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8)
+    result = train_policy(tiny_model, make_pairs(8), config, ModelConfig(), 1, out, lambda logs, step: logged.append((step, logs)))
+    return out, result, logged
+
+
+def test_loss_starts_at_ln2_and_stays_finite(trained):
+    _, result, _ = trained
+    # The reference is the adapter-disabled policy, identical at step 0.
+    assert result.initial_loss == pytest.approx(math.log(2), abs=1e-3)
+    assert all(math.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
+    assert result.n_steps == 4 and result.n_pairs == 8
+
+
+def test_trl_metrics_are_forwarded(trained):
+    _, _, logged = trained
+    keys = set().union(*(logs.keys() for _, logs in logged))
+    assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= keys
+
+
+def test_merged_checkpoint_differs_from_base(trained, tiny_model):
+    out, result, _ = trained
+    assert (out / "adapter" / "adapter_config.json").exists()
+    base = load_file(f"{tiny_model}/model.safetensors")
+    merged = load_file(str(out / "merged" / "model.safetensors"))
+    assert base.keys() == merged.keys()
+    changed = [k for k in base if not (base[k].float() - merged[k].float()).abs().max() == 0]
+    assert changed, "merging the adapter changed no weight"
+    assert result.final_reward_margin > 0
