@@ -18,7 +18,8 @@ from infra.settings import ConfigError, FlywheelConfig, load_config
 def _prepare_environment(config: FlywheelConfig) -> None:
     """Point Prefect at a home under the data folder (ephemeral API, offline) unless the user chose one."""
     data_dir = Path(config.storage.data_dir).resolve()
-    os.environ.setdefault("PREFECT_HOME", str(data_dir / "prefect"))
+    prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(data_dir / "prefect")))
+    prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last folder
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(hist)
     show = sub.add_parser("config", help="print the merged configuration as YAML")
     _add_config_options(show)
+
+    stack = sub.add_parser("stack", help="start or stop the real stack on loopback (S3, MLflow, Prefect, workers)")
+    stack.add_argument("action", choices=["up", "down", "env"])
+    stack.add_argument("--dir", type=Path, default=Path(".flywheel/stack"), help="where its state and logs live")
+    deploy = sub.add_parser("deploy", help="apply prefect.yaml's deployments to the Prefect server (PREFECT_API_URL)")
+    deploy.add_argument("--cron", default="0 3 * * *", help="schedule of the loop deployment (default: 03:00 UTC daily)")
+    trigger = sub.add_parser("trigger", help="run the loop deployment now, wait for it, and print its round summary")
+    trigger.add_argument("--deployment", default="flywheel-scheduled-loop/scheduled")
+    trigger.add_argument("--config-file", help="config YAML, relative to the repository the worker runs from")
+    trigger.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    trigger.add_argument("--rounds", type=int, default=1)
+    trigger.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the run")
     return parser
 
 
@@ -64,6 +77,10 @@ def _print_outcome(config: FlywheelConfig, summaries) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("stack", "deploy", "trigger"):
+        from flows import operate
+
+        return operate.run(args)
     try:
         config = load_config(args.config, args.overrides)
         if config.prompts.source == "jsonl":
@@ -82,14 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "history":
         from flows.round import read_history
         from flows.summary import summary_table
-        from infra.artifacts import open_store
+        from infra.artifacts import store_from_config
 
-        print(summary_table(read_history(open_store(config.storage.resolved_artifact_root()), config.loop)))
+        print(summary_table(read_history(store_from_config(config.storage), config.loop)))
         return 0
-    from flows.loop import run_loop
+    if args.command == "round":
+        from flows.round import run_next_round
 
-    rounds = 1 if args.command == "round" else args.rounds
-    summaries = run_loop(config=config, rounds=rounds)
+        summaries = [run_next_round(config)]
+    else:
+        from flows.loop import run_loop
+
+        summaries = run_loop(config=config, rounds=args.rounds)
     _print_outcome(config, summaries)
     return 0
 

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.round import next_round_index, round_run_name, run_round
+from flows.round import run_next_round
 from flows.summary import RoundSummary
-from infra.artifacts import open_store
-from infra.settings import FlywheelConfig
+from infra.settings import FlywheelConfig, load_config
 
 
-@flow(name="flywheel-loop", log_prints=True)
+@flow(name="flywheel-loop", flow_run_name="{config.loop}-loop")
 def run_loop(config: FlywheelConfig, rounds: int = 1) -> list[RoundSummary]:
     """Run ``rounds`` more rounds of the configured loop."""
-    store = open_store(config.storage.resolved_artifact_root())
-    summaries = []
-    for _ in range(rounds):
-        index = next_round_index(store, config.loop)
-        round_flow = run_round.with_options(flow_run_name=round_run_name(config.loop, index))
-        summaries.append(round_flow(config=config, round_index=index))
-    return summaries
+    return [run_next_round(config) for _ in range(rounds)]
+
+
+@flow(name="flywheel-scheduled-loop")
+def scheduled_loop(config_file: str | None = None, overrides: list[str] | None = None, rounds: int = 1) -> list[dict]:
+    """Entry point of the deployments: the config is read where the flow runs (YAML file in the
+    repository plus ``section.field=value`` overrides), so a schedule or CI trigger names a file."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from flows.publish import artifact_key, round_markdown
+
+    config = load_config(config_file, overrides or [])
+    summaries = run_loop(config=config, rounds=rounds)
+    # On this run itself, so `flywheel trigger` (and CI) can read what happened.
+    create_markdown_artifact(
+        key=artifact_key(f"{config.loop}-run-summary"),
+        markdown="\n\n".join(round_markdown(s) for s in summaries),
+        description=f"{config.loop}: {rounds} round(s)",
+    )
+    return [s.model_dump() for s in summaries]

@@ -6,25 +6,41 @@ capability-regression check -> promote or reject.
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.publish import publish_round
 from flows.summary import RoundSummary
-from infra.artifacts import open_store
+from flows.train_flow import dispatch_training
+from infra.artifacts import store_from_config
 from infra.context import RoundContext
-from infra.models import resolve_checkpoint
 from infra.settings import FlywheelConfig
 from infra.tracking import Tracker
 from tasks.evaluate import evaluate_pairwise_task
 from tasks.filter import filter_pairs_task
 from tasks.generate import generate_candidates_task
 from tasks.judge import judge_pairs_task
-from tasks.promote import read_champion, promote_task
+from tasks.promote import Champion, champion_from_tags, promote_task, read_champion, registered_model_name
 from tasks.prompts import select_prompts_task
 from tasks.regression import check_regression_task
 from tasks.train import train_policy_task
 
 MIN_PAIRS = 2
+EXCLUSIVE_LIMIT = "flywheel-train-promote"
+
+
+@contextlib.contextmanager
+def exclusive(name: str):
+    """Hold the one slot of a Prefect global concurrency limit (created on first use)."""
+    from prefect import get_client
+    from prefect.concurrency.sync import concurrency
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    with concurrency(name, occupy=1, strict=True):
+        yield
 
 
 def round_run_name(loop: str, round_index: int) -> str:
@@ -43,29 +59,49 @@ def next_round_index(store, loop: str) -> int:
     return max((r.round for r in read_history(store, loop)), default=0) + 1
 
 
-@flow(name="flywheel-round", log_prints=True)
+def starting_champion(store, tracker: Tracker, config: FlywheelConfig, round_index: int) -> Champion:
+    """The champion this round starts from, pinned on its first run so a resumed round starts
+    from the same policy even if a later round has moved the champion since."""
+    key = f"{config.loop}/round-{round_index:03d}/champion_before.json"
+    pinned = store.read_json(key)
+    if pinned is not None:
+        return Champion.model_validate(pinned)
+    # The registry's alias is the source of truth; the store's pointer serves when it has none.
+    tags = tracker.champion_tags(registered_model_name(config))
+    champion = champion_from_tags(tags) if tags else read_champion(store, config.loop, config.model.base)
+    store.write_json(key, champion.model_dump())
+    return champion
+
+
+@flow(name="flywheel-round")
 def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
     """Run one round from the current champion and record the decision."""
-    store = open_store(config.storage.resolved_artifact_root())
+    store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
-    ctx = RoundContext(config=config, round_index=round_index, store=store, tracker=tracker)
-    champion = read_champion(store, config.loop, resolve_checkpoint(config.model.base, ctx.data_dir))
+    champion = starting_champion(store, tracker, config, round_index)
+    ctx = RoundContext(config=config, round_index=round_index, store=store, tracker=tracker, champion_id=champion.checkpoint)
+    champion_checkpoint = champion.local_checkpoint(store, ctx.data_dir)
     tracker.start_round(config.loop, round_index, config)
     tracker.set_tags({"flywheel.champion_round": str(champion.round), "prefect.flow_run_id": str(flow_run.id)})
     try:
         prompts_key = select_prompts_task(ctx)
-        candidates_key = generate_candidates_task(ctx, champion.checkpoint, prompts_key)
+        candidates_key = generate_candidates_task(ctx, champion_checkpoint, prompts_key)
         judgments_key = judge_pairs_task(ctx, prompts_key, candidates_key)
         pairs_key, filter_report = filter_pairs_task(ctx, prompts_key, candidates_key, judgments_key)
-        train_result = pairwise = regression = challenger = None
-        if filter_report.n_kept >= MIN_PAIRS:
-            train_key, train_result = train_policy_task(ctx, champion.checkpoint, pairs_key)
-            challenger = str(store.local_path(train_key) / "merged")
-            _, pairwise = evaluate_pairwise_task(ctx, champion.checkpoint, challenger, prompts_key)
-            regression = check_regression_task(ctx, champion.checkpoint, challenger)
-        else:
-            get_run_logger().warning("only %d pairs kept (< %d): no training this round", filter_report.n_kept, MIN_PAIRS)
-        decision = promote_task(ctx, pairwise, regression, challenger)
+        train_result = pairwise = regression = train_key = None
+        # One loop at a time trains and promotes: two promotions racing would each
+        # believe they beat the champion the other one replaced.
+        with exclusive(EXCLUSIVE_LIMIT):
+            if filter_report.n_kept >= MIN_PAIRS:
+                if config.train.deployment:
+                    train_key, train_result = dispatch_training(ctx, champion, pairs_key)
+                else:
+                    train_key, train_result = train_policy_task(ctx, champion_checkpoint, pairs_key)
+                _, pairwise = evaluate_pairwise_task(ctx, champion_checkpoint, train_key, prompts_key)
+                regression = check_regression_task(ctx, champion_checkpoint, train_key)
+            else:
+                get_run_logger().warning("only %d pairs kept (< %d): no training this round", filter_report.n_kept, MIN_PAIRS)
+            decision = promote_task(ctx, pairwise, regression, train_key)
     except BaseException:
         tracker.end_round("FAILED")
         raise
@@ -89,6 +125,14 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
         reasons=decision.reasons,
         artifacts=store.uri(f"{config.loop}/round-{round_index:03d}"),
     )
-    store.write_json(history_key(config.loop), [r.model_dump() for r in read_history(store, config.loop) if r.round != round_index] + [summary.model_dump()])
+    history = [r for r in read_history(store, config.loop) if r.round != round_index] + [summary]
+    store.write_json(history_key(config.loop), [r.model_dump() for r in sorted(history, key=lambda r: r.round)])
+    publish_round(summary, sorted(history, key=lambda r: r.round))
     tracker.end_round("FINISHED")
     return summary
+
+
+def run_next_round(config: FlywheelConfig) -> RoundSummary:
+    """The loop's next round as its own flow run, named ``<loop>-round-NNN``."""
+    index = next_round_index(store_from_config(config.storage), config.loop)
+    return run_round.with_options(flow_run_name=round_run_name(config.loop, index))(config=config, round_index=index)

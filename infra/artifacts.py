@@ -146,10 +146,18 @@ class LocalArtifactStore:
         os.replace(tmp, path)
 
 
-ArtifactStore = LocalArtifactStore
+ArtifactStore = LocalArtifactStore  # the contract; S3ArtifactStore (infra/s3_store.py) keeps it too
 
 
-def open_store(root: str) -> ArtifactStore:
+def open_store(root: str, cache_dir: str | Path | None = None, endpoint_url: str | None = None):
+    """A local folder store, or an S3 store for ``s3://bucket/prefix`` roots."""
     if root.startswith("s3://"):
-        raise NotImplementedError("S3 artifact roots come with the real-stack store")
+        from infra.s3_store import S3ArtifactStore
+
+        return S3ArtifactStore(root, cache_dir or Path(".flywheel") / "s3-cache", endpoint_url)
     return LocalArtifactStore(root)
+
+
+def store_from_config(storage) -> ArtifactStore:
+    """The artifact store a ``StorageConfig`` describes."""
+    return open_store(storage.resolved_artifact_root(), Path(storage.data_dir) / "s3-cache", storage.s3_endpoint_url)

@@ -7,6 +7,7 @@ or an unknown key stops with a message naming the field before anything runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +128,14 @@ class TrainConfig(Section):
         "all-linear", description="Modules that get adapters ('all-linear' or a list of names)."
     )
     seed: int = Field(0, description="Trainer seed (data order, LoRA init).")
+    deployment: str | None = Field(
+        None,
+        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/gpu') that runs training, "
+        "typically on a GPU work pool; None trains inside the round's own process.",
+    )
+    dispatch_timeout_s: float = Field(
+        6 * 3600, gt=0, description="How long the round waits for a dispatched training run."
+    )
     dpo_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. loss_type, label_smoothing).",
@@ -176,15 +185,25 @@ class PromotionConfig(Section):
 class StorageConfig(Section):
     data_dir: Path = Field(Path(".flywheel"), description="Where caches, the model cache and default stores live.")
     artifact_root: str | None = Field(
-        None, description="Artifact store root: a local folder (default <data_dir>/artifacts)."
+        None,
+        description="Artifact store root: a local folder (default <data_dir>/artifacts) or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for s3:// roots (MinIO, moto); default: env AWS_ENDPOINT_URL, else AWS."
     )
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: env MLFLOW_TRACKING_URI, else sqlite under data_dir)."
     )
     experiment: str = Field("flywheel", description="MLflow experiment holding one run per round.")
+    registered_model: str | None = Field(
+        None,
+        description="MLflow registered model that promoted policies become versions of, the alias 'champion' "
+        "marking the current one (default: '<loop>-policy').",
+    )
 
     def resolved_artifact_root(self) -> str:
-        return self.artifact_root or str(self.data_dir / "artifacts")
+        # FLYWHEEL_ARTIFACT_ROOT lets a deployment point every run at S3 without a config change.
+        return self.artifact_root or os.environ.get("FLYWHEEL_ARTIFACT_ROOT") or str(self.data_dir / "artifacts")
 
 
 class FlywheelConfig(Section):

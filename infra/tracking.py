@@ -13,6 +13,8 @@ from typing import Any
 
 from infra.settings import FlywheelConfig, StorageConfig
 
+CHAMPION_ALIAS = "champion"
+
 
 def tracking_uri(storage: StorageConfig) -> str:
     if storage.tracking_uri:
@@ -97,6 +99,37 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self._require_run(), str(path), artifact_path)
+
+    # --- the model registry: promoted policies and the `champion` alias ----------------------
+
+    def register_champion(self, model_name: str, adapter_dir: Path, tags: dict[str, str]) -> str:
+        """Log the adapter to the round's run, register it as a new version of ``model_name``
+        with lineage ``tags`` (merged checkpoint URI among them), and move the alias
+        ``champion`` to it. Returns the version number."""
+        from mlflow.exceptions import MlflowException
+
+        run_id = self._require_run()
+        self.client.log_artifacts(run_id, str(adapter_dir), "adapter")
+        try:
+            self.client.create_registered_model(model_name, description="Policies promoted by the Flywheel loop.")
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        # register_model() wants an MLflow Model folder; a plain adapter folder registers this way.
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/adapter"
+        version = self.client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
+        self.client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
+        return str(version.version)
+
+    def champion_tags(self, model_name: str) -> dict[str, str] | None:
+        """The lineage tags of the version carrying the ``champion`` alias, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        except MlflowException:
+            return None
+        return dict(version.tags)
 
     def end_round(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

@@ -124,15 +124,25 @@ def _mean(values) -> float:
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from infra.retries import TRANSIENT_RETRIES  # noqa: E402
 
-@task(name="pairwise-eval", cache_policy=NO_CACHE)
-def evaluate_pairwise_task(ctx, champion_checkpoint: str, challenger_checkpoint: str, prompts_key: str) -> tuple[str, PairwiseResult]:
-    """Challenger against champion on the held-out prompts; returns the stage key and the result."""
+
+@task(name="pairwise-eval", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def evaluate_pairwise_task(
+    ctx, champion_checkpoint: str, challenger_key: str, prompts_key: str
+) -> tuple[str, PairwiseResult]:
+    """Challenger (the train stage's merged checkpoint) against champion on the held-out prompts."""
     from infra.artifacts import read_jsonl, write_jsonl
     from infra.models import load_model, load_tokenizer
     from tasks.judge import build_judge
 
     config = ctx.config
+    key = ctx.key("pairwise_eval")
+    input_hash = ctx.inputs_hash(challenger_key, prompts_key, extra=ctx.champion_id or champion_checkpoint)
+    config_hash = ctx.config_hash("model", "evaluate", "judge")
+    if ctx.already_done(key, input_hash, config_hash):
+        return key, PairwiseResult.model_validate_json((ctx.store.local_path(key) / "pairwise.json").read_text())
+    challenger_checkpoint = str(ctx.store.local_path(challenger_key) / "merged")
     prompts = read_jsonl(ctx.store.local_path(prompts_key) / "eval.jsonl", Prompt)
     completions = {}
     for policy, checkpoint in (("champion", champion_checkpoint), ("challenger", challenger_checkpoint)):
@@ -142,8 +152,7 @@ def evaluate_pairwise_task(ctx, champion_checkpoint: str, challenger_checkpoint:
     result, verdicts = evaluate_pairwise(
         prompts, completions["champion"], completions["challenger"], build_judge(config.judge), config.evaluate
     )
-    key = ctx.key("pairwise_eval")
-    with ctx.store.stage(key, input_hash=champion_checkpoint + challenger_checkpoint, config_hash=ctx.config_hash("evaluate", "judge")) as out:
+    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
         write_jsonl(out / "verdicts.jsonl", verdicts)
         (out / "pairwise.json").write_text(result.model_dump_json(indent=2))

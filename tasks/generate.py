@@ -136,14 +136,21 @@ def generate_candidates(
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from infra.retries import TRANSIENT_RETRIES  # noqa: E402
 
-@task(name="generate-candidates", cache_policy=NO_CACHE)
+
+@task(name="generate-candidates", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def generate_candidates_task(ctx, checkpoint: str, prompts_key: str) -> str:
     """Sample the round's candidates from the champion; returns the stage key."""
     from infra.artifacts import read_jsonl, write_jsonl
     from infra.models import load_model, load_tokenizer
 
     config = ctx.config
+    key = ctx.key("generate")
+    input_hash = ctx.inputs_hash(prompts_key, extra=ctx.champion_id or checkpoint)
+    config_hash = ctx.config_hash("model", "generate")
+    if ctx.already_done(key, input_hash, config_hash):
+        return key
     prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint, config.model)
@@ -151,8 +158,7 @@ def generate_candidates_task(ctx, checkpoint: str, prompts_key: str) -> str:
     started = time.perf_counter()
     candidates = generate_candidates(model, tokenizer, prompts, config.generate, seed)
     elapsed = time.perf_counter() - started
-    key = ctx.key("generate")
-    with ctx.store.stage(key, input_hash=checkpoint + prompts_key, config_hash=ctx.config_hash("model", "generate")) as out:
+    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         write_jsonl(out / "candidates.jsonl", candidates)
     n_tokens = sum(c.n_tokens for c in candidates)
     ctx.tracker.log_metrics(

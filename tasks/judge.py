@@ -124,17 +124,23 @@ def judge_summary(judgments: list[Judgment]) -> dict[str, float]:
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from infra.retries import TRANSIENT_RETRIES  # noqa: E402
 
-@task(name="judge", cache_policy=NO_CACHE)
+
+@task(name="judge", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def judge_pairs_task(ctx, prompts_key: str, candidates_key: str) -> str:
     """Judge every candidate pair of the round; returns the stage key."""
     from infra.artifacts import read_jsonl, write_jsonl
 
+    key = ctx.key("judge")
+    input_hash = ctx.inputs_hash(prompts_key, candidates_key)
+    config_hash = ctx.config_hash("judge")
+    if ctx.already_done(key, input_hash, config_hash):
+        return key
     prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
     candidates = read_jsonl(ctx.store.local_path(candidates_key) / "candidates.jsonl", Candidate)
     judgments = judge_pairs(prompts, candidates, build_judge(ctx.config.judge))
-    key = ctx.key("judge")
-    with ctx.store.stage(key, input_hash=candidates_key, config_hash=ctx.config_hash("judge")) as out:
+    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         write_jsonl(out / "judgments.jsonl", judgments)
     ctx.tracker.log_metrics(judge_summary(judgments))
     return key

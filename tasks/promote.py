@@ -23,9 +23,20 @@ class Decision(BaseModel):
 class Champion(BaseModel):
     """Where the loop's current best policy lives."""
 
-    checkpoint: str
+    checkpoint: str  # the base policy's path or hub id, or the URI of a promoted merged checkpoint
     round: int  # 0 is the base policy
+    train_key: str | None = None  # the train stage whose merged/ folder holds a promoted policy
+    model_version: str | None = None  # its version in the MLflow registry
     promoted_at: str = ""
+
+    def local_checkpoint(self, store, data_dir) -> str:
+        """A path (or hub id) this machine can load the champion from; an S3 stage is downloaded once,
+        the bundled base model converted once."""
+        from infra.models import resolve_checkpoint
+
+        if self.train_key:
+            return str(store.local_path(self.train_key) / "merged")
+        return resolve_checkpoint(self.checkpoint, data_dir)
 
 
 def decide_promotion(pairwise, regression, config: PromotionConfig) -> Decision:
@@ -65,14 +76,63 @@ def decide_promotion(pairwise, regression, config: PromotionConfig) -> Decision:
     return Decision(promote=promote, reasons=reasons)
 
 
-def new_champion(checkpoint: str, round_index: int) -> Champion:
-    return Champion(checkpoint=checkpoint, round=round_index, promoted_at=datetime.now(timezone.utc).isoformat())
+def new_champion(store, train_key: str, round_index: int) -> Champion:
+    return Champion(
+        checkpoint=store.uri(train_key) + "/merged",
+        round=round_index,
+        train_key=train_key,
+        promoted_at=datetime.now(timezone.utc).isoformat(),
+    )
 
 
 # --- Prefect task -----------------------------------------------------------------------
 
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from infra.retries import TRANSIENT_RETRIES  # noqa: E402
+
+
+def registered_model_name(config) -> str:
+    return config.storage.registered_model or f"{config.loop}-policy"
+
+
+def code_version() -> str:
+    """The git commit of the running code (with '-dirty' for local changes), else the package version."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return "flywheel-" + version("flywheel")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def lineage_tags(ctx, champion: Champion) -> dict[str, str]:
+    """Where a promoted policy came from: enough to rebuild or audit it."""
+    train_key = champion.train_key or ""
+    return {
+        "flywheel.loop": ctx.loop,
+        "flywheel.round": str(champion.round),
+        "flywheel.train_key": train_key,
+        "flywheel.merged_uri": champion.checkpoint,
+        "flywheel.adapter_uri": ctx.store.uri(train_key) + "/adapter",
+        "flywheel.round_uri": ctx.store.uri(f"{ctx.loop}/round-{champion.round:03d}"),
+        "flywheel.config_hash": ctx.config_hash(*type(ctx.config).model_fields),
+        "flywheel.code_version": code_version(),
+        "flywheel.started_from": ctx.champion_id,
+    }
+
+
+def champion_from_tags(tags: dict[str, str]) -> Champion:
+    return Champion(checkpoint=tags["flywheel.merged_uri"], round=int(tags["flywheel.round"]), train_key=tags["flywheel.train_key"])
 
 
 def champion_key(loop: str) -> str:
@@ -85,14 +145,20 @@ def read_champion(store, loop: str, base_checkpoint: str) -> Champion:
     return Champion.model_validate(found) if found else Champion(checkpoint=base_checkpoint, round=0)
 
 
-@task(name="promote", cache_policy=NO_CACHE)
-def promote_task(ctx, pairwise, regression, challenger_checkpoint: str | None) -> Decision:
+@task(name="promote", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def promote_task(ctx, pairwise, regression, challenger_key: str | None) -> Decision:
     """Apply the gate; move the champion pointer only when the challenger passes it."""
     decision = decide_promotion(pairwise, regression, ctx.config.promotion)
     with ctx.store.stage(ctx.key("promote")) as out:
         (out / "decision.json").write_text(decision.model_dump_json(indent=2))
-    if decision.promote and challenger_checkpoint:
-        ctx.store.write_json(champion_key(ctx.loop), new_champion(challenger_checkpoint, ctx.round_index).model_dump())
+    if decision.promote and challenger_key:
+        champion = new_champion(ctx.store, challenger_key, ctx.round_index)
+        version = ctx.tracker.register_champion(
+            registered_model_name(ctx.config),
+            ctx.store.local_path(challenger_key) / "adapter",
+            lineage_tags(ctx, champion),
+        )
+        ctx.store.write_json(champion_key(ctx.loop), champion.model_copy(update={"model_version": version}).model_dump())
     ctx.tracker.log_metrics({"promote/promoted": float(decision.promote)})
     ctx.tracker.set_tags({"flywheel.decision": "promoted" if decision.promote else "rejected"})
     return decision

@@ -486,18 +486,23 @@ def load_prompts(config: PromptsConfig, data_dir: Path) -> list[Prompt]:
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from infra.retries import TRANSIENT_RETRIES  # noqa: E402
 
-@task(name="select-prompts", cache_policy=NO_CACHE)
+
+@task(name="select-prompts", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def select_prompts_task(ctx) -> str:
     """The round's prompts: a fresh training sample per round, the same held-out set every round."""
     from infra.artifacts import write_jsonl
 
     config = ctx.config.prompts
+    key = ctx.key("prompts")
+    config_hash = ctx.config_hash("prompts")
+    if ctx.already_done(key, "", config_hash):
+        return key
     prompts = load_prompts(config, ctx.data_dir)
     train = select_prompts(prompts, "train", config.n_train, seed=config.seed * 1000 + ctx.round_index)
     held_out = select_prompts(prompts, "eval", config.n_eval, seed=config.seed)
-    key = ctx.key("prompts")
-    with ctx.store.stage(key, config_hash=ctx.config_hash("prompts")) as out:
+    with ctx.store.stage(key, config_hash=config_hash) as out:
         write_jsonl(out / "train.jsonl", train)
         write_jsonl(out / "eval.jsonl", held_out)
     ctx.tracker.log_metrics(

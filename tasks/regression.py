@@ -201,15 +201,18 @@ def compare_scores(
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from infra.retries import TRANSIENT_RETRIES  # noqa: E402
 
-def _scores_for(ctx, checkpoint: str) -> dict[str, BenchmarkScore]:
-    """Benchmark scores of ``checkpoint``, cached in the store beside the loop so a champion is scored once."""
+
+def _scores_for(ctx, checkpoint: str, identity: str) -> dict[str, BenchmarkScore]:
+    """Benchmark scores of ``checkpoint`` (known as ``identity`` on every machine), cached in the
+    store beside the loop so a champion is scored once."""
     from infra.artifacts import hash_json
     from infra.models import load_model, load_tokenizer
 
     config = ctx.config.regression
     cache_key = f"{ctx.loop}/benchmark_scores/" + hash_json(
-        {"checkpoint": checkpoint, "tasks": config.tasks, "limit": config.limit, "model": ctx.config.model.model_dump(mode="json")}
+        {"checkpoint": identity, "tasks": config.tasks, "limit": config.limit, "model": ctx.config.model.model_dump(mode="json")}
     )[:16] + ".json"
     cached = ctx.store.read_json(cache_key)
     if cached is not None:
@@ -222,14 +225,18 @@ def _scores_for(ctx, checkpoint: str) -> dict[str, BenchmarkScore]:
     return scores
 
 
-@task(name="capability-regression", cache_policy=NO_CACHE)
-def check_regression_task(ctx, champion_checkpoint: str, challenger_checkpoint: str) -> RegressionResult:
+@task(name="capability-regression", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def check_regression_task(ctx, champion_checkpoint: str, challenger_key: str) -> RegressionResult:
     """Benchmarks before (champion, cached) and after (challenger); a drop beyond tolerance fails."""
-    before = _scores_for(ctx, champion_checkpoint)
-    after = _scores_for(ctx, challenger_checkpoint)
+    key = ctx.key("regression")
+    input_hash = ctx.inputs_hash(challenger_key, extra=ctx.champion_id or champion_checkpoint)
+    config_hash = ctx.config_hash("model", "regression")
+    if ctx.already_done(key, input_hash, config_hash):
+        return RegressionResult.model_validate_json((ctx.store.local_path(key) / "regression.json").read_text())
+    before = _scores_for(ctx, champion_checkpoint, ctx.champion_id or champion_checkpoint)
+    after = _scores_for(ctx, str(ctx.store.local_path(challenger_key) / "merged"), ctx.store.uri(challenger_key))
     result = compare_scores(before, after, ctx.config.regression.tolerance)
-    with ctx.store.stage(ctx.key("regression"), input_hash=champion_checkpoint + challenger_checkpoint,
-                         config_hash=ctx.config_hash("model", "regression")) as out:
+    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         (out / "before.json").write_text(json.dumps({t: s.model_dump() for t, s in before.items()}, indent=2))
         (out / "after.json").write_text(json.dumps({t: s.model_dump() for t, s in after.items()}, indent=2))
         (out / "regression.json").write_text(result.model_dump_json(indent=2))

@@ -159,19 +159,25 @@ def train_policy(
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from infra.retries import TRANSIENT_RETRIES  # noqa: E402
 
-@task(name="train", cache_policy=NO_CACHE)
+
+@task(name="train", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def train_policy_task(ctx, checkpoint: str, pairs_key: str) -> tuple[str, TrainResult]:
     """DPO-train a challenger from the champion; returns the stage key and the result."""
     from infra.artifacts import read_jsonl
 
-    pairs = read_jsonl(ctx.store.local_path(pairs_key) / "pairs.jsonl", PreferencePair)
     key = ctx.key("train")
+    input_hash = ctx.inputs_hash(pairs_key, extra=ctx.champion_id or checkpoint)
+    config_hash = ctx.config_hash("model", "train")
+    if ctx.already_done(key, input_hash, config_hash):
+        return key, TrainResult.model_validate_json((ctx.store.local_path(key) / "train_result.json").read_text())
+    pairs = read_jsonl(ctx.store.local_path(pairs_key) / "pairs.jsonl", PreferencePair)
 
     def log_step(logs: dict, step: int) -> None:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=step)
 
-    with ctx.store.stage(key, input_hash=checkpoint + pairs_key, config_hash=ctx.config_hash("model", "train")) as out:
+    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         result = train_policy(checkpoint, pairs, ctx.config.train, ctx.config.model, ctx.round_index, out, log_step)
         (out / "train_result.json").write_text(result.model_dump_json(indent=2))
     ctx.tracker.log_metrics(

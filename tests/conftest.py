@@ -24,3 +24,59 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class S3Server:
+    """moto's S3 server on a loopback port, which tests can stop and start again (state survives)."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.running = False
+
+    def start(self):
+        if not self.running:
+            from moto.server import ThreadedMotoServer
+
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self._server.start()
+            self.running = True
+
+    def stop(self):
+        if self.running:
+            self._server.stop()
+            self.running = False
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint (moto server mode) on loopback with throwaway credentials."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="flywheel-test", AWS_SECRET_ACCESS_KEY="flywheel-test-secret", AWS_DEFAULT_REGION="us-east-1")
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

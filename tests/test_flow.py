@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from infra.artifacts import open_store
+from infra.artifacts import store_from_config
 from infra.settings import FlywheelConfig
 from tasks.evaluate import PairwiseResult
 from tasks.promote import decide_promotion
@@ -84,7 +84,7 @@ def _with_gate(config: FlywheelConfig, min_win_rate: float) -> FlywheelConfig:
 
 
 def test_every_stage_wrote_a_complete_artifact_folder(config, two_rounds):
-    store = open_store(config.storage.resolved_artifact_root())
+    store = store_from_config(config.storage)
     first = two_rounds[0]
     assert first.round == 1 and first.pairs_kept >= 2
     for stage in STAGES:
@@ -129,7 +129,7 @@ def test_flow_runs_are_named_after_loop_and_round(two_rounds):
 
 
 def test_promotion_followed_the_gate(config, two_rounds):
-    store = open_store(config.storage.resolved_artifact_root())
+    store = store_from_config(config.storage)
     for summary, gate in ((two_rounds[0], 0.0), (two_rounds[1], 1.0)):
         promotion = _with_gate(config, gate).promotion
         stage = lambda name: store.local_path(f"flowtest/round-{summary.round:03d}/{name}")  # noqa: E731
@@ -148,6 +148,15 @@ def test_promotion_followed_the_gate(config, two_rounds):
     if first.promoted:
         assert champion["round"] == 1 and champion["checkpoint"].endswith("round-001/train/merged")
         assert second.champion_before == 1
+        # The registry holds the promoted policy, its lineage, and the champion alias.
+        from mlflow import MlflowClient
+
+        from infra.tracking import tracking_uri
+
+        version = MlflowClient(tracking_uri(config.storage)).get_model_version_by_alias("flowtest-policy", "champion")
+        assert str(version.version) == champion["model_version"] and version.run_id == first.mlflow_run_id
+        assert version.tags["flywheel.round"] == "1" and version.tags["flywheel.merged_uri"] == champion["checkpoint"]
+        assert version.tags["flywheel.code_version"]
     else:
         assert champion is None and second.champion_before == 0
     assert not second.promoted
@@ -155,3 +164,35 @@ def test_promotion_followed_the_gate(config, two_rounds):
     assert store.read_json("flowtest/champion.json") == champion
     history = store.read_json("flowtest/history.json")
     assert [r["round"] for r in history] == [1, 2]
+
+
+def test_cli_round_runs_the_next_round_and_history_lists_all(config, two_rounds, tmp_path, capsys):
+    import yaml
+
+    from flows.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_with_gate(config, 1.0).model_dump(mode="json")))
+    assert main(["round", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "round 3: rejected" in out and "artifacts:" in out
+    assert main(["history", "--config", str(path)]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == ["1", "2", "3"]
+
+
+def test_rounds_publish_prefect_artifacts(two_rounds):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def of_round_two(key):
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return [a for a in found if str(a.flow_run_id) == two_rounds[1].flow_run_id]
+
+    [summary] = asyncio.run(of_round_two("flowtest-round-summary"))
+    assert summary.type == "markdown" and "round 2" in summary.data and "rejected" in summary.data
+    [table] = asyncio.run(of_round_two("flowtest-history"))
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[1]["decision"] == "rejected"

@@ -1,0 +1,189 @@
+"""Speed of Flywheel's generate and train stages against the guide's recipes, side by side.
+
+Same model (the bundled SmolLM2-135M-Instruct unless --model), same prompts, same
+token budget, one process, one run:
+
+* generation: ``tasks.generate.sample_batched`` (chat template, length-grouped
+  batches, bf16 where the CPU/GPU supports it) against the guide's recipe: one
+  ``model.generate`` call per prompt and candidate on the model as loaded (fp32).
+  Both count only the new tokens they produced, up to EOS.
+* training: ``tasks.train.train_policy`` (TRL DPOTrainer + LoRA, batched, bf16
+  autocast, no activation checkpointing) against ``DPOTrainer`` with the guide's
+  settings (batch 1, fp32 on CPU, TRL's defaults otherwise), on the same pairs.
+
+Usage:  .venv/bin/python benchmarks/bench_speed.py [--prompts 32] [--tokens 64] [--pairs 32]
+Writes the figures as JSON to benchmarks/results/<host>-speed.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def guide_generate(model, tokenizer, rendered: list[str], temperatures: list[float], max_new_tokens: int, eos_ids) -> int:
+    """The guide's loop: one prompt, one sample, one generate call at a time; returns new tokens."""
+    from tasks.generate import _count_until_eos
+
+    n_tokens = 0
+    for i, text in enumerate(rendered):
+        for j, temperature in enumerate(temperatures):
+            torch.manual_seed(1000 + i * len(temperatures) + j)
+            inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, temperature=temperature, do_sample=True,
+                    top_p=0.95, top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids,
+                )
+            n_tokens += _count_until_eos(out[0, inputs["input_ids"].shape[1]:].tolist(), eos_ids, tokenizer.pad_token_id)
+    return n_tokens
+
+
+def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int, batch_size: int) -> dict:
+    from infra.models import load_model, load_tokenizer
+    from infra.settings import ModelConfig
+    from tasks.generate import SampleRequest, _eos_ids, render_chat, sample_batched
+
+    tokenizer = load_tokenizer(checkpoint)
+    # Warm-up on both models, so one-off costs (kernel selection, allocations) count for neither.
+    fast = load_model(checkpoint, ModelConfig())
+    requests = [SampleRequest(key=(p.id, j), prompt=p.text, temperature=t) for p in prompts for j, t in enumerate(temperatures)]
+    sample_batched(fast, tokenizer, requests[:2], max_new_tokens=4, batch_size=2, seed=1)
+    started = time.perf_counter()
+    decoded = sample_batched(fast, tokenizer, requests, max_new_tokens, batch_size, seed=0, top_p=0.95, progress="flywheel generate")
+    ours_s = time.perf_counter() - started
+    ours_tokens = sum(n for _, n in decoded.values())
+    del fast
+
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(checkpoint)  # as the guide loads it: fp32
+    plain.eval()
+    rendered = [render_chat(tokenizer, p.text) for p in prompts]
+    eos_ids = _eos_ids(plain, tokenizer)
+    guide_generate(plain, tokenizer, rendered[:1], temperatures[:1], 4, eos_ids)
+    started = time.perf_counter()
+    guide_tokens = guide_generate(plain, tokenizer, rendered, temperatures, max_new_tokens, eos_ids)
+    guide_s = time.perf_counter() - started
+    ours_rate, guide_rate = ours_tokens / ours_s, guide_tokens / guide_s
+    return {
+        "sequences": len(requests), "max_new_tokens": max_new_tokens,
+        "flywheel_tokens": ours_tokens, "flywheel_s": ours_s, "flywheel_tokens_per_s": ours_rate,
+        "guide_tokens": guide_tokens, "guide_s": guide_s, "guide_tokens_per_s": guide_rate,
+        "speedup": ours_rate / guide_rate,
+    }
+
+
+def guide_train(checkpoint: str, pairs, output_dir: str) -> float:
+    """TRL DPOTrainer as the guide configures it (batch 1; bf16 only on CUDA); returns seconds."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    rows = [{"prompt": [{"role": "user", "content": p.prompt}], "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
+    args = DPOConfig(
+        output_dir=output_dir, max_length=256, per_device_train_batch_size=1, num_train_epochs=1,
+        logging_steps=1, report_to="none", save_strategy="no", beta=0.1, loss_type=["sigmoid"],
+        dataloader_num_workers=0, learning_rate=5e-5, use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), fp16=False,
+    )
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM", target_modules="all-linear")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora)
+    started = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - started
+
+
+def bench_training(checkpoint: str, pairs, batch_size: int) -> dict:
+    from infra.settings import ModelConfig, TrainConfig
+    from tasks.train import train_policy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(epochs=1, batch_size=batch_size, beta=[0.1], learning_rate=[5e-5], lora_r=8, lora_alpha=16, max_length=256)
+        ours = train_policy(checkpoint, pairs, config, ModelConfig(), 1, Path(tmp) / "ours")
+        guide_s = guide_train(checkpoint, pairs, str(Path(tmp) / "guide"))
+    guide_rate = len(pairs) / guide_s
+    return {
+        "pairs": len(pairs), "flywheel_batch_size": batch_size,
+        "flywheel_s": ours.runtime_s, "flywheel_pairs_per_s": ours.pairs_per_s,
+        "guide_s": guide_s, "guide_pairs_per_s": guide_rate, "speedup": ours.pairs_per_s / guide_rate,
+    }
+
+
+def make_pairs(checkpoint: str, prompts, max_new_tokens: int):
+    """Real preference pairs from the model itself: two samples a prompt, the longer one 'chosen'."""
+    from infra.models import load_model, load_tokenizer
+    from infra.records import PreferencePair
+    from infra.settings import ModelConfig
+    from tasks.generate import SampleRequest, sample_batched
+
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_model(checkpoint, ModelConfig())
+    requests = [SampleRequest(key=(p.id, j), prompt=p.text, temperature=t) for p in prompts for j, t in enumerate((0.7, 1.0))]
+    decoded = sample_batched(model, tokenizer, requests, max_new_tokens, batch_size=64, seed=7, top_p=0.95)
+    pairs = []
+    for p in prompts:
+        a, b = decoded[(p.id, 0)][0], decoded[(p.id, 1)][0]
+        chosen, rejected = (a, b) if len(a) >= len(b) else (b, a)
+        pairs.append(PreferencePair(prompt_id=p.id, prompt=p.text, chosen=chosen, rejected=rejected,
+                                    score_chosen=1.0, score_rejected=0.0, similarity=0.0))
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (default: the bundled model)")
+    parser.add_argument("--data-dir", type=Path, default=Path(".flywheel"))
+    parser.add_argument("--prompts", type=int, default=16, help="prompts for generation (x4 temperatures)")
+    parser.add_argument("--tokens", type=int, default=64, help="max new tokens per sequence")
+    parser.add_argument("--pairs", type=int, default=32, help="preference pairs for training")
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
+    args = parser.parse_args()
+
+    from infra.models import cpu_supports_bf16, resolve_checkpoint
+    from tasks.prompts import builtin_prompts
+
+    checkpoint = resolve_checkpoint(args.model, args.data_dir)
+    train = [p for p in builtin_prompts(0, 0.25) if p.split == "train"]
+    temperatures = [0.5, 0.7, 0.9, 1.0]
+    generation = bench_generation(checkpoint, train[: args.prompts], temperatures, args.tokens, batch_size=64)
+    pairs = make_pairs(checkpoint, train[args.prompts : args.prompts + args.pairs], args.tokens)
+    training = bench_training(checkpoint, pairs, args.train_batch)
+    result = {
+        "machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "bf16_native": cpu_supports_bf16(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "model": args.model, "generation": generation, "training": training,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{platform.node() or 'host'}-speed.json"
+    path.write_text(json.dumps(result, indent=2))
+    g, t = generation, training
+    print(f"\nmachine: {result['machine']}")
+    print(f"generation  flywheel {g['flywheel_tokens_per_s']:8.1f} tok/s   guide loop {g['guide_tokens_per_s']:7.1f} tok/s   ratio {g['speedup']:5.1f}x")
+    print(f"training    flywheel {t['flywheel_pairs_per_s']:8.2f} pairs/s guide DPO  {t['guide_pairs_per_s']:7.2f} pairs/s ratio {t['speedup']:5.1f}x")
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

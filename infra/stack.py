@@ -1,0 +1,209 @@
+"""The real stack on loopback, without Docker: an S3 server (moto), an MLflow server whose
+artifacts live in that S3, a Prefect server, and process workers on the ``flywheel`` and
+``gpu`` work pools.
+
+``up`` starts each as a detached process with its log under the stack folder, waits until
+it answers, and writes ``stack.json`` (pids, addresses, the environment clients need);
+``down`` stops them in reverse order (workers before the Prefect server), whoever started
+them. The environment printed by ``env`` carries throwaway S3 keys for the local moto
+server only; real keys are never written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+LOOP_POOL = "flywheel"
+GPU_POOL = "gpu"
+BUCKET = "flywheel"
+# moto accepts any keys; these exist only for the local S3 server.
+LOCAL_S3_KEYS = {"AWS_ACCESS_KEY_ID": "flywheel-local", "AWS_SECRET_ACCESS_KEY": "flywheel-local-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's bin), else one on PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode}; its log {log} ends:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{what} did not answer at {url} within {timeout:.0f} s; its log {log} ends:\n{_tail(log)}")
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _start(name: str, argv: list[str], env: dict[str, str], folder: Path) -> subprocess.Popen:
+    log = folder / f"{name}.log"
+    with open(log, "ab") as out:
+        # A session of its own: `down` can stop the process and all its children together.
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=folder)
+
+
+def client_env(state: dict) -> dict[str, str]:
+    """What a client of the stack (the CLI, a test, CI) exports."""
+    return {
+        "PREFECT_API_URL": state["prefect_api"],
+        "MLFLOW_TRACKING_URI": state["mlflow_uri"],
+        "AWS_ENDPOINT_URL": state["s3_endpoint"],
+        "FLYWHEEL_ARTIFACT_ROOT": f"s3://{BUCKET}/artifacts",
+        **LOCAL_S3_KEYS,
+    }
+
+
+def up(folder: Path, repo: Path | None = None, timeout: float = 120) -> dict:
+    """Start the stack under ``folder``; returns its state (also written to stack.json)."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "stack.json").exists():
+        raise StackError(f"a stack already runs from {folder} (stack.json exists): `flywheel stack down` first")
+    repo = Path(repo or Path(__file__).resolve().parents[1])
+    ports = {"s3": free_port(), "mlflow": free_port(), "prefect": free_port()}
+    state: dict = {
+        "folder": str(folder),
+        "repo": str(repo),
+        "s3_endpoint": f"http://127.0.0.1:{ports['s3']}",
+        "mlflow_uri": f"http://127.0.0.1:{ports['mlflow']}",
+        "prefect_api": f"http://127.0.0.1:{ports['prefect']}/api",
+        "prefect_ui": f"http://127.0.0.1:{ports['prefect']}",
+        "pids": {},
+    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))}
+    base.update(LOCAL_S3_KEYS)
+    started: list[subprocess.Popen] = []
+
+    def launch(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = _start(name, argv, env, folder)
+        started.append(proc)
+        state["pids"][name] = proc.pid
+        (folder / "stack.json").write_text(json.dumps(state, indent=2))  # so `down` can stop a half-started stack
+        return proc
+
+    try:
+        s3 = launch("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])], base)
+        _wait_http(state["s3_endpoint"] + "/moto-api/", timeout, s3, folder / "s3.log", "S3 server (moto)")
+        import boto3
+
+        s3_client = boto3.client("s3", endpoint_url=state["s3_endpoint"], **{k.lower(): v for k, v in LOCAL_S3_KEYS.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+        s3_client.create_bucket(Bucket=BUCKET)
+
+        mlflow_env = {**base, "MLFLOW_S3_ENDPOINT_URL": state["s3_endpoint"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        mlflow = launch(
+            "mlflow",
+            [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", f"s3://{BUCKET}/mlflow"],
+            mlflow_env,
+        )
+        prefect_env = {**base, "PREFECT_HOME": str(folder / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "PREFECT_UI_API_URL": state["prefect_api"]}
+        prefect = launch("prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports["prefect"])], prefect_env)
+        _wait_http(state["mlflow_uri"] + "/health", timeout, mlflow, folder / "mlflow.log", "MLflow server")
+        _wait_http(state["prefect_api"] + "/health", timeout, prefect, folder / "prefect.log", "Prefect server")
+
+        worker_env = {**base, **client_env(state), "PREFECT_HOME": str(folder / "prefect-worker"),
+                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                      "PYTHONPATH": str(repo)}
+        for pool in (LOOP_POOL, GPU_POOL):
+            subprocess.run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                           env=worker_env, check=True, capture_output=True, timeout=120)
+            launch(f"worker-{pool}", [_bin("prefect"), "worker", "start", "--pool", pool, "--name", f"{pool}-local"], worker_env)
+    except BaseException:
+        for proc in reversed(started):
+            _stop_pid(proc.pid)
+        (folder / "stack.json").unlink(missing_ok=True)
+        raise
+    (folder / "stack.json").write_text(json.dumps(state, indent=2))
+    return state
+
+
+def read_state(folder: Path) -> dict:
+    path = Path(folder).resolve() / "stack.json"
+    if not path.exists():
+        raise StackError(f"no stack runs from {Path(folder).resolve()} (no stack.json): `flywheel stack up` first")
+    return json.loads(path.read_text())
+
+
+def _stop_pid(pid: int, grace: float = 15) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it when it is our own child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def down(folder: Path) -> list[str]:
+    """Stop every process of the stack under ``folder``, workers first; returns their names."""
+    folder = Path(folder).resolve()
+    path = folder / "stack.json"
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    names = list(state["pids"])
+    order = [n for n in names if n.startswith("worker-")] + [n for n in ("prefect", "mlflow", "s3") if n in names]
+    for name in order:
+        _stop_pid(state["pids"][name])
+    path.unlink()
+    return order
+
+
+def describe(state: dict) -> str:
+    env = client_env(state)
+    lines = [
+        f"Prefect UI:  {state['prefect_ui']}",
+        f"MLflow UI:   {state['mlflow_uri']}",
+        f"S3 endpoint: {state['s3_endpoint']}  (bucket {BUCKET})",
+        f"workers:     pools {LOOP_POOL!r} and {GPU_POOL!r}; logs in {state['folder']}",
+        "",
+        "export these to use it:",
+    ]
+    lines += [f"export {k}={v}" for k, v in env.items()]
+    return "\n".join(lines)
