@@ -136,6 +136,7 @@ def up(folder: Path, repo: Path | None = None, timeout: float = 120) -> dict:
 
         worker_env = {**base, **client_env(state), "PREFECT_HOME": str(folder / "prefect-worker"),
                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                      "PREFECT_WORKER_QUERY_SECONDS": "2",
                       "PYTHONPATH": str(repo)}
         for pool in (LOOP_POOL, GPU_POOL):
             subprocess.run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],

@@ -4,8 +4,11 @@ Reads: the champion checkpoint and the round's training prompts.
 Writes: ``candidates.jsonl`` (one Candidate a line).
 
 Decoding is batched: prompts are rendered with the tokenizer's chat template,
-left-padded, and grouped by token length so a batch wastes little on padding;
-each candidate index has its own temperature, so one batch shares one.
+left-padded, and grouped by token length so a batch wastes little on padding.
+Each candidate index has its own temperature; one batch mixes temperatures, since
+``RowTemperatureNucleus`` applies a temperature per row and nucleus (top-p)
+sampling from a top-k shortlist, exactly, without the full-vocabulary sort that
+dominates a CPU decoding step otherwise (120 ms of 280 ms for 64 rows of 49k).
 """
 
 from __future__ import annotations
@@ -15,9 +18,41 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from infra.records import Candidate, Prompt
 from infra.settings import GenerateConfig
+
+
+class RowTemperatureNucleus:
+    """Logits processor: divide row i by temperature i, then keep the smallest set of tokens
+    whose probability reaches ``top_p`` (as transformers' TopPLogitsWarper does).
+
+    The set is found among the ``shortlist`` most likely tokens (torch.topk); a row whose
+    shortlist holds less than ``top_p`` of the mass falls back to a full sort, so the result
+    is exact either way."""
+
+    def __init__(self, temperatures: torch.Tensor, top_p: float, shortlist: int = 256):
+        self.temperatures = temperatures.float().unsqueeze(1)
+        self.top_p = top_p
+        self.shortlist = shortlist
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperatures.to(scores.device)
+        if self.top_p >= 1.0:
+            return scores
+        probs = scores.softmax(dim=-1)
+        top_probs, top_idx = probs.topk(min(self.shortlist, probs.shape[-1]), dim=-1)
+        remove = torch.ones_like(scores, dtype=torch.bool)
+        remove.scatter_(1, top_idx, (top_probs.cumsum(-1) - top_probs) >= self.top_p)
+        short = top_probs.sum(-1) < self.top_p
+        if short.any():
+            rows = short.nonzero().squeeze(1)
+            sorted_probs, sorted_idx = probs[rows].sort(dim=-1, descending=True)
+            row_remove = torch.ones_like(sorted_probs, dtype=torch.bool)
+            row_remove.scatter_(1, sorted_idx, (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p)
+            remove[rows] = row_remove
+        return scores.masked_fill(remove, float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -33,11 +68,13 @@ def render_chat(tokenizer, prompt_text: str) -> str:
 
 
 def length_grouped_batches(requests: list[SampleRequest], lengths: list[int], batch_size: int):
-    """Batches of requests sharing a temperature, sorted by prompt length to keep padding small."""
-    order = sorted(range(len(requests)), key=lambda i: (requests[i].temperature, lengths[i], i))
+    """Batches sorted by prompt length to keep padding small; greedy (temperature 0) and
+    sampled requests never share a batch, sampled ones at different temperatures may."""
+    greedy = lambda i: requests[i].temperature <= 0  # noqa: E731
+    order = sorted(range(len(requests)), key=lambda i: (greedy(i), lengths[i], i))
     batch: list[int] = []
     for i in order:
-        if batch and (len(batch) == batch_size or requests[batch[0]].temperature != requests[i].temperature):
+        if batch and (len(batch) == batch_size or greedy(batch[0]) != greedy(i)):
             yield batch
             batch = []
         batch.append(i)
@@ -64,13 +101,19 @@ def sample_batched(
     results: dict[tuple, tuple[str, int]] = {}
     bar = tqdm(total=len(requests), desc=progress, unit="seq", disable=progress is None)
     for batch_no, batch in enumerate(length_grouped_batches(requests, lengths, batch_size)):
-        temperature = requests[batch[0]].temperature
+        temperatures = torch.tensor([requests[i].temperature for i in batch])
         enc = tokenizer(
             [rendered[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
         ).to(device)
         # A seed per batch: results do not depend on what ran before in the process.
         torch.manual_seed(seed * 100_003 + batch_no)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        if temperatures[0] > 0:
+            # Temperature and top-p are applied per row by our processor; transformers' own
+            # warpers stay off (temperature 1, top_p 1), as they would run after it.
+            nucleus = RowTemperatureNucleus(temperatures, top_p)
+            sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, logits_processor=LogitsProcessorList([nucleus]))
+        else:
+            sampling = dict(do_sample=False)
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,

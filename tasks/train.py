@@ -160,6 +160,7 @@ from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from infra.retries import TRANSIENT_RETRIES  # noqa: E402
+from tasks.figures import training_figure  # noqa: E402
 
 
 @task(name="train", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
@@ -180,6 +181,8 @@ def train_policy_task(ctx, checkpoint: str, pairs_key: str) -> tuple[str, TrainR
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         result = train_policy(checkpoint, pairs, ctx.config.train, ctx.config.model, ctx.round_index, out, log_step)
         (out / "train_result.json").write_text(result.model_dump_json(indent=2))
+        figure = training_figure(result.log_history, out / "training.png", f"{ctx.loop} round {ctx.round_index}: DPO training")
+    ctx.tracker.log_artifact(ctx.store.local_path(key) / figure.name, "figures")
     ctx.tracker.log_metrics(
         {
             "train/initial_loss": result.initial_loss,

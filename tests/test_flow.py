@@ -115,6 +115,7 @@ def test_every_stage_logged_its_figures_to_the_round_run(config, two_rounds):
     assert run.data.params["train.lora_r"] == "4"
     steps = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(steps) >= 1
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/training.png"]
 
 
 def test_flow_runs_are_named_after_loop_and_round(two_rounds):

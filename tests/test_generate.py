@@ -27,10 +27,31 @@ def test_generation_is_seeded(tiny_model):
     assert first != other
 
 
-def test_batches_share_temperature_and_sort_by_length():
-    requests = [SampleRequest(key=(i,), prompt="x", temperature=t) for i, t in enumerate([0.7, 1.0, 0.7, 1.0, 0.7])]
-    lengths = [30, 5, 10, 20, 20]
+def test_batches_sort_by_length_and_keep_greedy_apart():
+    temps = [0.7, 1.0, 0.7, 0.0, 1.0, 0.7, 0.0]
+    requests = [SampleRequest(key=(i,), prompt="x", temperature=t) for i, t in enumerate(temps)]
+    lengths = [30, 5, 10, 7, 20, 20, 3]
     batches = list(length_grouped_batches(requests, lengths, batch_size=2))
-    assert batches == [[2, 4], [0], [1, 3]]
+    # Sampled requests by length (temperatures mixed), then greedy ones by length.
+    assert batches == [[1, 2], [4, 5], [0], [6, 3]]
     for batch in batches:
-        assert len({requests[i].temperature for i in batch}) == 1
+        assert len({requests[i].temperature == 0 for i in batch}) == 1
+
+
+def test_row_temperature_nucleus_matches_transformers_warpers():
+    import torch
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from tasks.generate import RowTemperatureNucleus
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 5000) * 4
+    scores[3] = torch.randn(5000) * 0.01  # nearly flat: the shortlist misses top_p, full-sort fallback
+    temperatures = torch.tensor([0.5, 0.7, 1.0, 1.3])
+    ours = RowTemperatureNucleus(temperatures, top_p=0.9, shortlist=64)(None, scores)
+    for row, t in enumerate(temperatures.tolist()):
+        reference = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(t)(None, scores[row : row + 1].clone()))
+        assert torch.equal(torch.isinf(ours[row]), torch.isinf(reference[0])), row
+        kept = ~torch.isinf(ours[row])
+        assert torch.allclose(ours[row][kept], reference[0][kept])
+    assert (~torch.isinf(ours[3])).sum() > 64  # the fallback row kept more than the shortlist

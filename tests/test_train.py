@@ -50,3 +50,12 @@ def test_merged_checkpoint_differs_from_base(trained, tiny_model):
     changed = [k for k in base if not (base[k].float() - merged[k].float()).abs().max() == 0]
     assert changed, "merging the adapter changed no weight"
     assert result.final_reward_margin > 0
+
+
+def test_training_figure_is_a_png_of_the_run(trained, tmp_path):
+    from tasks.figures import training_figure
+
+    _, result, _ = trained
+    path = training_figure(result.log_history, tmp_path / "training.png", "tiny")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

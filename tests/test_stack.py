@@ -1,0 +1,157 @@
+"""End to end on the real stack, on loopback: `flywheel stack up` (moto S3 server, MLflow server
+with S3 artifacts, Prefect server, process workers on the `flywheel` and `gpu` pools),
+`flywheel deploy`, then `flywheel trigger` runs a round on the tiny model with training
+dispatched to the `gpu` worker. The stack is stopped by this module, whatever fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import stack
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+LOOP = "stacktest"
+SECRET = stack.LOCAL_S3_KEYS["AWS_SECRET_ACCESS_KEY"]
+
+
+def _prompt_file(path: Path) -> Path:
+    thresholds = [{"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": n}} for n in (10, 11, 12, 13)]
+    lines = [
+        {"id": f"p{i}", "text": f"Write a note about topic {i}.", "topic": f"t{i}", "split": "eval" if i >= 6 else "train", "constraints": thresholds}
+        for i in range(10)
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stack")
+    saved = dict(os.environ)
+    try:
+        state = stack.up(folder)
+        os.environ.update(stack.client_env(state))
+        yield state
+    finally:
+        stack.down(folder)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def triggered(running_stack, tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stackrun")
+    config = {
+        "loop": LOOP,
+        "model": {"base": tiny_model, "dtype": "fp32"},
+        "prompts": {"source": "jsonl", "path": str(_prompt_file(root / "prompts.jsonl")), "n_train": 6, "n_eval": 4},
+        "generate": {"n_candidates": 4, "max_new_tokens": 16, "batch_size": 8},
+        "judge": {"tie_margin": 0.0},
+        "filter": {"min_chars": 1, "similarity_threshold": 0.99},
+        "train": {"epochs": 1, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_length": 64, "deployment": "flywheel-train/gpu"},
+        "evaluate": {"max_new_tokens": 16, "batch_size": 8, "bootstrap_samples": 200},
+        "regression": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 8, "tolerance": 1.0},
+        "promotion": {"min_win_rate": 0.0},
+        "storage": {"data_dir": str(root / "data")},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    deployed = _cli("deploy", "--cron", "*/30 * * * *", timeout=300)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    run = _cli("trigger", "--config-file", str(root / "config.yaml"), "--timeout", "900", timeout=1000)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in Path(running_stack["folder"]).glob("*.log"))
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n{logs}"
+    return run
+
+
+def _prefect(call):
+    """Call the stack's Prefect API (not a test harness's server another test module may hold)."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def go():
+        async with get_client() as client:
+            return await call(client)
+
+    with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        return asyncio.run(go())
+
+
+def test_trigger_prints_the_round_summary(triggered):
+    assert f"# {LOOP} round 1:" in triggered.stdout
+    assert "PROMOTED" in triggered.stdout  # a 0.0 bar and a 100-point tolerance: the gate passes
+
+
+def test_bucket_holds_every_stage_and_its_manifest(triggered):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.BUCKET) for o in page.get("Contents", [])}
+    for stage in ["prompts", "generate", "judge", "filter", "train", "pairwise_eval", "regression", "promote"]:
+        assert f"artifacts/{LOOP}/round-001/{stage}/manifest.json" in keys, stage
+    assert f"artifacts/{LOOP}/round-001/train/merged/model.safetensors" in keys
+    assert any(k.startswith("mlflow/") and k.endswith("adapter/adapter_config.json") for k in keys), "MLflow artifacts are not in S3"
+
+
+def test_training_ran_on_the_gpu_pool(triggered):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    runs = _prefect(lambda c: c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{LOOP}-round-001-train"]))))
+    assert len(runs) == 1 and runs[0].state.is_completed()
+    assert runs[0].work_pool_name == stack.GPU_POOL
+
+
+def test_mlflow_server_holds_metrics_and_the_champion_version(triggered):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    [run] = client.search_runs([client.get_experiment_by_name("flywheel").experiment_id], f"tags.`flywheel.loop` = '{LOOP}'")
+    assert {"train/loss", "eval/win_rate", "regression/passed", "promote/promoted"} <= set(run.data.metrics)
+    version = client.get_model_version_by_alias(f"{LOOP}-policy", "champion")
+    assert version.run_id == run.info.run_id
+    assert version.tags["flywheel.merged_uri"] == f"s3://{stack.BUCKET}/artifacts/{LOOP}/round-001/train/merged"
+
+
+def test_prefect_shows_artifacts_and_the_cron_deployment(triggered):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    deployment = _prefect(lambda c: c.read_deployment_by_name("flywheel-scheduled-loop/scheduled"))
+    assert [s.schedule.cron for s in deployment.schedules] == ["*/30 * * * *"]
+    artifacts = _prefect(lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{LOOP}-round-summary", f"{LOOP}-history"]))))
+    assert {a.key for a in artifacts} == {f"{LOOP}-round-summary", f"{LOOP}-history"}
+
+
+def test_no_secret_leaked(triggered, running_stack):
+    import boto3
+    from mlflow import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    [run] = client.search_runs([client.get_experiment_by_name("flywheel").experiment_id], f"tags.`flywheel.loop` = '{LOOP}'")
+    version = client.get_model_version_by_alias(f"{LOOP}-policy", "champion")
+    assert SECRET not in json.dumps([run.data.params, run.data.tags, version.tags])
+    artifacts = _prefect(lambda c: c.read_artifacts())
+    assert SECRET not in json.dumps([a.data for a in artifacts], default=str)
+    logs = _prefect(lambda c: c.read_logs())
+    assert logs and SECRET not in json.dumps([entry.message for entry in logs])
+    runs = _prefect(lambda c: c.read_flow_runs())
+    assert SECRET not in json.dumps([r.parameters for r in runs], default=str)
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.BUCKET):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith((".json", ".jsonl", ".yaml", ".txt", ".md")):
+                body = s3.get_object(Bucket=stack.BUCKET, Key=obj["Key"])["Body"].read().decode(errors="replace")
+                assert SECRET not in body, obj["Key"]
+    assert triggered.stdout.count(SECRET) == 0 and triggered.stderr.count(SECRET) == 0
