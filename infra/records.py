@@ -55,6 +55,7 @@ class Judgment(Record):
     score_b: float
     reason: str = ""
     judge: str = ""
+    consistent: bool | None = None  # both presentation orders agreed (judges that ask twice)
 
 
 class PreferencePair(Record):

@@ -84,11 +84,14 @@ def evaluate_pairwise(
 ) -> tuple[PairwiseResult, list[PairVerdict]]:
     champ = {c.prompt_id: c for c in champion}
     chall = {c.prompt_id: c for c in challenger}
-    verdicts = []
-    for p in prompts:
-        forward = judge.compare(p, champ[p.id].text, chall[p.id].text).verdict
-        backward = judge.compare(p, chall[p.id].text, champ[p.id].text).verdict
-        verdicts.append(PairVerdict(prompt_id=p.id, forward=forward, backward=backward, outcome=combine_orders(forward, backward)))
+    forward = judge.compare_many([(p, champ[p.id].text, chall[p.id].text) for p in prompts])
+    backward = judge.compare_many([(p, chall[p.id].text, champ[p.id].text) for p in prompts])
+    verdicts = [
+        PairVerdict(prompt_id=p.id, forward=f.verdict, backward=b.verdict, outcome=combine_orders(f.verdict, b.verdict))
+        for p, f, b in zip(prompts, forward, backward)
+        if f is not None and b is not None  # a pair the judge could not decide is left out
+    ]
+    judge.check_failures(len(prompts))
     scores = np.array([{"win": 1.0, "tie": 0.5, "loss": 0.0}[v.outcome] for v in verdicts])
     low, high = bootstrap_interval(scores, config.bootstrap_samples, config.seed)
     consistent = sum(
@@ -150,7 +153,7 @@ def evaluate_pairwise_task(
         completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
         del model
     result, verdicts = evaluate_pairwise(
-        prompts, completions["champion"], completions["challenger"], build_judge(config.judge), config.evaluate
+        prompts, completions["champion"], completions["challenger"], build_judge(config.judge, store=ctx.store), config.evaluate
     )
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])

@@ -31,6 +31,7 @@ class Comparison:
     score_a: float
     score_b: float
     reason: str
+    consistent: bool | None = None  # both orders agreed (judges that ask twice)
 
 
 class Judge(abc.ABC):
@@ -40,8 +41,22 @@ class Judge(abc.ABC):
     def compare(self, prompt: Prompt, response_a: str, response_b: str) -> Comparison:
         """Which of two responses to ``prompt`` is better."""
 
+    def compare_many(self, items: list[tuple[Prompt, str, str]]) -> list[Comparison | None]:
+        """Many comparisons; None for a pair the judge could not decide (left out).
+        Judges behind an API override this to run them concurrently."""
+        return [self.compare(*item) for item in items]
+
+    def summary(self, n_pairs: int) -> dict[str, float]:
+        """Figures about the judging itself (requests, cost, failures) for MLflow."""
+        return {}
+
+    def check_failures(self, n_pairs: int) -> None:
+        """Raise when too many pairs could not be judged."""
+
 
 JUDGES: Registry[type[Judge]] = Registry("judge", base=Judge)
+JUDGES.add_lazy("openai", "tasks.llm_judge:OpenAIJudge")
+JUDGES.add_lazy("llm", "tasks.llm_judge:OpenAIJudge")
 
 
 @JUDGES.register("verifier", "ifeval")
@@ -50,7 +65,7 @@ class VerifierJudge(Judge):
 
     name = "verifier"
 
-    def __init__(self, config: JudgeConfig):
+    def __init__(self, config: JudgeConfig, store=None):
         self.config = config
         self._scores: dict[tuple[str, str], tuple[float, str]] = {}
 
@@ -78,8 +93,9 @@ class VerifierJudge(Judge):
         return Comparison(verdict, score_a, score_b, f"A: {why_a}; B: {why_b}")
 
 
-def build_judge(config: JudgeConfig) -> Judge:
-    return JUDGES.get(config.name)(config)
+def build_judge(config: JudgeConfig, store=None) -> Judge:
+    """The configured judge; ``store`` (an artifact store) lets API judges cache verdicts."""
+    return JUDGES.get(config.name)(config, store=store)
 
 
 def judge_pairs(
@@ -93,30 +109,43 @@ def judge_pairs(
     missing = sorted(set(by_prompt) - set(prompt_by_id))
     if missing:
         raise ValueError(f"candidates refer to unknown prompts: {', '.join(missing[:5])}")
+    pairs = [
+        (prompt_by_id[prompt_id], a, b)
+        for prompt_id, group in by_prompt.items()
+        for a, b in itertools.combinations(sorted(group, key=lambda c: c.index), 2)
+    ]
+    results: list[Comparison | None] = []
+    chunk = 64  # progress in chunks; an API judge runs each chunk concurrently
+    for start in tqdm(range(0, len(pairs), chunk), desc="judge", unit="chunk", disable=not progress):
+        results += judge.compare_many([(p, a.text, b.text) for p, a, b in pairs[start : start + chunk]])
     judgments = []
-    for prompt_id, group in tqdm(by_prompt.items(), desc="judge", unit="prompt", disable=not progress):
-        prompt = prompt_by_id[prompt_id]
-        for a, b in itertools.combinations(sorted(group, key=lambda c: c.index), 2):
-            result = judge.compare(prompt, a.text, b.text)
-            judgments.append(
-                Judgment(
-                    prompt_id=prompt_id,
-                    index_a=a.index,
-                    index_b=b.index,
-                    verdict=result.verdict,
-                    score_a=result.score_a,
-                    score_b=result.score_b,
-                    reason=result.reason,
-                    judge=judge.name,
-                )
+    for (prompt, a, b), result in zip(pairs, results):
+        if result is None:
+            continue
+        judgments.append(
+            Judgment(
+                prompt_id=prompt.id,
+                index_a=a.index,
+                index_b=b.index,
+                verdict=result.verdict,
+                score_a=result.score_a,
+                score_b=result.score_b,
+                reason=result.reason,
+                judge=judge.name,
+                consistent=result.consistent,
             )
+        )
     return judgments
 
 
 def judge_summary(judgments: list[Judgment]) -> dict[str, float]:
     n = len(judgments)
     ties = sum(j.verdict == "tie" for j in judgments)
-    return {"judge/n_comparisons": n, "judge/tie_rate": ties / n if n else 0.0}
+    figures = {"judge/n_comparisons": n, "judge/tie_rate": ties / n if n else 0.0}
+    checked = [j.consistent for j in judgments if j.consistent is not None]
+    if checked:
+        figures["judge/consistency_rate"] = sum(checked) / len(checked)
+    return figures
 
 
 # --- Prefect task -----------------------------------------------------------------------
@@ -139,7 +168,11 @@ def judge_pairs_task(ctx, prompts_key: str, candidates_key: str) -> str:
         return key
     prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
     candidates = read_jsonl(ctx.store.local_path(candidates_key) / "candidates.jsonl", Candidate)
-    judgments = judge_pairs(prompts, candidates, build_judge(ctx.config.judge))
+    judge = build_judge(ctx.config.judge, store=ctx.store)
+    judgments = judge_pairs(prompts, candidates, judge)
+    n_pairs = sum(len(list(itertools.combinations(range(ctx.config.generate.n_candidates), 2))) for _ in prompts)
+    ctx.tracker.log_metrics(judge.summary(n_pairs))
+    judge.check_failures(n_pairs)
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         write_jsonl(out / "judgments.jsonl", judgments)
     ctx.tracker.log_metrics(judge_summary(judgments))

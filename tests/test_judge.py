@@ -75,5 +75,5 @@ def test_candidates_of_unknown_prompts_are_refused(judge):
 def test_registry_names_the_known_judges():
     assert isinstance(build_judge(JudgeConfig(name="ifeval")), VerifierJudge)
     assert issubclass(JUDGES.get("verifier"), Judge)
-    with pytest.raises(KeyError, match="known: ifeval, verifier"):
+    with pytest.raises(KeyError, match="known: ifeval, llm, openai, verifier"):
         build_judge(JudgeConfig(name="gpt-judge"))
