@@ -114,6 +114,11 @@ class OpenAIJudgeConfig(Section):
 class JudgeConfig(Section):
     name: str = Field("verifier", description="Registered judge: 'verifier' (offline, IFEval checkers) or 'openai' (any OpenAI-compatible API).")
     openai: OpenAIJudgeConfig = Field(default_factory=OpenAIJudgeConfig, description="Settings of the 'openai' judge.")
+    compare_with: list[str] = Field(
+        default_factory=list,
+        description="Other registered judges run on the same pairs; their agreement with this one (rate and "
+        "Cohen's kappa) is logged, to calibrate an API judge against the verifier or another model.",
+    )
     tie_margin: float = Field(
         0.05, ge=0, description="Score differences at or below this are ties (verifier judge)."
     )
@@ -180,6 +185,7 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    judge: str | None = Field(None, description="Registered judge for the pairwise eval (default: judge.name).")
     max_new_tokens: int = Field(96, ge=1, description="Tokens per evaluation response at most.")
     temperature: float = Field(
         0.0, ge=0, description="0 decodes greedily, so both policies are compared on their most likely answer."
@@ -196,7 +202,14 @@ class RegressionConfig(Section):
     )
     limit: int | None = Field(100, ge=1, description="Items per benchmark (None: all). Fewer items, wider error bars.")
     tolerance: float = Field(
-        0.02, ge=0, description="Largest accepted drop in a benchmark's accuracy (absolute, 0.02 = 2 points)."
+        0.01, ge=0, description="Drop in a benchmark's accuracy always accepted (absolute, 0.01 = 1 point)."
+    )
+    stderr_multiple: float = Field(
+        2.0, ge=0, description="Drops within this many of the champion's standard errors are accepted too: "
+        "the gate blocks a drop of more than max(tolerance, stderr_multiple x stderr).",
+    )
+    per_task_tolerance: dict[str, float] = Field(
+        default_factory=dict, description="Per-benchmark tolerance, replacing `tolerance` for those named."
     )
     batch_size: int = Field(32, ge=1, description="Log-likelihood requests scored together.")
 

@@ -153,7 +153,7 @@ def evaluate_pairwise_task(
         completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
         del model
     result, verdicts = evaluate_pairwise(
-        prompts, completions["champion"], completions["challenger"], build_judge(config.judge, store=ctx.store), config.evaluate
+        prompts, completions["champion"], completions["challenger"], build_judge(config.judge.model_copy(update={"name": config.evaluate.judge or config.judge.name}), store=ctx.store), config.evaluate
     )
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])

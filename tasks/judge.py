@@ -148,6 +148,29 @@ def judge_summary(judgments: list[Judgment]) -> dict[str, float]:
     return figures
 
 
+def cohen_kappa(first: list[str], second: list[str]) -> float:
+    """Agreement beyond chance between two judges' verdicts on the same items."""
+    n = len(first)
+    if n == 0:
+        return float("nan")
+    observed = sum(a == b for a, b in zip(first, second)) / n
+    labels = set(first) | set(second)
+    expected = sum((first.count(label) / n) * (second.count(label) / n) for label in labels)
+    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def judge_agreement(judge: Judge, other: Judge, pairs: list[tuple[Prompt, str, str]]) -> dict[str, float]:
+    """Rate and Cohen's kappa of agreement of two judges on the same pairs (undecided pairs left out)."""
+    mine, theirs = judge.compare_many(pairs), other.compare_many(pairs)
+    both = [(m.verdict, t.verdict) for m, t in zip(mine, theirs) if m is not None and t is not None]
+    first, second = [m for m, _ in both], [t for _, t in both]
+    return {
+        "n": len(both),
+        "agreement": sum(a == b for a, b in both) / len(both) if both else float("nan"),
+        "kappa": cohen_kappa(first, second),
+    }
+
+
 # --- Prefect task -----------------------------------------------------------------------
 
 from prefect import task  # noqa: E402
@@ -173,6 +196,13 @@ def judge_pairs_task(ctx, prompts_key: str, candidates_key: str) -> str:
     n_pairs = sum(len(list(itertools.combinations(range(ctx.config.generate.n_candidates), 2))) for _ in prompts)
     ctx.tracker.log_metrics(judge.summary(n_pairs))
     judge.check_failures(n_pairs)
+    by_id = {p.id: p for p in prompts}
+    texts = {(c.prompt_id, c.index): c.text for c in candidates}
+    compared = [(by_id[j.prompt_id], texts[(j.prompt_id, j.index_a)], texts[(j.prompt_id, j.index_b)]) for j in judgments]
+    for other_name in ctx.config.judge.compare_with:
+        other = build_judge(ctx.config.judge.model_copy(update={"name": other_name}), store=ctx.store)
+        agreement = judge_agreement(judge, other, compared)
+        ctx.tracker.log_metrics({f"judge/agreement_{other_name}": agreement["agreement"], f"judge/kappa_{other_name}": agreement["kappa"]})
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         write_jsonl(out / "judgments.jsonl", judgments)
     ctx.tracker.log_metrics(judge_summary(judgments))

@@ -177,9 +177,14 @@ def _read_score(task: str, name: str, out: dict[str, Any]) -> BenchmarkScore:
 
 
 def compare_scores(
-    before: dict[str, BenchmarkScore], after: dict[str, BenchmarkScore], tolerance: float
+    before: dict[str, BenchmarkScore],
+    after: dict[str, BenchmarkScore],
+    tolerance: float,
+    stderr_multiple: float = 0.0,
+    per_task: dict[str, float] | None = None,
 ) -> RegressionResult:
-    """Pass each task whose score dropped by at most ``tolerance`` (absolute); improvements pass."""
+    """Pass each task whose score dropped by at most max(its tolerance, ``stderr_multiple`` x the
+    champion's standard error on it); improvements pass. ``per_task`` overrides ``tolerance``."""
     missing = sorted(set(before) ^ set(after))
     if missing:
         sides = [f"{t} (only {'before' if t in before else 'after'})" for t in missing]
@@ -187,12 +192,13 @@ def compare_scores(
     comparisons, reasons = [], []
     for task in before:
         delta = after[task].score - before[task].score
-        passed = delta >= -tolerance - 1e-12  # exactly at tolerance passes, despite float rounding
+        allowed = max((per_task or {}).get(task, tolerance), stderr_multiple * before[task].stderr)
+        passed = delta >= -allowed - 1e-12  # exactly at the bound passes, despite float rounding
         comparisons.append(
             TaskComparison(task=task, before=before[task].score, after=after[task].score, delta=delta, passed=passed)
         )
         if not passed:
-            reasons.append(f"{task} dropped {-delta * 100:.1f} points (tolerance {tolerance * 100:.1f})")
+            reasons.append(f"{task} dropped {-delta * 100:.1f} points (allowed {allowed * 100:.1f})")
     return RegressionResult(passed=not reasons, tolerance=tolerance, tasks=comparisons, reasons=reasons)
 
 
@@ -235,7 +241,8 @@ def check_regression_task(ctx, champion_checkpoint: str, challenger_key: str) ->
         return RegressionResult.model_validate_json((ctx.store.local_path(key) / "regression.json").read_text())
     before = _scores_for(ctx, champion_checkpoint, ctx.champion_id or champion_checkpoint)
     after = _scores_for(ctx, str(ctx.store.local_path(challenger_key) / "merged"), ctx.store.uri(challenger_key))
-    result = compare_scores(before, after, ctx.config.regression.tolerance)
+    config = ctx.config.regression
+    result = compare_scores(before, after, config.tolerance, config.stderr_multiple, config.per_task_tolerance)
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
         (out / "before.json").write_text(json.dumps({t: s.model_dump() for t, s in before.items()}, indent=2))
         (out / "after.json").write_text(json.dumps({t: s.model_dump() for t, s in after.items()}, indent=2))

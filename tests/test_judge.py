@@ -77,3 +77,22 @@ def test_registry_names_the_known_judges():
     assert issubclass(JUDGES.get("verifier"), Judge)
     with pytest.raises(KeyError, match="known: ifeval, llm, openai, verifier"):
         build_judge(JudgeConfig(name="gpt-judge"))
+
+
+def test_cohen_kappa_on_known_cases():
+    from tasks.judge import cohen_kappa
+
+    assert cohen_kappa(["A", "B", "A", "B"], ["A", "B", "A", "B"]) == 1.0
+    # Observed 0.5, chance 0.5: no agreement beyond chance.
+    assert cohen_kappa(["A", "A", "B", "B"], ["A", "B", "A", "B"]) == pytest.approx(0.0)
+    assert cohen_kappa(["A", "B"], ["B", "A"]) == pytest.approx(-1.0)
+
+
+def test_agreement_of_two_judges_on_the_same_pairs(judge):
+    from tasks.judge import judge_agreement
+
+    lenient = VerifierJudge(JudgeConfig(tie_margin=0.3, failure_penalty=0.25))
+    pairs = [(PROMPT, BOTH, LOWERCASE_ONLY), (PROMPT, BOTH, FLATTERING), (PROMPT, NEITHER, BOTH)]
+    figures = judge_agreement(judge, lenient, pairs)
+    # Both say A, then A vs tie (inside the lenient margin), then both B.
+    assert figures["n"] == 3 and figures["agreement"] == pytest.approx(2 / 3)

@@ -39,7 +39,21 @@ def test_drop_beyond_tolerance_fails_with_a_reason():
     result = compare_scores(before, after, tolerance=0.02)
     assert not result.passed
     assert [t.passed for t in result.tasks] == [False, True]
-    assert result.reasons == ["arc_easy dropped 5.0 points (tolerance 2.0)"]
+    assert result.reasons == ["arc_easy dropped 5.0 points (allowed 2.0)"]
+
+
+def test_drops_within_two_standard_errors_pass():
+    before = {"arc_easy": _score("arc_easy", 0.60)}  # stderr 0.03: two of them allow 6 points
+    assert compare_scores(before, {"arc_easy": _score("arc_easy", 0.55)}, 0.01, stderr_multiple=2).passed
+    blocked = compare_scores(before, {"arc_easy": _score("arc_easy", 0.53)}, 0.01, stderr_multiple=2)
+    assert blocked.reasons == ["arc_easy dropped 7.0 points (allowed 6.0)"]
+
+
+def test_per_task_tolerance_replaces_the_default():
+    before = {"arc_easy": _score("arc_easy", 0.60), "piqa": _score("piqa", 0.70)}
+    after = {"arc_easy": _score("arc_easy", 0.55), "piqa": _score("piqa", 0.65)}
+    result = compare_scores(before, after, 0.01, per_task={"piqa": 0.10})
+    assert [t.passed for t in result.tasks] == [False, True]
 
 
 def test_drop_within_tolerance_passes():
