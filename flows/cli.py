@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(rnd)
     hist = sub.add_parser("history", help="print the loop's rounds so far")
     _add_config_options(hist)
+    report = sub.add_parser("report", help="print the loop's history and write it as an HTML page with figures")
+    report.add_argument("--out", type=Path, help="HTML file (default: <data_dir>/reports/<loop>.html)")
+    _add_config_options(report)
     show = sub.add_parser("config", help="print the merged configuration as YAML")
     _add_config_options(show)
 
@@ -102,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         from infra.artifacts import store_from_config
 
         print(summary_table(read_history(store_from_config(config.storage), config.loop)))
+        return 0
+    if args.command == "report":
+        from flows.report import write_report
+        from flows.round import read_history
+        from infra.artifacts import store_from_config
+
+        store = store_from_config(config.storage)
+        out = args.out or Path(config.storage.data_dir) / "reports" / f"{config.loop}.html"
+        print(write_report(store, config.loop, read_history(store, config.loop), out))
+        print(f"\nreport: {out.resolve()}")
         return 0
     if args.command == "round":
         from flows.round import run_next_round

@@ -101,7 +101,7 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
                 regression = check_regression_task(ctx, champion_checkpoint, train_key)
             else:
                 get_run_logger().warning("only %d pairs kept (< %d): no training this round", filter_report.n_kept, MIN_PAIRS)
-            decision = promote_task(ctx, pairwise, regression, train_key)
+            decision = promote_task(ctx, pairwise, regression, train_key, train_result.alarms if train_result else None)
     except BaseException:
         tracker.end_round("FAILED")
         raise
@@ -118,9 +118,11 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
         win_rate=pairwise.win_rate if pairwise else None,
         win_rate_low=pairwise.win_rate_low if pairwise else None,
         win_rate_high=pairwise.win_rate_high if pairwise else None,
+        lc_win_rate=pairwise.lc_win_rate if pairwise and pairwise.lc_win_rate == pairwise.lc_win_rate else None,
         constraint_rate_champion=pairwise.champion_constraint_rate if pairwise else None,
         constraint_rate_challenger=pairwise.challenger_constraint_rate if pairwise else None,
         regression_deltas={t.task: t.delta for t in regression.tasks} if regression else {},
+        alarms=[a.name for a in train_result.alarms] if train_result else [],
         promoted=decision.promote,
         reasons=decision.reasons,
         artifacts=store.uri(f"{config.loop}/round-{round_index:03d}"),

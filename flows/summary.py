@@ -18,9 +18,11 @@ class RoundSummary(BaseModel):
     win_rate: float | None = None
     win_rate_low: float | None = None
     win_rate_high: float | None = None
+    lc_win_rate: float | None = None
     constraint_rate_champion: float | None = None
     constraint_rate_challenger: float | None = None
     regression_deltas: dict[str, float] = {}
+    alarms: list[str] = []
     promoted: bool
     reasons: list[str]
     artifacts: str = ""
@@ -33,8 +35,8 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 def summary_table(rounds: list[RoundSummary]) -> str:
     """A plain-text table, one row per round."""
     header = [
-        "round", "pairs", "loss 0->end", "rew.acc", "win rate [95% CI]",
-        "constraints champ->new", "regression deltas (pts)", "decision",
+        "round", "pairs", "loss 0->end", "rew.acc", "win rate [95% CI]", "LC win",
+        "constraints champ->new", "regression deltas (pts)", "alarms", "decision",
     ]
     rows = []
     for r in rounds:
@@ -49,7 +51,8 @@ def summary_table(rounds: list[RoundSummary]) -> str:
         )
         deltas = " ".join(f"{k}:{v * 100:+.1f}" for k, v in r.regression_deltas.items()) or "-"
         rows.append([
-            str(r.round), str(r.pairs_kept), loss, _fmt(r.train_reward_accuracy, ".2f"), win, cons, deltas,
+            str(r.round), str(r.pairs_kept), loss, _fmt(r.train_reward_accuracy, ".2f"), win, _fmt(r.lc_win_rate), cons, deltas,
+            ",".join(r.alarms) or "-",
             "PROMOTED" if r.promoted else "rejected",
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]

@@ -222,6 +222,19 @@ class PromotionConfig(Section):
         description="The challenger must beat this win rate (ties count half) against the champion.",
     )
     require_regression_pass: bool = Field(True, description="Block promotion when a benchmark drops beyond tolerance.")
+    require_length_controlled_win: bool = Field(
+        True, description="The length-controlled win rate must beat min_win_rate too: no promotion for winning by length."
+    )
+    max_failure_increase: float = Field(
+        0.05, ge=0, le=1,
+        description="Largest accepted rise in the share of held-out answers showing any failure mode "
+        "(verbose, sycophantic, evasive, repetitive, degenerate).",
+    )
+    blocking_alarms: list[str] = Field(
+        ["reference_mismatch"],
+        description="Training alarms that block promotion (of reference_mismatch, not_learning, overfitting, "
+        "same_direction_drift); the others are recorded and shown.",
+    )
 
 
 class StorageConfig(Section):

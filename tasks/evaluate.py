@@ -41,6 +41,36 @@ class PairwiseResult(BaseModel):
     challenger_constraint_rate: float
     champion_strict_rate: float  # share of prompts with every constraint met
     challenger_strict_rate: float
+    # What a raw win rate hides: length, and the failure modes the guide names.
+    lc_win_rate: float = float("nan")  # win rate at equal length (AlpacaEval-2-style regression)
+    champion_mean_words: float = float("nan")
+    challenger_mean_words: float = float("nan")
+    champion_words: list[int] = []
+    challenger_words: list[int] = []
+    champion_failure_rates: dict[str, float] = {}
+    challenger_failure_rates: dict[str, float] = {}
+
+
+def length_controlled_win_rate(outcomes: list[float], length_diffs: list[float], steps: int = 200) -> float:
+    """The challenger's win rate with the length difference regressed out: fit
+    P(win) = sigmoid(a + b * tanh(diff / sd)) to the outcomes (ties as half a win), by Newton's
+    method, and report sigmoid(a), the predicted win rate when both answers are equally long."""
+    y = np.asarray(outcomes, dtype=float)
+    d = np.asarray(length_diffs, dtype=float)
+    if len(y) == 0:
+        return float("nan")
+    sd = d.std() or 1.0
+    x = np.stack([np.ones_like(d), np.tanh(d / sd)], axis=1)
+    w = np.zeros(2)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-x @ w))
+        gradient = x.T @ (y - p) - 1e-3 * w  # a whisper of L2 keeps separable data finite
+        hessian = -(x.T * (p * (1 - p))) @ x - 1e-3 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(1 / (1 + np.exp(-w[0])))
 
 
 def generate_completions(model, tokenizer, prompts: list[Prompt], policy: str, config: EvalConfig) -> list[Completion]:
@@ -98,6 +128,12 @@ def evaluate_pairwise(
         {"A": "B", "B": "A", "tie": "tie"}[v.forward] == v.backward for v in verdicts
     )
     n = len(verdicts)
+    kept = {v.prompt_id for v in verdicts}
+    words = {policy: {c.prompt_id: len(c.text.split()) for c in completions} for policy, completions in (("champion", champion), ("challenger", challenger))}
+    diffs = [words["challenger"][v.prompt_id] - words["champion"][v.prompt_id] for v in verdicts]
+    lc = length_controlled_win_rate(list(scores), diffs)
+    rates = {policy: failure_rates([c.text for c in completions if c.prompt_id in kept], judge_verbose_words(judge))
+             for policy, completions in (("champion", champion), ("challenger", challenger))}
     return (
         PairwiseResult(
             n=n,
@@ -112,9 +148,31 @@ def evaluate_pairwise(
             challenger_constraint_rate=_mean(c.constraint_score for c in challenger),
             champion_strict_rate=_mean(float(c.constraint_score == 1.0) for c in champion),
             challenger_strict_rate=_mean(float(c.constraint_score == 1.0) for c in challenger),
+            lc_win_rate=lc,
+            champion_mean_words=_mean(words["champion"].values()),
+            challenger_mean_words=_mean(words["challenger"].values()),
+            champion_words=list(words["champion"].values()),
+            challenger_words=list(words["challenger"].values()),
+            champion_failure_rates=rates["champion"],
+            challenger_failure_rates=rates["challenger"],
         ),
         verdicts,
     )
+
+
+def judge_verbose_words(judge: Judge) -> int:
+    config = getattr(judge, "config", None)
+    return getattr(config, "verbose_words", 150)
+
+
+def failure_rates(texts: list[str], verbose_words: int = 150) -> dict[str, float]:
+    """Share of responses showing each failure mode, and of those showing any."""
+    from tasks.failure_modes import FAILURE_MODES, detect_failure_modes
+
+    found = [detect_failure_modes(t, verbose_words) for t in texts]
+    rates = {mode: _mean(float(f[mode]) for f in found) for mode in FAILURE_MODES}
+    rates["any"] = _mean(float(any(f.values())) for f in found)
+    return rates
 
 
 def _mean(values) -> float:
@@ -159,5 +217,8 @@ def evaluate_pairwise_task(
         write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
         write_jsonl(out / "verdicts.jsonl", verdicts)
         (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
-    ctx.tracker.log_metrics({f"eval/{k}": v for k, v in result.model_dump().items()})
+    figures = {f"eval/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
+    for policy in ("champion", "challenger"):
+        figures.update({f"eval/{policy}_failure/{mode}": rate for mode, rate in getattr(result, f"{policy}_failure_rates").items()})
+    ctx.tracker.log_metrics(figures)
     return key, result

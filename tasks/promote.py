@@ -39,11 +39,12 @@ class Champion(BaseModel):
         return resolve_checkpoint(self.checkpoint, data_dir)
 
 
-def decide_promotion(pairwise, regression, config: PromotionConfig) -> Decision:
-    """Promote only if the challenger wins the pairwise eval and passes the regression check.
+def decide_promotion(pairwise, regression, config: PromotionConfig, alarms: list | None = None) -> Decision:
+    """Promote only if the challenger wins the pairwise eval, passes the regression check and
+    raised no blocking training alarm.
 
     ``pairwise`` is a PairwiseResult or None (no challenger trained); ``regression``
-    a RegressionResult or None (not run).
+    a RegressionResult or None (not run); ``alarms`` the training diagnostics' Alarms.
     """
     reasons: list[str] = []
     promote = True
@@ -61,6 +62,19 @@ def decide_promotion(pairwise, regression, config: PromotionConfig) -> Decision:
             f"did not win the pairwise eval: win rate {pairwise.win_rate:.3f} <= {config.min_win_rate:.3f} "
             f"({pairwise.wins}W/{pairwise.ties}T/{pairwise.losses}L)"
         )
+    lc = getattr(pairwise, "lc_win_rate", float("nan"))
+    if config.require_length_controlled_win and lc == lc and lc <= config.min_win_rate:
+        promote = False
+        reasons.append(f"wins by length, not quality: length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f}")
+    before = getattr(pairwise, "champion_failure_rates", {}).get("any")
+    after = getattr(pairwise, "challenger_failure_rates", {}).get("any")
+    if before is not None and after is not None and after - before > config.max_failure_increase:
+        promote = False
+        worse = [m for m, r in pairwise.challenger_failure_rates.items() if m != "any" and r > pairwise.champion_failure_rates.get(m, 0)]
+        reasons.append(
+            f"more failure modes: {after:.0%} of answers show one, against {before:.0%} for the champion "
+            f"(allowed rise {config.max_failure_increase:.0%}; worse: {', '.join(worse)})"
+        )
     if regression is None:
         if config.require_regression_pass:
             promote = False
@@ -73,6 +87,12 @@ def decide_promotion(pairwise, regression, config: PromotionConfig) -> Decision:
             promote = False
         else:
             reasons.append("regression not enforced (promotion.require_regression_pass is false)")
+    for alarm in alarms or []:
+        if alarm.name in config.blocking_alarms:
+            promote = False
+            reasons.append(f"training alarm {alarm.name}: {alarm.message}")
+        else:
+            reasons.append(f"training alarm {alarm.name} (not blocking): {alarm.message}")
     return Decision(promote=promote, reasons=reasons)
 
 
@@ -146,9 +166,9 @@ def read_champion(store, loop: str, base_checkpoint: str) -> Champion:
 
 
 @task(name="promote", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def promote_task(ctx, pairwise, regression, challenger_key: str | None) -> Decision:
+def promote_task(ctx, pairwise, regression, challenger_key: str | None, alarms: list | None = None) -> Decision:
     """Apply the gate; move the champion pointer only when the challenger passes it."""
-    decision = decide_promotion(pairwise, regression, ctx.config.promotion)
+    decision = decide_promotion(pairwise, regression, ctx.config.promotion, alarms)
     with ctx.store.stage(ctx.key("promote")) as out:
         (out / "decision.json").write_text(decision.model_dump_json(indent=2))
     if decision.promote and challenger_key:

@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel
 
 from infra.records import PreferencePair
+from tasks.diagnostics import Alarm, training_alarms
 from infra.settings import ModelConfig, TrainConfig, per_round
 from tasks.filter import to_trl_rows
 
@@ -41,6 +42,7 @@ class TrainResult(BaseModel):
     runtime_s: float
     pairs_per_s: float
     log_history: list[dict]
+    alarms: list[Alarm] = []
 
 
 def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str):
@@ -151,6 +153,7 @@ def train_policy(
         runtime_s=runtime,
         pairs_per_s=n_examples / runtime if runtime > 0 else float("nan"),
         log_history=trainer.state.log_history,
+        alarms=training_alarms(trainer.state.log_history),
     )
 
 
@@ -192,6 +195,7 @@ def train_policy_task(ctx, checkpoint: str, pairs_key: str) -> tuple[str, TrainR
             "train/pairs_per_s": result.pairs_per_s,
             "train/beta": result.beta,
             "train/learning_rate_round": result.learning_rate,
+            "train/alarms": len(result.alarms),
         }
     )
     return key, result

@@ -18,6 +18,7 @@ from infra.settings import FlywheelConfig
 from tasks.evaluate import PairwiseResult
 from tasks.promote import decide_promotion
 from tasks.regression import RegressionResult
+from tasks.train import TrainResult
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ STAGES = ["prompts", "generate", "judge", "filter", "train", "pairwise_eval", "r
 STAGE_METRICS = [
     "prompts/n_train", "generate/tokens_per_s", "judge/n_comparisons", "filter/n_kept",
     "train/loss", "train/rewards/accuracies", "train/initial_loss", "eval/win_rate",
-    "eval/challenger_constraint_rate", "regression/passed", "regression/arc_easy/delta", "promote/promoted",
+    "eval/challenger_constraint_rate", "eval/lc_win_rate", "eval/challenger_failure/any", "regression/passed", "regression/arc_easy/delta", "promote/promoted",
 ]
 
 
@@ -63,6 +64,7 @@ def config(tiny_model, tmp_path_factory) -> FlywheelConfig:
             "train": {"epochs": 1, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_length": 64},
             "evaluate": {"max_new_tokens": 16, "batch_size": 8, "bootstrap_samples": 200},
             "regression": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 8},
+            "promotion": {"max_failure_increase": 1.0},
             "storage": {"data_dir": str(root / "data")},
         }
     )
@@ -137,7 +139,8 @@ def test_promotion_followed_the_gate(config, two_rounds):
         pairwise = PairwiseResult.model_validate_json((stage("pairwise_eval") / "pairwise.json").read_text())
         regression = RegressionResult.model_validate_json((stage("regression") / "regression.json").read_text())
         recorded = json.loads((stage("promote") / "decision.json").read_text())
-        expected = decide_promotion(pairwise, regression, promotion)
+        trained = TrainResult.model_validate_json((stage("train") / "train_result.json").read_text())
+        expected = decide_promotion(pairwise, regression, promotion, trained.alarms)
         assert recorded["promote"] == expected.promote == summary.promoted
         assert recorded["reasons"] == expected.reasons
 
@@ -180,6 +183,9 @@ def test_cli_round_runs_the_next_round_and_history_lists_all(config, two_rounds,
     assert main(["history", "--config", str(path)]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows == ["1", "2", "3"]
+    assert main(["report", "--config", str(path), "--out", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<h3>Round") == 3 and page.count("data:image/png;base64,") >= 4  # loop + 3 training figures
 
 
 def test_rounds_publish_prefect_artifacts(two_rounds):

@@ -52,3 +52,46 @@ def test_bootstrap_interval_brackets_mean():
     scores = np.array([1.0] * 30 + [0.0] * 10)
     low, high = bootstrap_interval(scores, 2000, seed=0)
     assert low < 0.75 < high and 0.55 < low and high < 0.9
+
+
+def test_blocking_alarm_refuses_and_others_are_only_recorded():
+    from tasks.diagnostics import Alarm
+
+    winning = pairwise(0.8)
+    wrong_reference = Alarm(name="reference_mismatch", message="initial loss 0.41")
+    drift = Alarm(name="same_direction_drift", message="both down")
+    refused = decide_promotion(winning, Regression(True), PromotionConfig(), [wrong_reference, drift])
+    assert not refused.promote
+    assert any("reference_mismatch" in r for r in refused.reasons)
+    assert any("same_direction_drift (not blocking)" in r for r in refused.reasons)
+    assert decide_promotion(winning, Regression(True), PromotionConfig(), [drift]).promote
+
+
+def _with_length(base, lc_win_rate, champion_any=0.1, challenger_any=0.1):
+    return base.model_copy(update={
+        "lc_win_rate": lc_win_rate,
+        "champion_failure_rates": {"any": champion_any, "verbose": champion_any},
+        "challenger_failure_rates": {"any": challenger_any, "verbose": challenger_any},
+    })
+
+
+def test_a_policy_that_only_wins_by_length_is_refused():
+    from tasks.evaluate import length_controlled_win_rate
+
+    # Longer on 14 prompts, winning 11 of them; shorter on 6, winning none: raw win rate 0.575.
+    diffs = [30, 25, 40, 20, 35, 28, 33, 22, 31, 27, 26, 38, 24, 29, -30, -25, -35, -20, -28, -33]
+    outcomes = [1.0] * 11 + [0.5, 0.0, 0.0] + [0.0] * 6
+    lc = length_controlled_win_rate(outcomes, diffs)
+    assert lc < 0.3
+    refused = decide_promotion(_with_length(pairwise(0.7), lc), Regression(True), PromotionConfig())
+    assert not refused.promote and any("wins by length" in r for r in refused.reasons)
+    # Wins that do not depend on length keep their rate, and pass.
+    fair = length_controlled_win_rate([1, 1, 1, 1, 0, 1, 1, 0, 1, 1], [30, -25, 40, -20, 35, -28, 33, -30, 25, -35])
+    assert abs(fair - 0.8) < 0.02
+    assert decide_promotion(_with_length(pairwise(0.8), fair), Regression(True), PromotionConfig()).promote
+
+
+def test_a_policy_with_more_failure_modes_is_refused():
+    worse = _with_length(pairwise(0.8), 0.8, champion_any=0.10, challenger_any=0.30)
+    refused = decide_promotion(worse, Regression(True), PromotionConfig())
+    assert not refused.promote and any("more failure modes" in r and "verbose" in r for r in refused.reasons)

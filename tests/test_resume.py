@@ -68,7 +68,9 @@ def _run_killed_during_training(config: FlywheelConfig, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-child"), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1")
     log = open(tmp_path / "child.log", "w")
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "round", "--config", str(path)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
+    # A session of its own, so the kill takes the child's ephemeral Prefect server with it.
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "round", "--config", str(path)], env=env, stdout=log,
+                             stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1], start_new_session=True)
     store = store_from_config(config.storage)
     try:
         deadline = time.monotonic() + 240
@@ -79,11 +81,14 @@ def _run_killed_during_training(config: FlywheelConfig, tmp_path: Path) -> None:
             time.sleep(0.5)
         assert child.poll() is None, f"round ended before it could be killed:\n{(tmp_path / 'child.log').read_text()[-3000:]}"
         assert store.is_complete("resume/round-001/filter"), "killed before training began"
-        os.kill(child.pid, signal.SIGKILL)
+        os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
     finally:
-        if child.poll() is None:
-            child.kill()
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # whoever fails: nothing of the child survives
+        except ProcessLookupError:
+            pass
+        child.wait(timeout=30)
         log.close()
 
 

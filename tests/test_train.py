@@ -59,3 +59,27 @@ def test_training_figure_is_a_png_of_the_run(trained, tmp_path):
     path = training_figure(result.log_history, tmp_path / "training.png", "tiny")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_diagnostics_on_constructed_histories():
+    from tasks.diagnostics import training_alarms
+
+    def step(loss, acc, chosen, rejected):
+        return {"loss": loss, "rewards/accuracies": acc, "rewards/chosen": chosen, "rewards/rejected": rejected}
+
+    healthy = [step(0.6931, 0.0, 0.0, 0.0), step(0.66, 0.6, 0.05, -0.05), step(0.6, 0.75, 0.1, -0.2), step(0.55, 0.8, 0.1, -0.3)]
+    assert training_alarms(healthy) == []
+    # A reference that is not the starting policy: the first loss is far from ln 2.
+    wrong_ref = [step(0.41, 0.9, 0.5, -0.5)] + healthy[1:]
+    assert [a.name for a in training_alarms(wrong_ref)] == ["reference_mismatch"]
+    memorised = healthy[:2] + [step(0.1, 1.0, 0.1, -2.0), step(0.05, 1.0, 0.1, -3.0)]
+    assert [a.name for a in training_alarms(memorised)] == ["overfitting"]
+    flat = [step(0.6931, 0.0, 0, 0), step(0.6931, 0.5, 0, 0), step(0.6931, 0.4, 0, 0), step(0.6931, 0.5, 0, 0)]
+    assert [a.name for a in training_alarms(flat)] == ["not_learning"]
+    sinking = healthy[:3] + [step(0.5, 0.8, -1.0, -1.2)]
+    assert [a.name for a in training_alarms(sinking)] == ["same_direction_drift"]
+
+
+def test_real_run_starts_at_ln2_so_no_reference_alarm(trained):
+    _, result, _ = trained
+    assert "reference_mismatch" not in [a.name for a in result.alarms]
