@@ -65,7 +65,8 @@ def decide_promotion(pairwise, regression, config: PromotionConfig, alarms: list
     lc = getattr(pairwise, "lc_win_rate", float("nan"))
     if config.require_length_controlled_win and lc == lc and lc <= config.min_win_rate:
         promote = False
-        reasons.append(f"wins by length, not quality: length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f}")
+        what = "wins by length, not quality: " if pairwise.win_rate > config.min_win_rate else ""
+        reasons.append(f"{what}length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f}")
     before = getattr(pairwise, "champion_failure_rates", {}).get("any")
     after = getattr(pairwise, "challenger_failure_rates", {}).get("any")
     if before is not None and after is not None and after - before > config.max_failure_increase:
