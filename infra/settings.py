@@ -167,6 +167,11 @@ class TrainConfig(Section):
         description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/gpu') that runs training, "
         "typically on a GPU work pool; None trains inside the round's own process.",
     )
+    heldout_share: float = Field(
+        0.2, ge=0, lt=1,
+        description="Share of the round's pairs held out of training and scored each epoch; training margins "
+        "rising while held-out ones stay flat raises the over-optimization alarm (0 disables).",
+    )
     dispatch_timeout_s: float = Field(
         6 * 3600, gt=0, description="How long the round waits for a dispatched training run."
     )

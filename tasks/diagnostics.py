@@ -14,7 +14,7 @@ import math
 
 from pydantic import BaseModel
 
-ALARMS = ("reference_mismatch", "not_learning", "overfitting", "same_direction_drift")
+ALARMS = ("reference_mismatch", "not_learning", "overfitting", "same_direction_drift", "over_optimization")
 
 
 class Alarm(BaseModel):
@@ -55,3 +55,23 @@ def training_alarms(
             f"chosen ({chosen:+.3f}) and rejected ({rejected:+.3f}) rewards both moved {direction}: the policy shifts all "
             "likelihoods instead of separating the pairs")))
     return alarms
+
+
+def over_optimization_alarms(log_history: list[dict], min_train_margin: float = 0.1, ratio: float = 0.25) -> list[Alarm]:
+    """The SimPO article's over-optimization sign: margins on the training pairs keep rising
+    while the held-out pairs (scored each epoch; 0 at the start, where policy = reference)
+    gain less than ``ratio`` of it."""
+    evals = [h for h in log_history if "eval_rewards/margins" in h]
+    steps = _steps(log_history)
+    if not evals or not steps:
+        return []
+    late = steps[len(steps) // 2:]
+    train_margin = sum(h.get("rewards/margins", 0.0) for h in late) / len(late)
+    heldout_margin = evals[-1]["eval_rewards/margins"]
+    heldout_accuracy = evals[-1].get("eval_rewards/accuracies", float("nan"))
+    # Margins, not accuracy, decide: held-out accuracy on a handful of pairs is mostly noise.
+    if train_margin > min_train_margin and heldout_margin < ratio * train_margin:
+        return [Alarm(name="over_optimization", message=(
+            f"training margin {train_margin:.3f} but held-out margin {heldout_margin:.3f} and accuracy "
+            f"{heldout_accuracy:.2f} after {len(evals)} epoch(s): the policy fits its training pairs, not the preference"))]
+    return []

@@ -23,15 +23,29 @@ import torch
 from pydantic import BaseModel
 
 from infra.records import PreferencePair
-from tasks.diagnostics import Alarm, training_alarms
+from tasks.diagnostics import Alarm, over_optimization_alarms, training_alarms
 from infra.settings import ModelConfig, TrainConfig, per_round
 from tasks.filter import to_trl_rows
 
 LN2 = math.log(2)
 
 
+def split_heldout(pairs: list[PreferencePair], share: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """A seeded held-out split (none when it would leave fewer than 2 pairs on either side)."""
+    import random
+
+    n_heldout = int(round(len(pairs) * share))
+    if n_heldout < 2 or len(pairs) - n_heldout < 2:
+        return list(pairs), []
+    order = list(range(len(pairs)))
+    random.Random(f"flywheel-heldout-{seed}").shuffle(order)
+    held = set(order[:n_heldout])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
 class TrainResult(BaseModel):
     n_pairs: int
+    n_heldout: int = 0
     n_steps: int
     beta: float
     learning_rate: float
@@ -45,7 +59,8 @@ class TrainResult(BaseModel):
     alarms: list[Alarm] = []
 
 
-def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str):
+def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
+             eval_each_epoch: bool = False):
     """The trl.DPOConfig for this round: the pipeline's fields, then the user's pass-through extras."""
     from trl import DPOConfig
 
@@ -68,6 +83,9 @@ def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype:
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=1,
     )
+    if eval_each_epoch:
+        # Held-out pairs scored at the end of each epoch, for the over-optimization alarm.
+        args.update(eval_strategy="epoch", per_device_eval_batch_size=config.batch_size)
     args.update(config.dpo_args)
     return DPOConfig(**args)
 
@@ -120,13 +138,15 @@ def train_policy(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    dataset = Dataset.from_list(to_trl_rows(pairs))
+    train_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
+    dataset = Dataset.from_list(to_trl_rows(train_pairs))
     with tempfile.TemporaryDirectory() as scratch:
-        args = dpo_args(config, round_index, device, dtype, scratch)
+        args = dpo_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs))
         trainer = DPOTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
+            eval_dataset=Dataset.from_list(to_trl_rows(heldout_pairs)) if heldout_pairs else None,
             processing_class=tokenizer,
             peft_config=lora_config(config),
             callbacks=[_log_callback(on_log)] if on_log else None,
@@ -140,9 +160,10 @@ def train_policy(
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(output_dir / "merged")
     tokenizer.save_pretrained(output_dir / "merged")
-    n_examples = len(pairs) * config.epochs
+    n_examples = len(train_pairs) * config.epochs
     return TrainResult(
-        n_pairs=len(pairs),
+        n_pairs=len(train_pairs),
+        n_heldout=len(heldout_pairs),
         n_steps=trainer.state.global_step,
         beta=args.beta,
         learning_rate=args.learning_rate,
@@ -153,7 +174,7 @@ def train_policy(
         runtime_s=runtime,
         pairs_per_s=n_examples / runtime if runtime > 0 else float("nan"),
         log_history=trainer.state.log_history,
-        alarms=training_alarms(trainer.state.log_history),
+        alarms=training_alarms(trainer.state.log_history) + over_optimization_alarms(trainer.state.log_history),
     )
 
 

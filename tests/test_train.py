@@ -22,7 +22,7 @@ def make_pairs(n):
 def trained(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     logged = []
-    config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8)
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0)
     result = train_policy(tiny_model, make_pairs(8), config, ModelConfig(), 1, out, lambda logs, step: logged.append((step, logs)))
     return out, result, logged
 
@@ -83,3 +83,28 @@ def test_diagnostics_on_constructed_histories():
 def test_real_run_starts_at_ln2_so_no_reference_alarm(trained):
     _, result, _ = trained
     assert "reference_mismatch" not in [a.name for a in result.alarms]
+
+
+def _random_pairs(n, seed):
+    """Pairs with no shared preference to learn: chosen and rejected are random words."""
+    import random
+
+    rng = random.Random(seed)
+    words = "apple river stone cloud paper lamp green quick silver window music orange table forest".split()
+    text = lambda: " ".join(rng.choice(words) for _ in range(8))  # noqa: E731
+    return [PreferencePair(prompt_id=f"r{i}", prompt=f"Say something {i}.", chosen=text(), rejected=text(),
+                           score_chosen=1.0, score_rejected=0.0, similarity=0.1) for i in range(n)]
+
+
+def test_over_optimization_alarm_fires_when_memorising(tiny_model, tmp_path):
+    config = TrainConfig(epochs=20, batch_size=4, learning_rate=[5e-3], beta=[0.1], lora_r=8, lora_alpha=16, heldout_share=0.34)
+    result = train_policy(tiny_model, _random_pairs(12, 0), config, ModelConfig(dtype="fp32"), 1, tmp_path)
+    assert result.n_pairs == 8 and result.n_heldout == 4
+    assert "over_optimization" in [a.name for a in result.alarms], [a.message for a in result.alarms]
+
+
+def test_over_optimization_alarm_stays_quiet_when_the_preference_generalises(tiny_model, tmp_path):
+    config = TrainConfig(epochs=3, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0.34)
+    result = train_policy(tiny_model, make_pairs(12), config, ModelConfig(dtype="fp32"), 1, tmp_path)
+    assert result.n_heldout == 4
+    assert "over_optimization" not in [a.name for a in result.alarms], [a.message for a in result.alarms]
