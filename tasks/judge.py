@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import itertools
+import math
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -193,7 +194,7 @@ def judge_pairs_task(ctx, prompts_key: str, candidates_key: str) -> str:
     candidates = read_jsonl(ctx.store.local_path(candidates_key) / "candidates.jsonl", Candidate)
     judge = build_judge(ctx.config.judge, store=ctx.store)
     judgments = judge_pairs(prompts, candidates, judge)
-    n_pairs = sum(len(list(itertools.combinations(range(ctx.config.generate.n_candidates), 2))) for _ in prompts)
+    n_pairs = len(prompts) * math.comb(ctx.config.generate.n_candidates, 2)
     ctx.tracker.log_metrics(judge.summary(n_pairs))
     judge.check_failures(n_pairs)
     by_id = {p.id: p for p in prompts}

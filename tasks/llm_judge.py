@@ -185,7 +185,8 @@ class OpenAIJudge(Judge):
         """One order of one pair: from the cache, or asked (with one repair); None when invalid."""
         key = self.cache_key(prompt, a, b)
         if self.store is not None:
-            cached = self.store.read_json(key)
+            # Store I/O (S3 on the real stack) off the event loop, so it never stalls the requests in flight.
+            cached = await asyncio.to_thread(self.store.read_json, key)
             if cached is not None:
                 self.stats.cache_hits += 1
                 return JudgeAnswer.model_validate(cached) if cached.get("verdict") else None
@@ -208,7 +209,7 @@ class OpenAIJudge(Judge):
         if answer is None:
             self.stats.invalid += 1
         if self.store is not None:
-            self.store.write_json(key, answer.model_dump() if answer else {"verdict": None})
+            await asyncio.to_thread(self.store.write_json, key, answer.model_dump() if answer else {"verdict": None})
         return answer
 
     # --- many pairs, both orders ---------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from infra.artifacts import store_from_config
 from infra.settings import FlywheelConfig
+from tests.tiny_round import tiny_round_config, word_band_prompt_file
 from tasks.evaluate import PairwiseResult
 from tasks.promote import decide_promotion
 from tasks.regression import RegressionResult
@@ -31,43 +32,11 @@ STAGE_METRICS = [
 ]
 
 
-def _prompt_lines() -> list[dict]:
-    """Prompts whose constraints grade the tiny model's random text finely: its 16 tokens make
-    8-14 words, and each word-count threshold met adds a quarter point, so candidates rarely
-    tie and the filter keeps pairs to train on."""
-    thresholds = [{"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": n}} for n in (10, 11, 12, 13)]
-    return [
-        {
-            "id": f"p{i}",
-            "text": f"Write a short note about topic {i}.",
-            "topic": f"topic{i}",
-            "split": "eval" if i >= 6 else "train",
-            "constraints": thresholds,
-        }
-        for i in range(10)
-    ]
-
-
 @pytest.fixture(scope="module")
 def config(tiny_model, tmp_path_factory) -> FlywheelConfig:
     root = tmp_path_factory.mktemp("flow")
-    prompt_file = root / "prompts.jsonl"
-    prompt_file.write_text("\n".join(json.dumps(line) for line in _prompt_lines()) + "\n")
-    return FlywheelConfig.model_validate(
-        {
-            "loop": "flowtest",
-            "model": {"base": tiny_model, "dtype": "fp32"},
-            "prompts": {"source": "jsonl", "path": str(prompt_file), "n_train": 6, "n_eval": 4},
-            "generate": {"n_candidates": 4, "max_new_tokens": 16, "batch_size": 8},
-            "judge": {"tie_margin": 0.0},
-            "filter": {"min_chars": 1, "similarity_threshold": 0.99},
-            "train": {"epochs": 1, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_length": 64},
-            "evaluate": {"max_new_tokens": 16, "batch_size": 8, "bootstrap_samples": 200},
-            "regression": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 8},
-            "promotion": {"max_failure_increase": 1.0},
-            "storage": {"data_dir": str(root / "data")},
-        }
-    )
+    prompts = word_band_prompt_file(root / "prompts.jsonl", text="Write a short note about topic {i}.", topic="topic{i}")
+    return tiny_round_config(tiny_model, "flowtest", prompts, root / "data", promotion={"max_failure_increase": 1.0})
 
 
 @pytest.fixture(scope="module")

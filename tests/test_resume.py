@@ -17,6 +17,7 @@ import yaml
 
 from infra.artifacts import store_from_config
 from infra.settings import FlywheelConfig
+from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
 
@@ -24,36 +25,16 @@ BEFORE_TRAIN = ["prompts", "generate", "judge", "filter"]
 FROM_TRAIN = ["train", "pairwise_eval", "regression", "promote"]
 
 
-def _prompt_file(path: Path) -> Path:
-    # Word-count bands grade the tiny model's random text finely (see test_flow.py).
-    thresholds = [{"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": n}} for n in (10, 11, 12, 13)]
-    lines = [
-        {"id": f"p{i}", "text": f"Write a note about topic {i}.", "topic": f"t{i}", "split": "eval" if i >= 6 else "train", "constraints": thresholds}
-        for i in range(10)
-    ]
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def s3_config(tiny_model, s3_server, tmp_path_factory) -> FlywheelConfig:
     root = tmp_path_factory.mktemp("resume")
     bucket = f"resume-{uuid.uuid4().hex[:8]}"
     s3_server.client().create_bucket(Bucket=bucket)
-    return FlywheelConfig.model_validate(
-        {
-            "loop": "resume",
-            "model": {"base": tiny_model, "dtype": "fp32"},
-            "prompts": {"source": "jsonl", "path": str(_prompt_file(root / "prompts.jsonl")), "n_train": 6, "n_eval": 4},
-            "generate": {"n_candidates": 4, "max_new_tokens": 16, "batch_size": 8},
-            "judge": {"tie_margin": 0.0},
-            "filter": {"min_chars": 1, "similarity_threshold": 0.99},
-            # Long enough on the tiny model to be killed in the middle of it.
-            "train": {"epochs": 150, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_length": 64},
-            "evaluate": {"max_new_tokens": 16, "batch_size": 8, "bootstrap_samples": 200},
-            "regression": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 8},
-            "storage": {"data_dir": str(root / "data"), "artifact_root": f"s3://{bucket}/flywheel", "s3_endpoint_url": s3_server.url},
-        }
+    return tiny_round_config(
+        tiny_model, "resume", word_band_prompt_file(root / "prompts.jsonl"), root / "data",
+        # Long enough on the tiny model to be killed in the middle of it.
+        train={"epochs": 150},
+        storage={"artifact_root": f"s3://{bucket}/flywheel", "s3_endpoint_url": s3_server.url},
     )
 
 

@@ -7,7 +7,6 @@ every connection until it is restored."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import uuid
@@ -15,7 +14,7 @@ import uuid
 import pytest
 
 from infra.artifacts import store_from_config
-from infra.settings import FlywheelConfig
+from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
 
@@ -68,38 +67,16 @@ class CuttingProxy:
         self.down.clear()
 
 
-def _prompts(path):
-    thresholds = [{"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": n}} for n in (10, 11, 12, 13)]
-    lines = [
-        {"id": f"p{i}", "text": f"Write a note about topic {i}.", "topic": f"t{i}", "split": "eval" if i >= 6 else "train", "constraints": thresholds}
-        for i in range(10)
-    ]
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    return path
-
-
 def test_round_survives_the_s3_server_going_away(tiny_model, s3_server, prefect_harness, tmp_path):
-    from prefect.exceptions import PrefectException  # noqa: F401  (the flow raises the task's own error)
-
     from flows.round import run_next_round
 
     bucket = f"fault-{uuid.uuid4().hex[:8]}"
     s3_server.start()
     s3_server.client().create_bucket(Bucket=bucket)
     proxy = CuttingProxy(s3_server.port, marker=b"/round-001/judge/judgments.jsonl")
-    config = FlywheelConfig.model_validate(
-        {
-            "loop": "fault",
-            "model": {"base": tiny_model, "dtype": "fp32"},
-            "prompts": {"source": "jsonl", "path": str(_prompts(tmp_path / "prompts.jsonl")), "n_train": 6, "n_eval": 4},
-            "generate": {"n_candidates": 4, "max_new_tokens": 16, "batch_size": 8},
-            "judge": {"tie_margin": 0.0},
-            "filter": {"min_chars": 1, "similarity_threshold": 0.99},
-            "train": {"epochs": 1, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_length": 64},
-            "evaluate": {"max_new_tokens": 16, "batch_size": 8, "bootstrap_samples": 200},
-            "regression": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 8},
-            "storage": {"data_dir": str(tmp_path / "data"), "artifact_root": f"s3://{bucket}/fw", "s3_endpoint_url": f"http://127.0.0.1:{proxy.port}"},
-        }
+    config = tiny_round_config(
+        tiny_model, "fault", word_band_prompt_file(tmp_path / "prompts.jsonl"), tmp_path / "data",
+        storage={"artifact_root": f"s3://{bucket}/fw", "s3_endpoint_url": f"http://127.0.0.1:{proxy.port}"},
     )
     with pytest.raises(Exception) as failure:
         run_next_round(config)

@@ -16,22 +16,13 @@ import pytest
 import yaml
 
 from infra import stack
+from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP = "stacktest"
 SECRET = stack.LOCAL_S3_KEYS["AWS_SECRET_ACCESS_KEY"]
-
-
-def _prompt_file(path: Path) -> Path:
-    thresholds = [{"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": n}} for n in (10, 11, 12, 13)]
-    lines = [
-        {"id": f"p{i}", "text": f"Write a note about topic {i}.", "topic": f"t{i}", "split": "eval" if i >= 6 else "train", "constraints": thresholds}
-        for i in range(10)
-    ]
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +46,14 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def triggered(running_stack, tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("stackrun")
-    config = {
-        "loop": LOOP,
-        "model": {"base": tiny_model, "dtype": "fp32"},
-        "prompts": {"source": "jsonl", "path": str(_prompt_file(root / "prompts.jsonl")), "n_train": 6, "n_eval": 4},
-        "generate": {"n_candidates": 4, "max_new_tokens": 16, "batch_size": 8},
-        "judge": {"tie_margin": 0.0},
-        "filter": {"min_chars": 1, "similarity_threshold": 0.99},
-        "train": {"epochs": 1, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_length": 64, "deployment": "flywheel-train/gpu"},
-        "evaluate": {"max_new_tokens": 16, "batch_size": 8, "bootstrap_samples": 200},
-        "regression": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 8, "tolerance": 1.0},
+    config = tiny_round_config(
+        tiny_model, LOOP, word_band_prompt_file(root / "prompts.jsonl"), root / "data",
+        train={"deployment": "flywheel-train/gpu"},
+        regression={"tolerance": 1.0},
         # A bar any challenger clears, so the registry path runs: win rate above 0 (ties count
         # half), no failure-mode or benchmark limit worth the name.
-        "promotion": {"min_win_rate": 0.0, "max_failure_increase": 1.0},
-        "storage": {"data_dir": str(root / "data")},
-    }
+        promotion={"min_win_rate": 0.0, "max_failure_increase": 1.0},
+    ).model_dump(mode="json")
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     deployed = _cli("deploy", "--cron", "*/30 * * * *", timeout=300)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
