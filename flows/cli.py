@@ -3,6 +3,7 @@
     flywheel loop --rounds 2                 # two rounds on the embedded default
     flywheel round --config configs/demo.yaml --set train.beta=[0.2]
     flywheel history                         # the loop's rounds so far
+    flywheel compare                         # the champion against round 0 (the base model)
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print the loop's history and write it as an HTML page with figures")
     report.add_argument("--out", type=Path, help="HTML file (default: <data_dir>/reports/<loop>.html)")
     _add_config_options(report)
+    compare = sub.add_parser("compare", help="pairwise eval of the champion against an earlier round's policy (default: round 0)")
+    compare.add_argument("--against", type=int, default=0, metavar="ROUND", help="baseline round (default 0: the base model)")
+    compare.add_argument("--round", dest="challenger_round", type=int, metavar="ROUND",
+                         help="the later policy: this round's trained policy (default: the current champion)")
+    _add_config_options(compare)
     show = sub.add_parser("config", help="print the merged configuration as YAML")
     _add_config_options(show)
 
@@ -115,6 +121,26 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(config.storage.data_dir) / "reports" / f"{config.loop}.html"
         print(write_report(store, config.loop, read_history(store, config.loop), out))
         print(f"\nreport: {out.resolve()}")
+        return 0
+    if args.command == "compare":
+        from flows.compare import CompareError, compare_rounds
+
+        try:
+            comparison = compare_rounds(config=config, baseline_round=args.against, challenger_round=args.challenger_round)
+        except CompareError as err:
+            print(f"flywheel: {err}", file=sys.stderr)
+            return 2
+        r = comparison.result
+        print(f"\nround {comparison.challenger_round} against round {comparison.baseline_round} "
+              f"on {comparison.n_prompts} held-out prompts:")
+        print(f"  win rate            {r.win_rate:.3f} [{r.win_rate_low:.3f}, {r.win_rate_high:.3f}]  ({r.wins}W/{r.ties}T/{r.losses}L)")
+        print(f"  length-controlled   {r.lc_win_rate:.3f}")
+        print(f"  constraints met     {r.champion_constraint_rate:.3f} -> {r.challenger_constraint_rate:.3f}")
+        print(f"  all constraints met {r.champion_strict_rate:.3f} -> {r.challenger_strict_rate:.3f}")
+        print(f"  mean words          {r.champion_mean_words:.1f} -> {r.challenger_mean_words:.1f}")
+        print(f"  failure modes (any) {r.champion_failure_rates.get('any', float('nan')):.3f} -> "
+              f"{r.challenger_failure_rates.get('any', float('nan')):.3f}")
+        print(f"artifacts: {comparison.artifacts}")
         return 0
     if args.command == "round":
         from flows.round import run_next_round

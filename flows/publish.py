@@ -1,7 +1,9 @@
-"""What a round shows in the Prefect UI: a markdown summary and the loop's history table."""
+"""What a round shows in the Prefect UI: a markdown summary with its figures and the decision, and the
+loop's history table."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 from flows.summary import RoundSummary
@@ -16,7 +18,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def round_markdown(summary: RoundSummary) -> str:
+def figure_markdown(title: str, png: bytes) -> str:
+    """A PNG inline (data URI): the Prefect UI renders it, and it needs no file server."""
+    return f"### {title}\n\n![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def round_markdown(summary: RoundSummary, figures: dict[str, bytes] | None = None) -> str:
     decision = "**PROMOTED**" if summary.promoted else "**rejected**"
     lines = [
         f"# {summary.loop} round {summary.round}: {decision}",
@@ -40,6 +47,8 @@ def round_markdown(summary: RoundSummary) -> str:
     for task, delta in summary.regression_deltas.items():
         lines.append(f"| {task} change | {delta * 100:+.1f} points |")
     lines += ["", "## Decision", ""] + [f"- {reason}" for reason in summary.reasons]
+    if figures:
+        lines += ["", "## Figures"] + ["\n" + figure_markdown(title, png) for title, png in figures.items()]
     return "\n".join(lines)
 
 
@@ -58,13 +67,13 @@ def history_rows(history: list[RoundSummary]) -> list[dict]:
     ]
 
 
-def publish_round(summary: RoundSummary, history: list[RoundSummary]) -> None:
+def publish_round(summary: RoundSummary, history: list[RoundSummary], figures: dict[str, bytes] | None = None) -> None:
     """Create the round's Prefect artifacts (shown on the flow run and under Artifacts)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_markdown_artifact(
         key=artifact_key(f"{summary.loop}-round-summary"),
-        markdown=round_markdown(summary),
+        markdown=round_markdown(summary, figures),
         description=f"{summary.loop} round {summary.round}: {'promoted' if summary.promoted else 'rejected'}",
     )
     create_table_artifact(

@@ -127,11 +127,27 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
         reasons=decision.reasons,
         artifacts=store.uri(f"{config.loop}/round-{round_index:03d}"),
     )
-    history = [r for r in read_history(store, config.loop) if r.round != round_index] + [summary]
-    store.write_json(history_key(config.loop), [r.model_dump() for r in sorted(history, key=lambda r: r.round)])
-    publish_round(summary, sorted(history, key=lambda r: r.round))
+    history = sorted([r for r in read_history(store, config.loop) if r.round != round_index] + [summary], key=lambda r: r.round)
+    store.write_json(history_key(config.loop), [r.model_dump() for r in history])
+    publish_round(summary, history, round_figures(ctx, train_key, history))
     tracker.end_round("FINISHED")
     return summary
+
+
+def round_figures(ctx: RoundContext, train_key: str | None, history: list[RoundSummary]) -> dict[str, bytes]:
+    """The round's PNGs: its training figure (written by the train stage) and the loop's figure
+    across rounds so far, which is written to the round's artifacts and to MLflow here."""
+    from tasks.figures import loop_figure
+
+    figures = {}
+    if train_key and (ctx.store.local_path(train_key) / "training.png").exists():
+        figures["DPO training"] = (ctx.store.local_path(train_key) / "training.png").read_bytes()
+    figures["across rounds"] = loop_figure(history)
+    key = ctx.key("figures")
+    with ctx.store.stage(key) as out:
+        (out / "loop.png").write_bytes(figures["across rounds"])
+    ctx.tracker.log_artifact(ctx.store.local_path(key) / "loop.png", "figures")
+    return figures
 
 
 def run_next_round(config: FlywheelConfig) -> RoundSummary:

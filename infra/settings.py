@@ -228,7 +228,9 @@ class PromotionConfig(Section):
     )
     require_regression_pass: bool = Field(True, description="Block promotion when a benchmark drops beyond tolerance.")
     require_length_controlled_win: bool = Field(
-        True, description="The length-controlled win rate must beat min_win_rate too: no promotion for winning by length."
+        True,
+        description="A challenger whose answers are longer on average must beat min_win_rate at equal length "
+        "too (length-controlled win rate): no promotion for winning by length.",
     )
     max_failure_increase: float = Field(
         0.05, ge=0, le=1,

@@ -59,11 +59,13 @@ class Tracker:
         return cls(tracking_uri(config.storage), config.storage.experiment)
 
     def start_round(self, loop: str, round_index: int, config: FlywheelConfig) -> str:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{loop}-round-{round_index:03d}",
-            tags={"flywheel.loop": loop, "flywheel.round": str(round_index)},
+        return self.start_run(
+            f"{loop}-round-{round_index:03d}", {"flywheel.loop": loop, "flywheel.round": str(round_index)}, config
         )
+
+    def start_run(self, run_name: str, tags: dict[str, str], config: FlywheelConfig) -> str:
+        """A new run in the experiment, with the flattened config as its params."""
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         params = {k: str(v)[:500] for k, v in flatten(config.model_dump(mode="json")).items()}
         items = list(params.items())

@@ -1,7 +1,8 @@
-"""Pictures of a round: the DPO training curves (matplotlib, written as PNG, no display)."""
+"""Pictures: a round's DPO training curves and the loop's figures across rounds (matplotlib, PNG, no display)."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -37,3 +38,43 @@ def training_figure(log_history: list[dict], path: Path, title: str = "") -> Pat
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def loop_figure(history: list) -> bytes:
+    """PNG of RoundSummary records: win rate and length-controlled win rate, constraint satisfaction, benchmark deltas."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r.round for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    ax = axes[0]
+    ax.plot(rounds, [r.win_rate for r in history], marker="o", label="win rate")
+    ax.plot(rounds, [r.lc_win_rate for r in history], marker="s", label="length-controlled")
+    ax.fill_between(rounds, [r.win_rate_low if r.win_rate_low is not None else float("nan") for r in history],
+                    [r.win_rate_high if r.win_rate_high is not None else float("nan") for r in history], alpha=0.2, label="95% CI")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_title("challenger vs champion")
+    ax = axes[1]
+    ax.plot(rounds, [r.constraint_rate_champion for r in history], marker="o", label="champion")
+    ax.plot(rounds, [r.constraint_rate_challenger for r in history], marker="s", label="challenger")
+    ax.set_title("held-out constraint satisfaction")
+    ax = axes[2]
+    tasks = sorted({t for r in history for t in r.regression_deltas})
+    for task in tasks:
+        ax.plot(rounds, [r.regression_deltas.get(task, float("nan")) * 100 for r in history], marker="o", label=task)
+    ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_title("benchmark change (points)")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_xticks(rounds)
+        ax.legend(fontsize=8)
+    for r in history:
+        axes[0].annotate("P" if r.promoted else "x", (r.round, r.win_rate if r.win_rate is not None else 0.5),
+                         textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

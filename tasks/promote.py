@@ -63,10 +63,22 @@ def decide_promotion(pairwise, regression, config: PromotionConfig, alarms: list
             f"({pairwise.wins}W/{pairwise.ties}T/{pairwise.losses}L)"
         )
     lc = getattr(pairwise, "lc_win_rate", float("nan"))
+    champion_words = getattr(pairwise, "champion_mean_words", float("nan"))
+    challenger_words = getattr(pairwise, "challenger_mean_words", float("nan"))
+    # The guard is against winning by being longer. A challenger that got shorter and wins loses
+    # nothing to a judge's verbosity bias, and where the prompts ask for brevity (word limits) its
+    # length is part of why it wins, which regressing length out would wrongly discount.
+    shorter = challenger_words < champion_words  # False when either is unknown (nan)
     if config.require_length_controlled_win and lc == lc and lc <= config.min_win_rate:
-        promote = False
-        what = "wins by length, not quality: " if pairwise.win_rate > config.min_win_rate else ""
-        reasons.append(f"{what}length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f}")
+        if shorter:
+            reasons.append(
+                f"length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f} not held against it: "
+                f"its answers are shorter ({challenger_words:.0f} against {champion_words:.0f} words on average)"
+            )
+        else:
+            promote = False
+            what = "wins by length, not quality: " if pairwise.win_rate > config.min_win_rate else ""
+            reasons.append(f"{what}length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f}")
     before = getattr(pairwise, "champion_failure_rates", {}).get("any")
     after = getattr(pairwise, "challenger_failure_rates", {}).get("any")
     if before is not None and after is not None and after - before > config.max_failure_increase:

@@ -23,7 +23,7 @@ from tasks.train import TrainResult
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prompts", "generate", "judge", "filter", "train", "pairwise_eval", "regression", "promote"]
+STAGES = ["prompts", "generate", "judge", "filter", "train", "pairwise_eval", "regression", "promote", "figures"]
 # A metric each stage must have logged to the round's MLflow run.
 STAGE_METRICS = [
     "prompts/n_train", "generate/tokens_per_s", "judge/n_comparisons", "filter/n_kept",
@@ -86,7 +86,7 @@ def test_every_stage_logged_its_figures_to_the_round_run(config, two_rounds):
     assert run.data.params["train.lora_r"] == "4"
     steps = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(steps) >= 1
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/training.png"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "figures")) == ["figures/loop.png", "figures/training.png"]
 
 
 def test_flow_runs_are_named_after_loop_and_round(two_rounds):
@@ -168,7 +168,48 @@ def test_rounds_publish_prefect_artifacts(two_rounds):
 
     [summary] = asyncio.run(of_round_two("flowtest-round-summary"))
     assert summary.type == "markdown" and "round 2" in summary.data and "rejected" in summary.data
+    # Both figures inline, so the Prefect UI shows them beside the decision.
+    assert "### DPO training" in summary.data and "### across rounds" in summary.data
+    assert summary.data.count("](data:image/png;base64,iVBORw0KGgo") == 2
     [table] = asyncio.run(of_round_two("flowtest-history"))
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[1]["decision"] == "rejected"
+
+
+def test_compare_measures_a_trained_round_against_the_base_model(config, two_rounds, tmp_path, capsys):
+    import yaml
+    from mlflow import MlflowClient
+
+    from flows.cli import main
+    from infra.records import Completion
+    from infra.artifacts import read_jsonl
+    from infra.tracking import tracking_uri
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert main(["compare", "--config", str(path), "--round", "1", "--against", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "round 1 against round 0" in out and "win rate" in out
+    store = store_from_config(config.storage)
+    key = "flowtest/compare/round-001-vs-round-000"
+    assert store.is_complete(key)
+    result = PairwiseResult.model_validate_json((store.local_path(key) / "pairwise.json").read_text())
+    outcomes = [json.loads(line)["outcome"] for line in (store.local_path(key) / "verdicts.jsonl").read_text().splitlines()]
+    assert result.n == len(outcomes) == config.prompts.n_eval
+    assert (result.wins, result.ties, result.losses) == (outcomes.count("win"), outcomes.count("tie"), outcomes.count("loss"))
+    # The base model's answers here are the ones round 1's own pairwise eval saw from its champion (greedy).
+    base = [c for c in read_jsonl(store.local_path(key) / "completions.jsonl", Completion) if c.policy == "champion"]
+    round_one = [c for c in read_jsonl(store.local_path("flowtest/round-001/pairwise_eval") / "completions.jsonl", Completion) if c.policy == "champion"]
+    assert [c.text for c in base] == [c.text for c in round_one]
+    [recorded] = store.read_json("flowtest/comparisons.json")
+    assert recorded["challenger_round"] == 1 and recorded["baseline_round"] == 0
+    run = MlflowClient(tracking_uri(config.storage)).get_run(recorded["mlflow_run_id"])
+    assert run.info.run_name == "flowtest-compare-round-001-vs-round-000" and run.info.status == "FINISHED"
+    assert run.data.metrics["compare/win_rate"] == pytest.approx(result.win_rate)
+    # The report shows it.
+    assert main(["report", "--config", str(path), "--out", str(tmp_path / "report.html")]) == 0
+    assert "Against earlier policies" in (tmp_path / "report.html").read_text()
+    # A round that trained nothing is named in a clear error.
+    assert main(["compare", "--config", str(path), "--round", "9"]) == 2
+    assert "round 9" in capsys.readouterr().err

@@ -67,9 +67,11 @@ def test_blocking_alarm_refuses_and_others_are_only_recorded():
     assert decide_promotion(winning, Regression(True), PromotionConfig(), [drift]).promote
 
 
-def _with_length(base, lc_win_rate, champion_any=0.1, challenger_any=0.1):
+def _with_length(base, lc_win_rate, champion_any=0.1, challenger_any=0.1, champion_words=40.0, challenger_words=60.0):
     return base.model_copy(update={
         "lc_win_rate": lc_win_rate,
+        "champion_mean_words": champion_words,
+        "challenger_mean_words": challenger_words,
         "champion_failure_rates": {"any": champion_any, "verbose": champion_any},
         "challenger_failure_rates": {"any": challenger_any, "verbose": challenger_any},
     })
@@ -89,6 +91,16 @@ def test_a_policy_that_only_wins_by_length_is_refused():
     fair = length_controlled_win_rate([1, 1, 1, 1, 0, 1, 1, 0, 1, 1], [30, -25, 40, -20, 35, -28, 33, -30, 25, -35])
     assert abs(fair - 0.8) < 0.02
     assert decide_promotion(_with_length(pairwise(0.8), fair), Regression(True), PromotionConfig()).promote
+
+
+def test_a_shorter_policy_is_not_refused_for_its_length_controlled_win_rate():
+    # Answers to word-limited prompts win by getting shorter: that is the point, not a judge bias.
+    shorter = _with_length(pairwise(0.7), 0.3, champion_words=60.0, challenger_words=35.0)
+    decision = decide_promotion(shorter, Regression(True), PromotionConfig())
+    assert decision.promote and any("not held against it" in r for r in decision.reasons)
+    # The same figures from a longer challenger are refused.
+    longer = _with_length(pairwise(0.7), 0.3, champion_words=35.0, challenger_words=60.0)
+    assert not decide_promotion(longer, Regression(True), PromotionConfig()).promote
 
 
 def test_a_policy_with_more_failure_modes_is_refused():

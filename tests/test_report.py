@@ -43,3 +43,20 @@ def test_write_report_embeds_each_rounds_training_figure(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert base64.b64encode(png).decode() in page
     assert table.splitlines()[0].startswith("round") and len(table.splitlines()) == 4
+
+
+def test_report_shows_comparisons_against_earlier_rounds():
+    from flows.compare import Comparison
+    from tasks.evaluate import PairwiseResult
+
+    result = PairwiseResult(
+        n=40, wins=20, ties=12, losses=8, win_rate=0.65, win_rate_low=0.55, win_rate_high=0.75, consistency_rate=1.0,
+        champion_constraint_rate=0.41, challenger_constraint_rate=0.58, champion_strict_rate=0.2, challenger_strict_rate=0.35,
+        lc_win_rate=0.63, champion_mean_words=48.0, challenger_mean_words=39.0,
+        champion_failure_rates={"any": 0.1}, challenger_failure_rates={"any": 0.12},
+    )
+    comparison = Comparison(loop="rep", challenger_round=3, baseline_round=0, n_prompts=40, result=result, artifacts="x")
+    page = render_html("rep", [_round(1, True)], {}, [comparison])
+    section = page.split("Against earlier policies")[1].split("<h2>")[0]
+    assert "round 3" in section and "0.650 [0.550, 0.750]" in section and "20/12/8" in section and "0.410 → 0.580" in section
+    assert "Against earlier policies" not in render_html("rep", [_round(1, True)], {})

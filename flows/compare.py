@@ -1,0 +1,130 @@
+"""`flywheel compare`: the loop's champion against an earlier policy (round 0, the base model, by
+default) on the held-out prompts, judged as the pairwise eval judges a round.
+
+A round only ever meets the champion it started from, so small steps can each win by a little
+while the sum of them is unknown; this measures the sum. Writes
+``<loop>/compare/round-NNN-vs-round-MMM/`` (completions, verdicts, pairwise.json), one MLflow run,
+a Prefect markdown artifact, and adds the result to ``<loop>/comparisons.json`` for the report.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.publish import artifact_key
+from infra.artifacts import stage_key, store_from_config
+from infra.settings import FlywheelConfig
+from infra.tracking import Tracker
+from tasks.evaluate import PairwiseResult
+from tasks.promote import Champion, champion_from_tags, read_champion, registered_model_name
+
+
+class CompareError(ValueError):
+    """The rounds asked for cannot be compared; the message says why."""
+
+
+class Comparison(BaseModel):
+    loop: str
+    challenger_round: int
+    baseline_round: int
+    n_prompts: int
+    result: PairwiseResult
+    artifacts: str
+    mlflow_run_id: str = ""
+
+
+def comparisons_key(loop: str) -> str:
+    return f"{loop}/comparisons.json"
+
+
+def read_comparisons(store, loop: str) -> list[Comparison]:
+    return [Comparison.model_validate(c) for c in store.read_json(comparisons_key(loop)) or []]
+
+
+def current_champion(store, tracker: Tracker, config: FlywheelConfig) -> Champion:
+    tags = tracker.champion_tags(registered_model_name(config))
+    return champion_from_tags(tags) if tags else read_champion(store, config.loop, config.model.base)
+
+
+def policy_of_round(store, config: FlywheelConfig, round_index: int) -> Champion:
+    """Round 0 is the base model; round N is the policy that round N trained (promoted or not)."""
+    if round_index == 0:
+        return Champion(checkpoint=config.model.base, round=0)
+    key = stage_key(config.loop, round_index, "train")
+    if not store.is_complete(key):
+        raise CompareError(f"round {round_index} of loop {config.loop!r} has no trained policy ({store.uri(key)} is not complete)")
+    return Champion(checkpoint=store.uri(key) + "/merged", round=round_index, train_key=key)
+
+
+def comparison_markdown(c: Comparison) -> str:
+    r = c.result
+    return "\n".join([
+        f"# {c.loop}: round {c.challenger_round} against round {c.baseline_round}",
+        "",
+        f"{c.n_prompts} held-out prompts, each judged in both orders. Artifacts: `{c.artifacts}`",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| win rate [95% CI] | {r.win_rate:.1%} [{r.win_rate_low:.1%}, {r.win_rate_high:.1%}] |",
+        f"| wins / ties / losses | {r.wins} / {r.ties} / {r.losses} |",
+        f"| length-controlled win rate | {r.lc_win_rate:.1%} |",
+        f"| held-out constraint satisfaction | {r.champion_constraint_rate:.1%} → {r.challenger_constraint_rate:.1%} |",
+        f"| every constraint met | {r.champion_strict_rate:.1%} → {r.challenger_strict_rate:.1%} |",
+        f"| mean words | {r.champion_mean_words:.0f} → {r.challenger_mean_words:.0f} |",
+        f"| answers with a failure mode | {r.champion_failure_rates.get('any', float('nan')):.1%} → "
+        f"{r.challenger_failure_rates.get('any', float('nan')):.1%} |",
+    ])
+
+
+@flow(name="flywheel-compare", flow_run_name="{config.loop}-compare")
+def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_round: int | None = None) -> Comparison:
+    """The champion (or ``challenger_round``'s policy) against ``baseline_round``'s policy."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from infra.artifacts import write_jsonl
+    from infra.models import load_model, load_tokenizer
+    from tasks.evaluate import evaluate_pairwise, generate_completions
+    from tasks.judge import build_judge
+    from tasks.prompts import load_prompts, select_prompts
+
+    store = store_from_config(config.storage)
+    tracker = Tracker.from_config(config)
+    challenger = current_champion(store, tracker, config) if challenger_round is None else policy_of_round(store, config, challenger_round)
+    baseline = policy_of_round(store, config, baseline_round)
+    if challenger.round == baseline.round:
+        raise CompareError(f"nothing to compare: the challenger is round {challenger.round}'s policy, the baseline too")
+    prompts = select_prompts(load_prompts(config.prompts, config.storage.data_dir), "eval", config.prompts.n_eval, seed=config.prompts.seed)
+    name = f"round-{challenger.round:03d}-vs-round-{baseline.round:03d}"
+    tracker.start_run(f"{config.loop}-compare-{name}", {"flywheel.loop": config.loop, "flywheel.compare": name}, config)
+    try:
+        completions = {}
+        for policy, who in (("champion", baseline), ("challenger", challenger)):
+            checkpoint = who.local_checkpoint(store, config.storage.data_dir)
+            model = load_model(checkpoint, config.model)
+            completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
+            del model
+        judge = build_judge(config.judge.model_copy(update={"name": config.evaluate.judge or config.judge.name}), store=store)
+        result, verdicts = evaluate_pairwise(prompts, completions["champion"], completions["challenger"], judge, config.evaluate)
+        key = f"{config.loop}/compare/{name}"
+        with store.stage(key) as out:
+            # "champion" in these records is the baseline policy, "challenger" the later one.
+            write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
+            write_jsonl(out / "verdicts.jsonl", verdicts)
+            (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
+        tracker.log_metrics({f"compare/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))})
+    except BaseException:
+        tracker.end_round("FAILED")
+        raise
+    comparison = Comparison(
+        loop=config.loop, challenger_round=challenger.round, baseline_round=baseline.round, n_prompts=len(prompts),
+        result=result, artifacts=store.uri(key), mlflow_run_id=tracker.run_id or "",
+    )
+    others = [c for c in read_comparisons(store, config.loop) if (c.challenger_round, c.baseline_round) != (challenger.round, baseline.round)]
+    store.write_json(comparisons_key(config.loop), [c.model_dump() for c in others + [comparison]])
+    create_markdown_artifact(
+        key=artifact_key(f"{config.loop}-compare"), markdown=comparison_markdown(comparison),
+        description=f"{config.loop}: round {challenger.round} against round {baseline.round}",
+    )
+    tracker.end_round("FINISHED")
+    return comparison
