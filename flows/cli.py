@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  mean words          {r.champion_mean_words:.1f} -> {r.challenger_mean_words:.1f}")
         print(f"  failure modes (any) {r.champion_failure_rates.get('any', float('nan')):.3f} -> "
               f"{r.challenger_failure_rates.get('any', float('nan')):.3f}")
+        for t in comparison.regression.tasks if comparison.regression else []:
+            print(f"  {t.task:<19} {t.before:.3f} -> {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")
         print(f"artifacts: {comparison.artifacts}")
         return 0
     if args.command == "round":

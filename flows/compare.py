@@ -3,7 +3,8 @@ default) on the held-out prompts, judged as the pairwise eval judges a round.
 
 A round only ever meets the champion it started from, so small steps can each win by a little
 while the sum of them is unknown; this measures the sum. Writes
-``<loop>/compare/round-NNN-vs-round-MMM/`` (completions, verdicts, pairwise.json), one MLflow run,
+``<loop>/compare/round-NNN-vs-round-MMM/`` (completions, verdicts, pairwise.json, and
+regression.json: both policies' benchmark scores under the promotion gate's tolerance), one MLflow run,
 a Prefect markdown artifact, and adds the result to ``<loop>/comparisons.json`` for the report.
 """
 
@@ -17,6 +18,7 @@ from infra.artifacts import stage_key, store_from_config
 from infra.settings import FlywheelConfig
 from infra.tracking import Tracker
 from tasks.evaluate import PairwiseResult
+from tasks.regression import RegressionResult
 from tasks.promote import Champion, champion_from_tags, read_champion, registered_model_name
 
 
@@ -30,6 +32,7 @@ class Comparison(BaseModel):
     baseline_round: int
     n_prompts: int
     result: PairwiseResult
+    regression: RegressionResult | None = None  # the benchmarks of both, under the promotion gate's tolerance
     artifacts: str
     mlflow_run_id: str = ""
 
@@ -74,6 +77,8 @@ def comparison_markdown(c: Comparison) -> str:
         f"| mean words | {r.champion_mean_words:.0f} → {r.challenger_mean_words:.0f} |",
         f"| answers with a failure mode | {r.champion_failure_rates.get('any', float('nan')):.1%} → "
         f"{r.challenger_failure_rates.get('any', float('nan')):.1%} |",
+        *[f"| {t.task} | {t.before:.3f} → {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'}) |"
+          for t in (c.regression.tasks if c.regression else [])],
     ])
 
 
@@ -83,10 +88,12 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     from prefect.artifacts import create_markdown_artifact
 
     from infra.artifacts import write_jsonl
+    from infra.context import RoundContext
     from infra.models import load_model, load_tokenizer
     from tasks.evaluate import evaluate_pairwise, generate_completions
     from tasks.judge import build_judge
     from tasks.prompts import load_prompts, select_prompts
+    from tasks.regression import benchmark_scores_for, compare_scores
 
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
@@ -98,12 +105,20 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     name = f"round-{challenger.round:03d}-vs-round-{baseline.round:03d}"
     tracker.start_run(f"{config.loop}-compare-{name}", {"flywheel.loop": config.loop, "flywheel.compare": name}, config)
     try:
-        completions = {}
+        completions, checkpoints = {}, {}  # by round
         for policy, who in (("champion", baseline), ("challenger", challenger)):
-            checkpoint = who.local_checkpoint(store, config.storage.data_dir)
+            checkpoint = checkpoints[who.round] = who.local_checkpoint(store, config.storage.data_dir)
             model = load_model(checkpoint, config.model)
             completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
             del model
+        # The same benchmarks and tolerance as the promotion gate: drops that each round's gate let
+        # through one at a time must not add up to one it would refuse.
+        ctx = RoundContext(config=config, round_index=challenger.round, store=store, tracker=tracker)
+        before, after = (
+            benchmark_scores_for(ctx, checkpoints[who.round], who.checkpoint) for who in (baseline, challenger)
+        )
+        regression = compare_scores(before, after, config.regression.tolerance, config.regression.stderr_multiple,
+                                    config.regression.per_task_tolerance)
         judge = build_judge(config.judge.model_copy(update={"name": config.evaluate.judge or config.judge.name}), store=store)
         result, verdicts = evaluate_pairwise(prompts, completions["champion"], completions["challenger"], judge, config.evaluate)
         key = f"{config.loop}/compare/{name}"
@@ -112,13 +127,17 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
             write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
             write_jsonl(out / "verdicts.jsonl", verdicts)
             (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
-        tracker.log_metrics({f"compare/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))})
+            (out / "regression.json").write_text(regression.model_dump_json(indent=2))
+        metrics = {f"compare/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
+        metrics.update({f"compare/{t.task}/delta": t.delta for t in regression.tasks})
+        metrics["compare/regression_passed"] = float(regression.passed)
+        tracker.log_metrics(metrics)
     except BaseException:
         tracker.end_round("FAILED")
         raise
     comparison = Comparison(
         loop=config.loop, challenger_round=challenger.round, baseline_round=baseline.round, n_prompts=len(prompts),
-        result=result, artifacts=store.uri(key), mlflow_run_id=tracker.run_id or "",
+        result=result, regression=regression, artifacts=store.uri(key), mlflow_run_id=tracker.run_id or "",
     )
     others = [c for c in read_comparisons(store, config.loop) if (c.challenger_round, c.baseline_round) != (challenger.round, baseline.round)]
     store.write_json(comparisons_key(config.loop), [c.model_dump() for c in others + [comparison]])

@@ -21,7 +21,7 @@ def comparisons_html(comparisons: list) -> str:
     if not comparisons:
         return ""
     header = "".join(f"<th>{h}</th>" for h in ("policy", "against", "prompts", "win rate [95% CI]", "W/T/L", "LC win rate",
-                                               "constraints met", "all constraints met", "mean words", "failure modes"))
+                                               "constraints met", "all constraints met", "mean words", "failure modes", "benchmark Δ (points)"))
     rows = []
     for c in comparisons:
         r = c.result
@@ -32,6 +32,8 @@ def comparisons_html(comparisons: list) -> str:
             f"{r.champion_strict_rate:.3f} → {r.challenger_strict_rate:.3f}",
             f"{r.champion_mean_words:.0f} → {r.challenger_mean_words:.0f}",
             f"{r.champion_failure_rates.get('any', float('nan')):.3f} → {r.challenger_failure_rates.get('any', float('nan')):.3f}",
+            " ".join(f"{t.task} {t.delta * 100:+.1f}{'' if t.passed else ' (beyond the gate)'}" for t in c.regression.tasks)
+            if c.regression else "-",
         )) + "</tr>")
     return f"<h2>Against earlier policies (flywheel compare)</h2><table><tr>{header}</tr>{''.join(rows)}</table>"
 

@@ -49,8 +49,8 @@ class PromptsConfig(Section):
         description="JSONL prompt file for source 'jsonl': one object per line with 'text' and optional "
         "'id', 'topic', 'split' ('train'/'eval') and 'constraints' ([{id, kwargs}]).",
     )
-    n_train: int = Field(96, ge=1, description="Training-pool prompts sampled per round.")
-    n_eval: int = Field(48, ge=1, description="Held-out prompts for the pairwise eval (fixed across rounds).")
+    n_train: int = Field(128, ge=1, description="Training-pool prompts sampled per round.")
+    n_eval: int = Field(96, ge=1, description="Held-out prompts for the pairwise eval (fixed across rounds).")
     eval_topic_share: float = Field(
         0.25, gt=0, lt=1, description="Share of built-in topics reserved for the held-out set."
     )
@@ -64,16 +64,16 @@ class PromptsConfig(Section):
 
 
 class GenerateConfig(Section):
-    n_candidates: int = Field(4, ge=2, description="k samples per prompt; the judge compares them.")
+    n_candidates: int = Field(6, ge=2, description="k samples per prompt; the judge compares them.")
     temperatures: list[float] = Field(
-        [0.5, 0.7, 0.9, 1.0],
+        [0.6, 0.8, 1.0],
         min_length=1,
         description="Sampling temperature of candidate i (cycled when shorter than n_candidates). "
         "A spread gives the judge real differences to choose between.",
     )
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(96, ge=1, description="Tokens generated per candidate at most.")
-    batch_size: int = Field(32, ge=1, description="Sequences decoded together; batches are grouped by prompt length.")
+    max_new_tokens: int = Field(80, ge=1, description="Tokens generated per candidate at most.")
+    batch_size: int = Field(64, ge=1, description="Sequences decoded together; batches are grouped by prompt length.")
     seed: int = Field(0, description="Base seed; each round and batch derive their own from it.")
 
     @model_validator(mode="after")
@@ -145,12 +145,15 @@ class FilterConfig(Section):
 
 class TrainConfig(Section):
     beta: list[float] = Field(
-        [0.1, 0.15, 0.2],
+        [0.1],
         min_length=1,
-        description="DPO beta for round i (last repeats). Rising beta keeps later rounds closer to their reference.",
+        description="DPO beta for round i (last repeats); a rising schedule keeps later rounds closer to their reference.",
     )
     learning_rate: list[float] = Field(
-        [5e-5, 3e-5, 2e-5], min_length=1, description="Learning rate for round i (last repeats)."
+        [5e-4, 4e-4, 3e-4],
+        min_length=1,
+        description="Learning rate for round i (last repeats). LoRA wants ~10x a full fine-tune's; "
+        "decaying over rounds steadies later ones.",
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the round's pairs.")
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (per device).")
@@ -168,7 +171,7 @@ class TrainConfig(Section):
         "typically on a GPU work pool; None trains inside the round's own process.",
     )
     heldout_share: float = Field(
-        0.2, ge=0, lt=1,
+        0.1, ge=0, lt=1,
         description="Share of the round's pairs held out of training and scored each epoch; training margins "
         "rising while held-out ones stay flat raises the over-optimization alarm (0 disables).",
     )
@@ -191,11 +194,11 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     judge: str | None = Field(None, description="Registered judge for the pairwise eval (default: judge.name).")
-    max_new_tokens: int = Field(96, ge=1, description="Tokens per evaluation response at most.")
+    max_new_tokens: int = Field(80, ge=1, description="Tokens per evaluation response at most.")
     temperature: float = Field(
         0.0, ge=0, description="0 decodes greedily, so both policies are compared on their most likely answer."
     )
-    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    batch_size: int = Field(48, ge=1, description="Sequences decoded together.")
     bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the win-rate 95% interval.")
     seed: int = Field(0, description="Seed of sampling (when temperature > 0) and of the bootstrap.")
 

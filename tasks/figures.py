@@ -69,7 +69,8 @@ def loop_figure(history: list) -> bytes:
     for ax in axes:
         ax.set_xlabel("round")
         ax.set_xticks(rounds)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a round without benchmarks has nothing to label
+            ax.legend(fontsize=8)
     for r in history:
         axes[0].annotate("P" if r.promoted else "x", (r.round, r.win_rate if r.win_rate is not None else 0.5),
                          textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)

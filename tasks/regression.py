@@ -210,7 +210,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from infra.retries import TRANSIENT_RETRIES  # noqa: E402
 
 
-def _scores_for(ctx, checkpoint: str, identity: str) -> dict[str, BenchmarkScore]:
+def benchmark_scores_for(ctx, checkpoint: str, identity: str) -> dict[str, BenchmarkScore]:
     """Benchmark scores of ``checkpoint`` (known as ``identity`` on every machine), cached in the
     store beside the loop so a champion is scored once."""
     from infra.artifacts import hash_json
@@ -239,8 +239,9 @@ def check_regression_task(ctx, champion_checkpoint: str, challenger_key: str) ->
     config_hash = ctx.config_hash("model", "regression")
     if ctx.already_done(key, input_hash, config_hash):
         return RegressionResult.model_validate_json((ctx.store.local_path(key) / "regression.json").read_text())
-    before = _scores_for(ctx, champion_checkpoint, ctx.champion_id or champion_checkpoint)
-    after = _scores_for(ctx, str(ctx.store.local_path(challenger_key) / "merged"), ctx.store.uri(challenger_key))
+    before = benchmark_scores_for(ctx, champion_checkpoint, ctx.champion_id or champion_checkpoint)
+    # Known by the URI it will have as champion (Champion.checkpoint), so promotion reuses the scores.
+    after = benchmark_scores_for(ctx, str(ctx.store.local_path(challenger_key) / "merged"), ctx.store.uri(challenger_key) + "/merged")
     config = ctx.config.regression
     result = compare_scores(before, after, config.tolerance, config.stderr_multiple, config.per_task_tolerance)
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:

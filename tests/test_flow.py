@@ -202,11 +202,17 @@ def test_compare_measures_a_trained_round_against_the_base_model(config, two_rou
     base = [c for c in read_jsonl(store.local_path(key) / "completions.jsonl", Completion) if c.policy == "champion"]
     round_one = [c for c in read_jsonl(store.local_path("flowtest/round-001/pairwise_eval") / "completions.jsonl", Completion) if c.policy == "champion"]
     assert [c.text for c in base] == [c.text for c in round_one]
+    # Benchmarks of both under the promotion gate's tolerance.
+    regression = RegressionResult.model_validate_json((store.local_path(key) / "regression.json").read_text())
+    assert [t.task for t in regression.tasks] == config.regression.tasks
+    before = RegressionResult.model_validate_json((store.local_path("flowtest/round-001/regression") / "regression.json").read_text())
+    assert [(t.before, t.after) for t in regression.tasks] == [(t.before, t.after) for t in before.tasks]
     [recorded] = store.read_json("flowtest/comparisons.json")
     assert recorded["challenger_round"] == 1 and recorded["baseline_round"] == 0
     run = MlflowClient(tracking_uri(config.storage)).get_run(recorded["mlflow_run_id"])
     assert run.info.run_name == "flowtest-compare-round-001-vs-round-000" and run.info.status == "FINISHED"
     assert run.data.metrics["compare/win_rate"] == pytest.approx(result.win_rate)
+    assert run.data.metrics["compare/regression_passed"] == float(regression.passed)
     # The report shows it.
     assert main(["report", "--config", str(path), "--out", str(tmp_path / "report.html")]) == 0
     assert "Against earlier policies" in (tmp_path / "report.html").read_text()
