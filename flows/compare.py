@@ -19,7 +19,7 @@ from infra.settings import FlywheelConfig
 from infra.tracking import Tracker
 from tasks.evaluate import PairwiseResult
 from tasks.regression import RegressionResult
-from tasks.promote import Champion, champion_from_tags, read_champion, registered_model_name
+from tasks.promote import Champion, current_champion
 
 
 class CompareError(ValueError):
@@ -43,11 +43,6 @@ def comparisons_key(loop: str) -> str:
 
 def read_comparisons(store, loop: str) -> list[Comparison]:
     return [Comparison.model_validate(c) for c in store.read_json(comparisons_key(loop)) or []]
-
-
-def current_champion(store, tracker: Tracker, config: FlywheelConfig) -> Champion:
-    tags = tracker.champion_tags(registered_model_name(config))
-    return champion_from_tags(tags) if tags else read_champion(store, config.loop, config.model.base)
 
 
 def policy_of_round(store, config: FlywheelConfig, round_index: int) -> Champion:
@@ -87,11 +82,8 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     """The champion (or ``challenger_round``'s policy) against ``baseline_round``'s policy."""
     from prefect.artifacts import create_markdown_artifact
 
-    from infra.artifacts import write_jsonl
     from infra.context import RoundContext
-    from infra.models import load_model, load_tokenizer
-    from tasks.evaluate import evaluate_pairwise, generate_completions
-    from tasks.judge import build_judge
+    from tasks.evaluate import pairwise_between, pairwise_metrics, write_pairwise
     from tasks.prompts import load_prompts, select_prompts
     from tasks.regression import benchmark_scores_for, compare_scores
 
@@ -105,12 +97,9 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     name = f"round-{challenger.round:03d}-vs-round-{baseline.round:03d}"
     tracker.start_run(f"{config.loop}-compare-{name}", {"flywheel.loop": config.loop, "flywheel.compare": name}, config)
     try:
-        completions, checkpoints = {}, {}  # by round
-        for policy, who in (("champion", baseline), ("challenger", challenger)):
-            checkpoint = checkpoints[who.round] = who.local_checkpoint(store, config.storage.data_dir)
-            model = load_model(checkpoint, config.model)
-            completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
-            del model
+        checkpoints = {who.round: who.local_checkpoint(store, config.storage.data_dir) for who in (baseline, challenger)}
+        # "champion" in the records is the baseline policy, "challenger" the later one.
+        completions, result, verdicts = pairwise_between(prompts, checkpoints[baseline.round], checkpoints[challenger.round], config, store)
         # The same benchmarks and tolerance as the promotion gate: drops that each round's gate let
         # through one at a time must not add up to one it would refuse.
         ctx = RoundContext(config=config, round_index=challenger.round, store=store, tracker=tracker)
@@ -119,16 +108,11 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
         )
         regression = compare_scores(before, after, config.regression.tolerance, config.regression.stderr_multiple,
                                     config.regression.per_task_tolerance)
-        judge = build_judge(config.judge.model_copy(update={"name": config.evaluate.judge or config.judge.name}), store=store)
-        result, verdicts = evaluate_pairwise(prompts, completions["champion"], completions["challenger"], judge, config.evaluate)
         key = f"{config.loop}/compare/{name}"
         with store.stage(key) as out:
-            # "champion" in these records is the baseline policy, "challenger" the later one.
-            write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
-            write_jsonl(out / "verdicts.jsonl", verdicts)
-            (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
+            write_pairwise(out, completions, verdicts, result)
             (out / "regression.json").write_text(regression.model_dump_json(indent=2))
-        metrics = {f"compare/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
+        metrics = pairwise_metrics(result, "compare")
         metrics.update({f"compare/{t.task}/delta": t.delta for t in regression.tasks})
         metrics["compare/regression_passed"] = float(regression.passed)
         tracker.log_metrics(metrics)

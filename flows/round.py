@@ -22,7 +22,7 @@ from tasks.evaluate import evaluate_pairwise_task
 from tasks.filter import filter_pairs_task
 from tasks.generate import generate_candidates_task
 from tasks.judge import judge_pairs_task
-from tasks.promote import Champion, champion_from_tags, promote_task, read_champion, registered_model_name
+from tasks.promote import Champion, current_champion, promote_task
 from tasks.prompts import select_prompts_task
 from tasks.regression import check_regression_task
 from tasks.train import train_policy_task
@@ -66,9 +66,7 @@ def starting_champion(store, tracker: Tracker, config: FlywheelConfig, round_ind
     pinned = store.read_json(key)
     if pinned is not None:
         return Champion.model_validate(pinned)
-    # The registry's alias is the source of truth; the store's pointer serves when it has none.
-    tags = tracker.champion_tags(registered_model_name(config))
-    champion = champion_from_tags(tags) if tags else read_champion(store, config.loop, config.model.base)
+    champion = current_champion(store, tracker, config)
     store.write_json(key, champion.model_dump())
     return champion
 

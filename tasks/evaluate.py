@@ -160,6 +160,41 @@ def evaluate_pairwise(
     )
 
 
+def pairwise_between(
+    prompts: list[Prompt], champion_checkpoint: str, challenger_checkpoint: str, config, store=None
+) -> tuple[dict[str, list[Completion]], PairwiseResult, list[PairVerdict]]:
+    """Both checkpoints' answers to ``prompts`` (one model in memory at a time), judged by the
+    eval's judge (``evaluate.judge``, else ``judge.name``) of the FlywheelConfig ``config``."""
+    from infra.models import load_model, load_tokenizer
+    from tasks.judge import build_judge
+
+    completions = {}
+    for policy, checkpoint in (("champion", champion_checkpoint), ("challenger", challenger_checkpoint)):
+        model = load_model(checkpoint, config.model)
+        completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
+        del model
+    judge = build_judge(config.judge.model_copy(update={"name": config.evaluate.judge or config.judge.name}), store=store)
+    result, verdicts = evaluate_pairwise(prompts, completions["champion"], completions["challenger"], judge, config.evaluate)
+    return completions, result, verdicts
+
+
+def write_pairwise(out, completions: dict[str, list[Completion]], verdicts: list[PairVerdict], result: PairwiseResult) -> None:
+    """``completions.jsonl``, ``verdicts.jsonl`` and ``pairwise.json`` into the staging folder ``out``."""
+    from infra.artifacts import write_jsonl
+
+    write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
+    write_jsonl(out / "verdicts.jsonl", verdicts)
+    (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
+
+
+def pairwise_metrics(result: PairwiseResult, prefix: str) -> dict[str, float]:
+    """The result's figures for MLflow, each failure mode's rate per policy among them."""
+    metrics = {f"{prefix}/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
+    for policy in ("champion", "challenger"):
+        metrics.update({f"{prefix}/{policy}_failure/{mode}": rate for mode, rate in getattr(result, f"{policy}_failure_rates").items()})
+    return metrics
+
+
 def judge_verbose_words(judge: Judge) -> int:
     config = getattr(judge, "config", None)
     return getattr(config, "verbose_words", 150)
@@ -193,9 +228,7 @@ def evaluate_pairwise_task(
     ctx, champion_checkpoint: str, challenger_key: str, prompts_key: str
 ) -> tuple[str, PairwiseResult]:
     """Challenger (the train stage's merged checkpoint) against champion on the held-out prompts."""
-    from infra.artifacts import read_jsonl, write_jsonl
-    from infra.models import load_model, load_tokenizer
-    from tasks.judge import build_judge
+    from infra.artifacts import read_jsonl
 
     config = ctx.config
     key = ctx.key("pairwise_eval")
@@ -205,20 +238,8 @@ def evaluate_pairwise_task(
         return key, PairwiseResult.model_validate_json((ctx.store.local_path(key) / "pairwise.json").read_text())
     challenger_checkpoint = str(ctx.store.local_path(challenger_key) / "merged")
     prompts = read_jsonl(ctx.store.local_path(prompts_key) / "eval.jsonl", Prompt)
-    completions = {}
-    for policy, checkpoint in (("champion", champion_checkpoint), ("challenger", challenger_checkpoint)):
-        model = load_model(checkpoint, config.model)
-        completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
-        del model
-    result, verdicts = evaluate_pairwise(
-        prompts, completions["champion"], completions["challenger"], build_judge(config.judge.model_copy(update={"name": config.evaluate.judge or config.judge.name}), store=ctx.store), config.evaluate
-    )
+    completions, result, verdicts = pairwise_between(prompts, champion_checkpoint, challenger_checkpoint, config, ctx.store)
     with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
-        write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
-        write_jsonl(out / "verdicts.jsonl", verdicts)
-        (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
-    figures = {f"eval/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
-    for policy in ("champion", "challenger"):
-        figures.update({f"eval/{policy}_failure/{mode}": rate for mode, rate in getattr(result, f"{policy}_failure_rates").items()})
-    ctx.tracker.log_metrics(figures)
+        write_pairwise(out, completions, verdicts, result)
+    ctx.tracker.log_metrics(pairwise_metrics(result, "eval"))
     return key, result

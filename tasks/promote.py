@@ -178,6 +178,13 @@ def read_champion(store, loop: str, base_checkpoint: str) -> Champion:
     return Champion.model_validate(found) if found else Champion(checkpoint=base_checkpoint, round=0)
 
 
+def current_champion(store, tracker, config) -> Champion:
+    """The loop's champion now: the registry's alias is the source of truth; the store's pointer
+    serves when it has none."""
+    tags = tracker.champion_tags(registered_model_name(config))
+    return champion_from_tags(tags) if tags else read_champion(store, config.loop, config.model.base)
+
+
 @task(name="promote", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def promote_task(ctx, pairwise, regression, challenger_key: str | None, alarms: list | None = None) -> Decision:
     """Apply the gate; move the champion pointer only when the challenger passes it."""
