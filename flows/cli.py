@@ -84,76 +84,103 @@ def _print_outcome(config: FlywheelConfig, summaries) -> None:
     print(f"mlflow:    {tracking_uri(config.storage)}  (mlflow ui --backend-store-uri {tracking_uri(config.storage)})")
 
 
+def _show_config(config: FlywheelConfig, args) -> int:
+    import yaml
+
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
+def _history(config: FlywheelConfig, args) -> int:
+    from flows.summary import read_history, summary_table
+    from infra.store import store_from_config
+
+    print(summary_table(read_history(store_from_config(config.storage), config.loop)))
+    return 0
+
+
+def _report(config: FlywheelConfig, args) -> int:
+    from flows.report import write_report
+    from flows.summary import read_history
+    from infra.store import store_from_config
+
+    store = store_from_config(config.storage)
+    out = args.out or Path(config.storage.data_dir) / "reports" / f"{config.loop}.html"
+    print(write_report(store, config.loop, read_history(store, config.loop), out))
+    print(f"\nreport: {out.resolve()}")
+    return 0
+
+
+def _compare(config: FlywheelConfig, args) -> int:
+    from flows.compare import CompareError, compare_rounds
+    from infra.champion import ChampionError
+
+    try:
+        comparison = compare_rounds(config=config, baseline_round=args.against, challenger_round=args.challenger_round)
+    except (CompareError, ChampionError) as err:
+        print(f"flywheel: {err}", file=sys.stderr)
+        return 2
+    r = comparison.result
+    print(f"\nround {comparison.challenger_round} against round {comparison.baseline_round} "
+          f"on {comparison.n_prompts} held-out prompts:")
+    print(f"  win rate            {r.win_rate:.3f} [{r.win_rate_low:.3f}, {r.win_rate_high:.3f}]  ({r.wins}W/{r.ties}T/{r.losses}L)")
+    print(f"  length-controlled   {r.lc_win_rate:.3f}")
+    print(f"  constraints met     {r.champion_constraint_rate:.3f} -> {r.challenger_constraint_rate:.3f}")
+    print(f"  all constraints met {r.champion_strict_rate:.3f} -> {r.challenger_strict_rate:.3f}")
+    print(f"  mean words          {r.champion_mean_words:.1f} -> {r.challenger_mean_words:.1f}")
+    print(f"  failure modes (any) {r.champion_failure_rates.get('any', float('nan')):.3f} -> "
+          f"{r.challenger_failure_rates.get('any', float('nan')):.3f}")
+    for t in comparison.regression.tasks if comparison.regression else []:
+        print(f"  {t.task:<19} {t.before:.3f} -> {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")
+    print(f"artifacts: {comparison.artifacts}")
+    return 0
+
+
+def _round(config: FlywheelConfig, args) -> int:
+    from flows.round import run_next_round
+
+    _print_outcome(config, [run_next_round(config)])
+    return 0
+
+
+def _loop(config: FlywheelConfig, args) -> int:
+    from flows.loop import run_loop
+
+    _print_outcome(config, run_loop(config=config, rounds=args.rounds))
+    return 0
+
+
+# Commands that need a loop's config; those that operate the stack (flows/operate.py) do not.
+COMMANDS = {"config": _show_config, "history": _history, "report": _report, "compare": _compare, "round": _round, "loop": _loop}
+
+
+def _load_checked_config(args) -> FlywheelConfig:
+    """The merged config with every registered name checked, and a JSONL prompt file read whole:
+    a problem stops the command before anything is written."""
+    from tasks.config_checks import check_config
+
+    config = check_config(load_config(args.config, args.overrides), origin=str(args.config or "defaults"))
+    if config.prompts.source == "jsonl":
+        from tasks.prompts import load_prompt_file
+
+        load_prompt_file(config.prompts.path)
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("stack", "deploy", "trigger"):
+    if args.command not in COMMANDS:
         from flows import operate
 
         return operate.run(args)
     try:
-        config = load_config(args.config, args.overrides)
-        if config.prompts.source == "jsonl":
-            from tasks.prompts import load_prompt_file
-
-            load_prompt_file(config.prompts.path)  # fail on a malformed file before anything runs
+        config = _load_checked_config(args)
     except (ConfigError, ValueError) as err:
         print(f"flywheel: {err}", file=sys.stderr)
         return 2
-    if args.command == "config":
-        import yaml
-
-        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        return 0
-    _prepare_environment(config)
-    if args.command == "history":
-        from flows.round import read_history
-        from flows.summary import summary_table
-        from infra.artifacts import store_from_config
-
-        print(summary_table(read_history(store_from_config(config.storage), config.loop)))
-        return 0
-    if args.command == "report":
-        from flows.report import write_report
-        from flows.round import read_history
-        from infra.artifacts import store_from_config
-
-        store = store_from_config(config.storage)
-        out = args.out or Path(config.storage.data_dir) / "reports" / f"{config.loop}.html"
-        print(write_report(store, config.loop, read_history(store, config.loop), out))
-        print(f"\nreport: {out.resolve()}")
-        return 0
-    if args.command == "compare":
-        from flows.compare import CompareError, compare_rounds
-
-        try:
-            comparison = compare_rounds(config=config, baseline_round=args.against, challenger_round=args.challenger_round)
-        except CompareError as err:
-            print(f"flywheel: {err}", file=sys.stderr)
-            return 2
-        r = comparison.result
-        print(f"\nround {comparison.challenger_round} against round {comparison.baseline_round} "
-              f"on {comparison.n_prompts} held-out prompts:")
-        print(f"  win rate            {r.win_rate:.3f} [{r.win_rate_low:.3f}, {r.win_rate_high:.3f}]  ({r.wins}W/{r.ties}T/{r.losses}L)")
-        print(f"  length-controlled   {r.lc_win_rate:.3f}")
-        print(f"  constraints met     {r.champion_constraint_rate:.3f} -> {r.challenger_constraint_rate:.3f}")
-        print(f"  all constraints met {r.champion_strict_rate:.3f} -> {r.challenger_strict_rate:.3f}")
-        print(f"  mean words          {r.champion_mean_words:.1f} -> {r.challenger_mean_words:.1f}")
-        print(f"  failure modes (any) {r.champion_failure_rates.get('any', float('nan')):.3f} -> "
-              f"{r.challenger_failure_rates.get('any', float('nan')):.3f}")
-        for t in comparison.regression.tasks if comparison.regression else []:
-            print(f"  {t.task:<19} {t.before:.3f} -> {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")
-        print(f"artifacts: {comparison.artifacts}")
-        return 0
-    if args.command == "round":
-        from flows.round import run_next_round
-
-        summaries = [run_next_round(config)]
-    else:
-        from flows.loop import run_loop
-
-        summaries = run_loop(config=config, rounds=args.rounds)
-    _print_outcome(config, summaries)
-    return 0
+    if args.command != "config":
+        _prepare_environment(config)
+    return COMMANDS[args.command](config, args)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.publish import artifact_key
-from infra.artifacts import stage_key, store_from_config
+from infra import layout
+from infra.champion import current_champion, local_checkpoint, policy_of_round
 from infra.settings import FlywheelConfig
+from infra.store import store_from_config
 from infra.tracking import Tracker
 from tasks.evaluate import PairwiseResult
 from tasks.regression import RegressionResult
-from tasks.promote import Champion, current_champion
 
 
 class CompareError(ValueError):
@@ -37,22 +38,8 @@ class Comparison(BaseModel):
     mlflow_run_id: str = ""
 
 
-def comparisons_key(loop: str) -> str:
-    return f"{loop}/comparisons.json"
-
-
 def read_comparisons(store, loop: str) -> list[Comparison]:
-    return [Comparison.model_validate(c) for c in store.read_json(comparisons_key(loop)) or []]
-
-
-def policy_of_round(store, config: FlywheelConfig, round_index: int) -> Champion:
-    """Round 0 is the base model; round N is the policy that round N trained (promoted or not)."""
-    if round_index == 0:
-        return Champion(checkpoint=config.model.base, round=0)
-    key = stage_key(config.loop, round_index, "train")
-    if not store.is_complete(key):
-        raise CompareError(f"round {round_index} of loop {config.loop!r} has no trained policy ({store.uri(key)} is not complete)")
-    return Champion(checkpoint=store.uri(key) + "/merged", round=round_index, train_key=key)
+    return [Comparison.model_validate(c) for c in store.read_json(layout.comparisons_key(loop)) or []]
 
 
 def comparison_markdown(c: Comparison) -> str:
@@ -82,10 +69,9 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     """The champion (or ``challenger_round``'s policy) against ``baseline_round``'s policy."""
     from prefect.artifacts import create_markdown_artifact
 
-    from infra.context import RoundContext
+    from flows.stages import regression_between
     from tasks.evaluate import pairwise_between, pairwise_metrics, write_pairwise
     from tasks.prompts import load_prompts, select_prompts
-    from tasks.regression import benchmark_scores_for, compare_scores
 
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
@@ -94,25 +80,20 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     if challenger.round == baseline.round:
         raise CompareError(f"nothing to compare: the challenger is round {challenger.round}'s policy, the baseline too")
     prompts = select_prompts(load_prompts(config.prompts, config.storage.data_dir), "eval", config.prompts.n_eval, seed=config.prompts.seed)
-    name = f"round-{challenger.round:03d}-vs-round-{baseline.round:03d}"
+    key = layout.comparison_key(config.loop, challenger.round, baseline.round)
+    name = key.rsplit("/", 1)[-1]
     tracker.start_run(f"{config.loop}-compare-{name}", {"flywheel.loop": config.loop, "flywheel.compare": name}, config)
     try:
-        checkpoints = {who.round: who.local_checkpoint(store, config.storage.data_dir) for who in (baseline, challenger)}
         # "champion" in the records is the baseline policy, "challenger" the later one.
-        completions, result, verdicts = pairwise_between(prompts, checkpoints[baseline.round], checkpoints[challenger.round], config, store)
+        before, after = ((local_checkpoint(who, store, config.storage.data_dir), who.checkpoint) for who in (baseline, challenger))
+        completions, result, verdicts = pairwise_between(prompts, before[0], after[0], config, store)
         # The same benchmarks and tolerance as the promotion gate: drops that each round's gate let
         # through one at a time must not add up to one it would refuse.
-        ctx = RoundContext(config=config, round_index=challenger.round, store=store, tracker=tracker)
-        before, after = (
-            benchmark_scores_for(ctx, checkpoints[who.round], who.checkpoint) for who in (baseline, challenger)
-        )
-        regression = compare_scores(before, after, config.regression.tolerance, config.regression.stderr_multiple,
-                                    config.regression.per_task_tolerance)
-        key = f"{config.loop}/compare/{name}"
+        _, _, regression = regression_between(store, config, before, after)
         with store.stage(key) as out:
             write_pairwise(out, completions, verdicts, result)
-            (out / "regression.json").write_text(regression.model_dump_json(indent=2))
-        metrics = pairwise_metrics(result, "compare")
+            (out / layout.REGRESSION_RESULT).write_text(regression.model_dump_json(indent=2))
+        metrics = {f"compare/{k}": v for k, v in pairwise_metrics(result).items()}
         metrics.update({f"compare/{t.task}/delta": t.delta for t in regression.tasks})
         metrics["compare/regression_passed"] = float(regression.passed)
         tracker.log_metrics(metrics)
@@ -124,7 +105,7 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
         result=result, regression=regression, artifacts=store.uri(key), mlflow_run_id=tracker.run_id or "",
     )
     others = [c for c in read_comparisons(store, config.loop) if (c.challenger_round, c.baseline_round) != (challenger.round, baseline.round)]
-    store.write_json(comparisons_key(config.loop), [c.model_dump() for c in others + [comparison]])
+    store.write_json(layout.comparisons_key(config.loop), [c.model_dump() for c in others + [comparison]])
     create_markdown_artifact(
         key=artifact_key(f"{config.loop}-compare"), markdown=comparison_markdown(comparison),
         description=f"{config.loop}: round {challenger.round} against round {baseline.round}",

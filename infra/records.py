@@ -9,9 +9,28 @@ from.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Iterable, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def write_jsonl(path: Path, records: Iterable[BaseModel]) -> int:
+    """One record a line; returns how many."""
+    n = 0
+    with open(path, "w") as fh:
+        for record in records:
+            fh.write(record.model_dump_json() + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path, model: type[R]) -> list[R]:
+    with open(path) as fh:
+        return [model.model_validate_json(line) for line in fh if line.strip()]
 
 
 class Record(BaseModel):
@@ -77,3 +96,13 @@ class Completion(Record):
     policy: Literal["champion", "challenger"]
     text: str
     constraint_score: float = Field(description="Share of the prompt's constraints satisfied, 0..1.")
+
+
+class Champion(BaseModel):
+    """Where a loop's policy lives: the champion, or any round's trained policy."""
+
+    checkpoint: str  # the base policy's path or hub id, or the URI of a trained policy's merged checkpoint
+    round: int  # 0 is the base policy
+    train_key: str | None = None  # the train stage whose merged/ folder holds a trained policy
+    model_version: str | None = None  # its version in the MLflow registry, once promoted
+    promoted_at: str = ""

@@ -12,21 +12,18 @@ usual boto3 chain (environment, profile, instance role); none are ever logged.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
-from infra.artifacts import MANIFEST, Manifest, build_manifest, sha256_file
+from infra.layout import MANIFEST
+from infra.retries import call_with_retries
+from infra.store import ArtifactStoreError, Manifest, StagingStore, verify_files
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024  # bytes; merged checkpoints (~500 MB) go up in parts
-
-
-class ArtifactStoreError(RuntimeError):
-    """The store could not be read or written; the message names the bucket, key and endpoint."""
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -38,7 +35,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-class S3ArtifactStore:
+class S3ArtifactStore(StagingStore):
     def __init__(self, root: str, cache_dir: str | Path, endpoint_url: str | None = None, client: Any = None):
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -46,8 +43,8 @@ class S3ArtifactStore:
 
         self.bucket, self.prefix = parse_s3_uri(root)
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-        # Few, quick retries: Prefect retries the whole task on a longer clock.
-        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+        # boto3 makes one quick retry; our own backoff (infra/retries.py) rides out longer outages.
+        config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60)
         self.client = client or boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
         self.cache_dir = Path(cache_dir).expanduser().resolve() / self.bucket / (self.prefix or "_")
@@ -60,12 +57,12 @@ class S3ArtifactStore:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object(key)}"
 
-    @contextlib.contextmanager
-    def _errors(self, action: str, key: str) -> Iterator[None]:
+    def _call(self, action: str, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One S3 request, retried on transient errors; a final failure names the object and endpoint."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            yield
+            return call_with_retries(f"S3 {action} of {self.uri(key)}", fn, *args, **kwargs)
         except (BotoCoreError, ClientError) as exc:
             where = f" at {self.endpoint_url}" if self.endpoint_url else ""
             raise ArtifactStoreError(f"S3 {action} of {self.uri(key)}{where} failed: {exc}") from exc
@@ -73,7 +70,7 @@ class S3ArtifactStore:
     def _get_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError
 
-        with self._errors("read", key):
+        def get() -> bytes | None:
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"].read()
             except ClientError as exc:
@@ -81,9 +78,10 @@ class S3ArtifactStore:
                     return None
                 raise
 
+        return self._call("read", key, get)
+
     def _put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> None:
-        with self._errors("write", key):
-            self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=content_type)
+        self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=content_type)
 
     # --- the store contract ----------------------------------------------------------------
 
@@ -91,34 +89,20 @@ class S3ArtifactStore:
         data = self._get_bytes(f"{key}/{MANIFEST}")
         return Manifest.model_validate_json(data) if data is not None else None
 
-    def is_complete(self, key: str) -> bool:
-        return self.manifest(key) is not None
-
-    @contextlib.contextmanager
-    def stage(self, key: str, input_hash: str = "", config_hash: str = "") -> Iterator[Path]:
-        """Yield an empty local folder; on success upload its files, then the manifest."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.cache_dir))
-        try:
-            yield staging
-            manifest = build_manifest(key, staging, input_hash, config_hash)
-            self._commit(key, staging, manifest)
-            self._cache(key, staging, manifest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    def _staging_root(self) -> Path:
+        return self.cache_dir
 
     def _commit(self, key: str, staging: Path, manifest: Manifest) -> None:
-        with self._errors("delete", f"{key}/{MANIFEST}"):
-            # An earlier complete run of the stage stops counting before its files are replaced.
-            self.client.delete_object(Bucket=self.bucket, Key=self._object(f"{key}/{MANIFEST}"))
+        """Upload the files, then the manifest; keep the stage in the local cache, so this machine never downloads it."""
+        # An earlier complete run of the stage stops counting before its files are replaced.
+        self._call("delete", f"{key}/{MANIFEST}", self.client.delete_object, Bucket=self.bucket, Key=self._object(f"{key}/{MANIFEST}"))
         for entry in manifest.files:
             name = f"{key}/{entry.path}"
-            with self._errors("upload", name):
-                self.client.upload_file(str(staging / entry.path), self.bucket, self._object(name), Config=self.transfer)
+            self._call("upload", name, self.client.upload_file, str(staging / entry.path), self.bucket, self._object(name), Config=self.transfer)
         self._put_bytes(f"{key}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
+        self._cache(key, staging, manifest)
 
     def _cache(self, key: str, folder: Path, manifest: Manifest) -> None:
-        """Keep a just-uploaded stage in the local cache, so this machine never downloads it."""
         target = self.cache_dir / key
         if target.exists():
             shutil.rmtree(target)
@@ -140,10 +124,9 @@ class S3ArtifactStore:
             for entry in manifest.files:
                 path = Path(tmp) / entry.path
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with self._errors("download", f"{key}/{entry.path}"):
-                    self.client.download_file(self.bucket, self._object(f"{key}/{entry.path}"), str(path), Config=self.transfer)
-                if sha256_file(path) != entry.sha256:
-                    raise ArtifactStoreError(f"{self.uri(key)}/{entry.path}: checksum differs from the manifest")
+                name = f"{key}/{entry.path}"
+                self._call("download", name, self.client.download_file, self.bucket, self._object(name), str(path), Config=self.transfer)
+            verify_files(Path(tmp), manifest, self.uri(key))
             self._cache(key, Path(tmp), manifest)
         return target
 

@@ -1,4 +1,4 @@
-"""pairwise eval: the new policy (challenger) against the champion on held-out prompts.
+"""evaluate: the new policy (challenger) against the champion on held-out prompts.
 
 Reads: both checkpoints and the held-out prompts.
 Writes: ``completions.jsonl`` (both policies' responses, with constraint scores),
@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel
 
-from infra.records import Completion, Prompt, Verdict
+from infra import layout
+from infra.records import Completion, Prompt, Verdict, write_jsonl
 from infra.settings import EvalConfig
 from tasks.constraints import check_constraints
 from tasks.generate import SampleRequest, sample_batched
@@ -180,18 +181,16 @@ def pairwise_between(
 
 def write_pairwise(out, completions: dict[str, list[Completion]], verdicts: list[PairVerdict], result: PairwiseResult) -> None:
     """``completions.jsonl``, ``verdicts.jsonl`` and ``pairwise.json`` into the staging folder ``out``."""
-    from infra.artifacts import write_jsonl
-
-    write_jsonl(out / "completions.jsonl", completions["champion"] + completions["challenger"])
-    write_jsonl(out / "verdicts.jsonl", verdicts)
-    (out / "pairwise.json").write_text(result.model_dump_json(indent=2))
+    write_jsonl(out / layout.COMPLETIONS, completions["champion"] + completions["challenger"])
+    write_jsonl(out / layout.VERDICTS, verdicts)
+    (out / layout.PAIRWISE).write_text(result.model_dump_json(indent=2))
 
 
-def pairwise_metrics(result: PairwiseResult, prefix: str) -> dict[str, float]:
+def pairwise_metrics(result: PairwiseResult) -> dict[str, float]:
     """The result's figures for MLflow, each failure mode's rate per policy among them."""
-    metrics = {f"{prefix}/{k}": v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
+    metrics = {k: v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
     for policy in ("champion", "challenger"):
-        metrics.update({f"{prefix}/{policy}_failure/{mode}": rate for mode, rate in getattr(result, f"{policy}_failure_rates").items()})
+        metrics.update({f"{policy}_failure/{mode}": rate for mode, rate in getattr(result, f"{policy}_failure_rates").items()})
     return metrics
 
 
@@ -213,33 +212,3 @@ def failure_rates(texts: list[str], verbose_words: int = 150) -> dict[str, float
 def _mean(values) -> float:
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
-
-
-# --- Prefect task -----------------------------------------------------------------------
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from infra.retries import TRANSIENT_RETRIES  # noqa: E402
-
-
-@task(name="pairwise-eval", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def evaluate_pairwise_task(
-    ctx, champion_checkpoint: str, challenger_key: str, prompts_key: str
-) -> tuple[str, PairwiseResult]:
-    """Challenger (the train stage's merged checkpoint) against champion on the held-out prompts."""
-    from infra.artifacts import read_jsonl
-
-    config = ctx.config
-    key = ctx.key("pairwise_eval")
-    input_hash = ctx.inputs_hash(challenger_key, prompts_key, extra=ctx.champion_id or champion_checkpoint)
-    config_hash = ctx.config_hash("model", "evaluate", "judge")
-    if ctx.already_done(key, input_hash, config_hash):
-        return key, PairwiseResult.model_validate_json((ctx.store.local_path(key) / "pairwise.json").read_text())
-    challenger_checkpoint = str(ctx.store.local_path(challenger_key) / "merged")
-    prompts = read_jsonl(ctx.store.local_path(prompts_key) / "eval.jsonl", Prompt)
-    completions, result, verdicts = pairwise_between(prompts, champion_checkpoint, challenger_checkpoint, config, ctx.store)
-    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
-        write_pairwise(out, completions, verdicts, result)
-    ctx.tracker.log_metrics(pairwise_metrics(result, "eval"))
-    return key, result

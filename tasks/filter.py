@@ -146,38 +146,3 @@ def to_trl_rows(pairs: list[PreferencePair]) -> list[dict]:
         }
         for p in pairs
     ]
-
-
-# --- Prefect task -----------------------------------------------------------------------
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from infra.retries import TRANSIENT_RETRIES  # noqa: E402
-
-
-@task(name="filter", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def filter_pairs_task(ctx, prompts_key: str, candidates_key: str, judgments_key: str) -> tuple[str, FilterReport]:
-    """Keep clean pairs and write them in TRL's format; returns the stage key and the report."""
-    from datasets import Dataset
-
-    from infra.artifacts import read_jsonl, write_jsonl
-
-    key = ctx.key("filter")
-    input_hash = ctx.inputs_hash(prompts_key, candidates_key, judgments_key)
-    config_hash = ctx.config_hash("filter")
-    if ctx.already_done(key, input_hash, config_hash):
-        return key, FilterReport.model_validate_json((ctx.store.local_path(key) / "report.json").read_text())
-    prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
-    candidates = read_jsonl(ctx.store.local_path(candidates_key) / "candidates.jsonl", Candidate)
-    judgments = read_jsonl(ctx.store.local_path(judgments_key) / "judgments.jsonl", Judgment)
-    pairs, report = filter_pairs(prompts, candidates, judgments, ctx.config.filter)
-    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
-        write_jsonl(out / "pairs.jsonl", pairs)
-        Dataset.from_list(to_trl_rows(pairs)).save_to_disk(str(out / "train"))
-        (out / "report.json").write_text(report.model_dump_json(indent=2))
-    metrics = {"filter/n_kept": report.n_kept, "filter/n_judgments": report.n_judgments}
-    metrics.update({f"filter/dropped_{k}": v for k, v in report.dropped.items()})
-    metrics.update({f"filter/{k}": v for k, v in report.validation.items()})
-    ctx.tracker.log_metrics(metrics)
-    return key, report

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
@@ -174,42 +175,18 @@ def generate_candidates(
     ]
 
 
-# --- Prefect task: load inputs, call the core, save outputs, log metrics -----------------
+class GenerateSummary(BaseModel):
+    n_candidates: int
+    mean_tokens: float
+    tokens_per_s: float
+    seconds: float
 
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from infra.retries import TRANSIENT_RETRIES  # noqa: E402
-
-
-@task(name="generate-candidates", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def generate_candidates_task(ctx, checkpoint: str, prompts_key: str) -> str:
-    """Sample the round's candidates from the champion; returns the stage key."""
-    from infra.artifacts import read_jsonl, write_jsonl
-    from infra.models import load_model, load_tokenizer
-
-    config = ctx.config
-    key = ctx.key("generate")
-    input_hash = ctx.inputs_hash(prompts_key, extra=ctx.champion_id or checkpoint)
-    config_hash = ctx.config_hash("model", "generate")
-    if ctx.already_done(key, input_hash, config_hash):
-        return key
-    prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
-    tokenizer = load_tokenizer(checkpoint)
-    model = load_model(checkpoint, config.model)
-    seed = config.generate.seed * 1000 + ctx.round_index
-    started = time.perf_counter()
-    candidates = generate_candidates(model, tokenizer, prompts, config.generate, seed)
-    elapsed = time.perf_counter() - started
-    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
-        write_jsonl(out / "candidates.jsonl", candidates)
+def summarize_candidates(candidates: list[Candidate], seconds: float) -> GenerateSummary:
     n_tokens = sum(c.n_tokens for c in candidates)
-    ctx.tracker.log_metrics(
-        {
-            "generate/n_candidates": len(candidates),
-            "generate/mean_tokens": n_tokens / max(len(candidates), 1),
-            "generate/tokens_per_s": n_tokens / elapsed if elapsed > 0 else 0.0,
-            "generate/seconds": elapsed,
-        }
+    return GenerateSummary(
+        n_candidates=len(candidates),
+        mean_tokens=n_tokens / max(len(candidates), 1),
+        tokens_per_s=n_tokens / seconds if seconds > 0 else 0.0,
+        seconds=seconds,
     )
-    return key

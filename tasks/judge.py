@@ -17,6 +17,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from infra.records import Candidate, Judgment, Prompt, Verdict
@@ -48,7 +49,7 @@ class Judge(abc.ABC):
         return [self.compare(*item) for item in items]
 
     def summary(self, n_pairs: int) -> dict[str, float]:
-        """Figures about the judging itself (requests, cost, failures) for MLflow."""
+        """Figures about the judging itself (requests, cost, failures), named without the stage prefix."""
         return {}
 
     def check_failures(self, n_pairs: int) -> None:
@@ -139,16 +140,6 @@ def judge_pairs(
     return judgments
 
 
-def judge_summary(judgments: list[Judgment]) -> dict[str, float]:
-    n = len(judgments)
-    ties = sum(j.verdict == "tie" for j in judgments)
-    figures = {"judge/n_comparisons": n, "judge/tie_rate": ties / n if n else 0.0}
-    checked = [j.consistent for j in judgments if j.consistent is not None]
-    if checked:
-        figures["judge/consistency_rate"] = sum(checked) / len(checked)
-    return figures
-
-
 def cohen_kappa(first: list[str], second: list[str]) -> float:
     """Agreement beyond chance between two judges' verdicts on the same items."""
     n = len(first)
@@ -172,39 +163,17 @@ def judge_agreement(judge: Judge, other: Judge, pairs: list[tuple[Prompt, str, s
     }
 
 
-# --- Prefect task -----------------------------------------------------------------------
+class JudgeSummary(BaseModel):
+    """The judging's figures: comparisons, ties, consistency, the judge's own (requests, cost), agreement."""
 
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from infra.retries import TRANSIENT_RETRIES  # noqa: E402
+    figures: dict[str, float]
 
 
-@task(name="judge", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def judge_pairs_task(ctx, prompts_key: str, candidates_key: str) -> str:
-    """Judge every candidate pair of the round; returns the stage key."""
-    from infra.artifacts import read_jsonl, write_jsonl
-
-    key = ctx.key("judge")
-    input_hash = ctx.inputs_hash(prompts_key, candidates_key)
-    config_hash = ctx.config_hash("judge")
-    if ctx.already_done(key, input_hash, config_hash):
-        return key
-    prompts = read_jsonl(ctx.store.local_path(prompts_key) / "train.jsonl", Prompt)
-    candidates = read_jsonl(ctx.store.local_path(candidates_key) / "candidates.jsonl", Candidate)
-    judge = build_judge(ctx.config.judge, store=ctx.store)
-    judgments = judge_pairs(prompts, candidates, judge)
-    n_pairs = len(prompts) * math.comb(ctx.config.generate.n_candidates, 2)
-    ctx.tracker.log_metrics(judge.summary(n_pairs))
-    judge.check_failures(n_pairs)
-    by_id = {p.id: p for p in prompts}
-    texts = {(c.prompt_id, c.index): c.text for c in candidates}
-    compared = [(by_id[j.prompt_id], texts[(j.prompt_id, j.index_a)], texts[(j.prompt_id, j.index_b)]) for j in judgments]
-    for other_name in ctx.config.judge.compare_with:
-        other = build_judge(ctx.config.judge.model_copy(update={"name": other_name}), store=ctx.store)
-        agreement = judge_agreement(judge, other, compared)
-        ctx.tracker.log_metrics({f"judge/agreement_{other_name}": agreement["agreement"], f"judge/kappa_{other_name}": agreement["kappa"]})
-    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
-        write_jsonl(out / "judgments.jsonl", judgments)
-    ctx.tracker.log_metrics(judge_summary(judgments))
-    return key
+def judge_summary(judgments: list[Judgment]) -> dict[str, float]:
+    n = len(judgments)
+    ties = sum(j.verdict == "tie" for j in judgments)
+    figures = {"n_comparisons": n, "tie_rate": ties / n if n else 0.0}
+    checked = [j.consistent for j in judgments if j.consistent is not None]
+    if checked:
+        figures["consistency_rate"] = sum(checked) / len(checked)
+    return figures

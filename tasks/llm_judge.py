@@ -257,10 +257,10 @@ class OpenAIJudge(Judge):
     def summary(self, n_pairs: int) -> dict[str, float]:
         s = self.stats
         return {
-            "judge/requests": s.requests, "judge/retries": s.retries, "judge/repairs": s.repairs,
-            "judge/cache_hits": s.cache_hits, "judge/invalid": s.invalid, "judge/failed_pairs": s.failed,
-            "judge/prompt_tokens": s.prompt_tokens, "judge/completion_tokens": s.completion_tokens,
-            "judge/cost_usd": s.cost(self.config), "judge/failed_share": s.failed / n_pairs if n_pairs else 0.0,
+            "requests": s.requests, "retries": s.retries, "repairs": s.repairs,
+            "cache_hits": s.cache_hits, "invalid": s.invalid, "failed_pairs": s.failed,
+            "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+            "cost_usd": s.cost(self.config), "failed_share": s.failed / n_pairs if n_pairs else 0.0,
         }
 
     def check_failures(self, n_pairs: int) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from infra.records import Constraint, Prompt
 from infra.registry import Registry
 from infra.settings import PromptsConfig
@@ -481,35 +483,21 @@ def load_prompts(config: PromptsConfig, data_dir: Path) -> list[Prompt]:
     return prompts
 
 
-# --- Prefect task -----------------------------------------------------------------------
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from infra.retries import TRANSIENT_RETRIES  # noqa: E402
+class PromptsSummary(BaseModel):
+    n_train: int
+    n_eval: int
+    constraints_per_prompt: float
 
 
-@task(name="select-prompts", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def select_prompts_task(ctx) -> str:
+def round_prompts(config: PromptsConfig, data_dir: Path, round_index: int) -> tuple[list[Prompt], list[Prompt]]:
     """The round's prompts: a fresh training sample per round, the same held-out set every round."""
-    from infra.artifacts import write_jsonl
-
-    config = ctx.config.prompts
-    key = ctx.key("prompts")
-    config_hash = ctx.config_hash("prompts")
-    if ctx.already_done(key, "", config_hash):
-        return key
-    prompts = load_prompts(config, ctx.data_dir)
-    train = select_prompts(prompts, "train", config.n_train, seed=config.seed * 1000 + ctx.round_index)
+    prompts = load_prompts(config, data_dir)
+    train = select_prompts(prompts, "train", config.n_train, seed=config.seed * 1000 + round_index)
     held_out = select_prompts(prompts, "eval", config.n_eval, seed=config.seed)
-    with ctx.store.stage(key, config_hash=config_hash) as out:
-        write_jsonl(out / "train.jsonl", train)
-        write_jsonl(out / "eval.jsonl", held_out)
-    ctx.tracker.log_metrics(
-        {
-            "prompts/n_train": len(train),
-            "prompts/n_eval": len(held_out),
-            "prompts/constraints_per_prompt": sum(len(p.constraints) for p in train) / len(train),
-        }
+    return train, held_out
+
+
+def summarize_prompts(train: list[Prompt], held_out: list[Prompt]) -> PromptsSummary:
+    return PromptsSummary(
+        n_train=len(train), n_eval=len(held_out), constraints_per_prompt=sum(len(p.constraints) for p in train) / max(len(train), 1)
     )
-    return key

@@ -202,56 +202,11 @@ def compare_scores(
     return RegressionResult(passed=not reasons, tolerance=tolerance, tasks=comparisons, reasons=reasons)
 
 
-# --- Prefect task -----------------------------------------------------------------------
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from infra.retries import TRANSIENT_RETRIES  # noqa: E402
-
-
-def benchmark_scores_for(ctx, checkpoint: str, identity: str) -> dict[str, BenchmarkScore]:
-    """Benchmark scores of ``checkpoint`` (known as ``identity`` on every machine), cached in the
-    store beside the loop so a champion is scored once."""
-    from infra.artifacts import hash_json
-    from infra.models import load_model, load_tokenizer
-
-    config = ctx.config.regression
-    cache_key = f"{ctx.loop}/benchmark_scores/" + hash_json(
-        {"checkpoint": identity, "tasks": config.tasks, "limit": config.limit, "model": ctx.config.model.model_dump(mode="json")}
-    )[:16] + ".json"
-    cached = ctx.store.read_json(cache_key)
-    if cached is not None:
-        return {task: BenchmarkScore.model_validate(score) for task, score in cached.items()}
-    model = load_model(checkpoint, ctx.config.model)
-    scores = score_benchmarks(
-        model, load_tokenizer(checkpoint), config.tasks, config.limit, config.batch_size, ctx.data_dir / "lm_eval"
-    )
-    ctx.store.write_json(cache_key, {task: score.model_dump() for task, score in scores.items()})
-    return scores
-
-
-@task(name="capability-regression", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def check_regression_task(ctx, champion_checkpoint: str, challenger_key: str) -> RegressionResult:
-    """Benchmarks before (champion, cached) and after (challenger); a drop beyond tolerance fails."""
-    key = ctx.key("regression")
-    input_hash = ctx.inputs_hash(challenger_key, extra=ctx.champion_id or champion_checkpoint)
-    config_hash = ctx.config_hash("model", "regression")
-    if ctx.already_done(key, input_hash, config_hash):
-        return RegressionResult.model_validate_json((ctx.store.local_path(key) / "regression.json").read_text())
-    before = benchmark_scores_for(ctx, champion_checkpoint, ctx.champion_id or champion_checkpoint)
-    # Known by the URI it will have as champion (Champion.checkpoint), so promotion reuses the scores.
-    after = benchmark_scores_for(ctx, str(ctx.store.local_path(challenger_key) / "merged"), ctx.store.uri(challenger_key) + "/merged")
-    config = ctx.config.regression
-    result = compare_scores(before, after, config.tolerance, config.stderr_multiple, config.per_task_tolerance)
-    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
-        (out / "before.json").write_text(json.dumps({t: s.model_dump() for t, s in before.items()}, indent=2))
-        (out / "after.json").write_text(json.dumps({t: s.model_dump() for t, s in after.items()}, indent=2))
-        (out / "regression.json").write_text(result.model_dump_json(indent=2))
-    metrics = {"regression/passed": float(result.passed)}
+def regression_metrics(result: RegressionResult) -> dict[str, float]:
+    """The check's figures for MLflow: pass/fail, and each benchmark before, after and its change."""
+    metrics = {"passed": float(result.passed)}
     for comparison in result.tasks:
-        metrics[f"regression/{comparison.task}/before"] = comparison.before
-        metrics[f"regression/{comparison.task}/after"] = comparison.after
-        metrics[f"regression/{comparison.task}/delta"] = comparison.delta
-    ctx.tracker.log_metrics(metrics)
-    return result
+        metrics[f"{comparison.task}/before"] = comparison.before
+        metrics[f"{comparison.task}/after"] = comparison.after
+        metrics[f"{comparison.task}/delta"] = comparison.delta
+    return metrics

@@ -2,8 +2,8 @@
 
 Reads: the champion checkpoint and the filter stage's pairs.
 Writes: ``adapter/`` (the LoRA adapter), ``merged/`` (the full checkpoint the
-next round starts from), ``log_history.json`` (TRL's per-step metrics) and
-``train_result.json``.
+next round starts from), ``train_result.json`` (with TRL's per-step log) and
+``training.png``.
 
 The reference model is the policy with its adapter disabled, so no second copy
 of the weights is held. On CPUs with native bf16 (AMX) and on GPUs training
@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from pydantic import BaseModel
 
+from infra import layout
 from infra.records import PreferencePair
 from tasks.diagnostics import Alarm, over_optimization_alarms, training_alarms
 from infra.settings import ModelConfig, TrainConfig, per_round
@@ -156,10 +157,10 @@ def train_policy(
         runtime = time.perf_counter() - started
     history = [h for h in trainer.state.log_history if "loss" in h]
     peft_model = trainer.model
-    peft_model.save_pretrained(output_dir / "adapter")
+    peft_model.save_pretrained(output_dir / layout.ADAPTER)
     merged = peft_model.merge_and_unload()
-    merged.save_pretrained(output_dir / "merged")
-    tokenizer.save_pretrained(output_dir / "merged")
+    merged.save_pretrained(output_dir / layout.MERGED)
+    tokenizer.save_pretrained(output_dir / layout.MERGED)
     n_examples = len(train_pairs) * config.epochs
     return TrainResult(
         n_pairs=len(train_pairs),
@@ -176,47 +177,3 @@ def train_policy(
         log_history=trainer.state.log_history,
         alarms=training_alarms(trainer.state.log_history) + over_optimization_alarms(trainer.state.log_history),
     )
-
-
-# --- Prefect task -----------------------------------------------------------------------
-
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from infra.retries import TRANSIENT_RETRIES  # noqa: E402
-from tasks.figures import training_figure  # noqa: E402
-
-
-@task(name="train", cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
-def train_policy_task(ctx, checkpoint: str, pairs_key: str) -> tuple[str, TrainResult]:
-    """DPO-train a challenger from the champion; returns the stage key and the result."""
-    from infra.artifacts import read_jsonl
-
-    key = ctx.key("train")
-    input_hash = ctx.inputs_hash(pairs_key, extra=ctx.champion_id or checkpoint)
-    config_hash = ctx.config_hash("model", "train")
-    if ctx.already_done(key, input_hash, config_hash):
-        return key, TrainResult.model_validate_json((ctx.store.local_path(key) / "train_result.json").read_text())
-    pairs = read_jsonl(ctx.store.local_path(pairs_key) / "pairs.jsonl", PreferencePair)
-
-    def log_step(logs: dict, step: int) -> None:
-        ctx.tracker.log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=step)
-
-    with ctx.store.stage(key, input_hash=input_hash, config_hash=config_hash) as out:
-        result = train_policy(checkpoint, pairs, ctx.config.train, ctx.config.model, ctx.round_index, out, log_step)
-        (out / "train_result.json").write_text(result.model_dump_json(indent=2))
-        figure = training_figure(result.log_history, out / "training.png", f"{ctx.loop} round {ctx.round_index}: DPO training")
-    ctx.tracker.log_artifact(ctx.store.local_path(key) / figure.name, "figures")
-    ctx.tracker.log_metrics(
-        {
-            "train/initial_loss": result.initial_loss,
-            "train/final_loss": result.final_loss,
-            "train/final_reward_accuracy": result.final_reward_accuracy,
-            "train/final_reward_margin": result.final_reward_margin,
-            "train/pairs_per_s": result.pairs_per_s,
-            "train/beta": result.beta,
-            "train/learning_rate_round": result.learning_rate,
-            "train/alarms": len(result.alarms),
-        }
-    )
-    return key, result

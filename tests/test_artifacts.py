@@ -1,6 +1,8 @@
 import pytest
 
-from infra.artifacts import LocalArtifactStore, read_jsonl, stage_key, write_jsonl
+from infra.layout import stage_key
+from infra.local_store import LocalArtifactStore
+from infra.records import read_jsonl, write_jsonl
 from infra.records import Candidate
 
 
@@ -39,3 +41,25 @@ def test_rerun_replaces_stage(tmp_path):
     with store.stage(key) as out:
         (out / "b.txt").write_text("new")
     assert sorted(p.name for p in (tmp_path / key).iterdir()) == ["b.txt", "manifest.json"]
+
+
+def test_both_stores_keep_the_contract(tmp_path):
+    from infra.s3_store import S3ArtifactStore
+    from infra.store import ArtifactStore, StagingStore
+
+    assert isinstance(LocalArtifactStore(tmp_path), ArtifactStore)
+    assert issubclass(S3ArtifactStore, StagingStore) and issubclass(LocalArtifactStore, StagingStore)
+
+
+def test_corrupted_file_is_detected_when_the_stage_is_read(tmp_path):
+    from infra.store import CorruptArtifactError
+
+    key = stage_key("loop", 1, "filter")
+    with LocalArtifactStore(tmp_path).stage(key) as out:
+        (out / "pairs.jsonl").write_text('{"chosen": "a", "rejected": "b"}\n')
+    path = tmp_path / key / "pairs.jsonl"
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0x01  # one flipped bit, same size
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifactError, match="pairs.jsonl: checksum differs"):
+        LocalArtifactStore(tmp_path).local_path(key)

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from infra.artifacts import store_from_config
+from infra.store import store_from_config
 from infra.settings import FlywheelConfig
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 from tasks.evaluate import PairwiseResult
@@ -23,12 +23,12 @@ from tasks.train import TrainResult
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prompts", "generate", "judge", "filter", "train", "pairwise_eval", "regression", "promote", "figures"]
+STAGES = ["prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote", "figures"]
 # A metric each stage must have logged to the round's MLflow run.
 STAGE_METRICS = [
     "prompts/n_train", "generate/tokens_per_s", "judge/n_comparisons", "filter/n_kept",
-    "train/loss", "train/rewards/accuracies", "train/initial_loss", "eval/win_rate",
-    "eval/challenger_constraint_rate", "eval/lc_win_rate", "eval/challenger_failure/any", "regression/passed", "regression/arc_easy/delta", "promote/promoted",
+    "train/loss", "train/rewards/accuracies", "train/initial_loss", "evaluate/win_rate",
+    "evaluate/challenger_constraint_rate", "evaluate/lc_win_rate", "evaluate/challenger_failure/any", "regression/passed", "regression/arc_easy/delta", "promote/promoted",
 ]
 
 
@@ -105,7 +105,7 @@ def test_promotion_followed_the_gate(config, two_rounds):
     for summary, gate in ((two_rounds[0], 0.0), (two_rounds[1], 1.0)):
         promotion = _with_gate(config, gate).promotion
         stage = lambda name: store.local_path(f"flowtest/round-{summary.round:03d}/{name}")  # noqa: E731
-        pairwise = PairwiseResult.model_validate_json((stage("pairwise_eval") / "pairwise.json").read_text())
+        pairwise = PairwiseResult.model_validate_json((stage("evaluate") / "pairwise.json").read_text())
         regression = RegressionResult.model_validate_json((stage("regression") / "regression.json").read_text())
         recorded = json.loads((stage("promote") / "decision.json").read_text())
         trained = TrainResult.model_validate_json((stage("train") / "train_result.json").read_text())
@@ -183,7 +183,7 @@ def test_compare_measures_a_trained_round_against_the_base_model(config, two_rou
 
     from flows.cli import main
     from infra.records import Completion
-    from infra.artifacts import read_jsonl
+    from infra.records import read_jsonl
     from infra.tracking import tracking_uri
 
     path = tmp_path / "config.yaml"
@@ -200,7 +200,7 @@ def test_compare_measures_a_trained_round_against_the_base_model(config, two_rou
     assert (result.wins, result.ties, result.losses) == (outcomes.count("win"), outcomes.count("tie"), outcomes.count("loss"))
     # The base model's answers here are the ones round 1's own pairwise eval saw from its champion (greedy).
     base = [c for c in read_jsonl(store.local_path(key) / "completions.jsonl", Completion) if c.policy == "champion"]
-    round_one = [c for c in read_jsonl(store.local_path("flowtest/round-001/pairwise_eval") / "completions.jsonl", Completion) if c.policy == "champion"]
+    round_one = [c for c in read_jsonl(store.local_path("flowtest/round-001/evaluate") / "completions.jsonl", Completion) if c.policy == "champion"]
     assert [c.text for c in base] == [c.text for c in round_one]
     # Benchmarks of both under the promotion gate's tolerance.
     regression = RegressionResult.model_validate_json((store.local_path(key) / "regression.json").read_text())

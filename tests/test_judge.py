@@ -63,7 +63,7 @@ def test_judge_pairs_compares_every_pair_once(judge):
     assert [(j.index_a, j.index_b) for j in judgments] == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     by_pair = {(j.index_a, j.index_b): j.verdict for j in judgments}
     assert by_pair[(0, 1)] == "A" and by_pair[(2, 3)] == "B" and by_pair[(1, 2)] == "A"
-    assert judge_summary(judgments)["judge/n_comparisons"] == 6
+    assert judge_summary(judgments)["n_comparisons"] == 6
 
 
 def test_candidates_of_unknown_prompts_are_refused(judge):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from infra.artifacts import LocalArtifactStore
+from infra.local_store import LocalArtifactStore
 from infra.records import Prompt
 from infra.settings import JudgeConfig
 from tasks.judge import build_judge

@@ -6,7 +6,7 @@ import base64
 
 from flows.report import loop_figure, render_html, write_report
 from flows.summary import RoundSummary
-from infra.artifacts import LocalArtifactStore
+from infra.local_store import LocalArtifactStore
 
 
 def _round(n, promoted, trained=True):

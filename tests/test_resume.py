@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.artifacts import store_from_config
+from infra.store import store_from_config
 from infra.settings import FlywheelConfig
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
 
 BEFORE_TRAIN = ["prompts", "generate", "judge", "filter"]
-FROM_TRAIN = ["train", "pairwise_eval", "regression", "promote"]
+FROM_TRAIN = ["train", "evaluate", "regression", "promote"]
 
 
 @pytest.fixture(scope="module")
@@ -123,5 +123,5 @@ def test_changed_stage_config_reruns_it_and_later_stages_only(killed_then_resume
     for stage in ["prompts", "generate", "judge"]:
         assert after[stage] == before[stage], f"{stage} was redone though its inputs and config did not change"
     assert after["filter"].config_hash != before["filter"].config_hash
-    for stage in ["filter", "train", "pairwise_eval", "regression"]:
+    for stage in ["filter", "train", "evaluate", "regression"]:
         assert after[stage].created_at != before[stage].created_at, f"{stage} was not redone"

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from infra.artifacts import store_from_config
+from infra.store import store_from_config
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
@@ -94,5 +94,5 @@ def test_round_survives_the_s3_server_going_away(tiny_model, s3_server, prefect_
     summary = run_next_round(config)
     assert summary.round == 1
     assert direct.manifest("fault/round-001/generate") == generated, "generation was redone"
-    for stage in ["judge", "filter", "train", "pairwise_eval", "regression", "promote"]:
+    for stage in ["judge", "filter", "train", "evaluate", "regression", "promote"]:
         assert direct.is_complete(f"fault/round-001/{stage}"), stage

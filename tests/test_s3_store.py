@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
-from infra.artifacts import open_store
-from infra.s3_store import ArtifactStoreError, S3ArtifactStore
+from infra.store import open_store
+from infra.s3_store import S3ArtifactStore
+from infra.store import ArtifactStoreError
 
 
 @pytest.fixture

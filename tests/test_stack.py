@@ -86,7 +86,7 @@ def test_bucket_holds_every_stage_and_its_manifest(triggered):
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.BUCKET) for o in page.get("Contents", [])}
-    for stage in ["prompts", "generate", "judge", "filter", "train", "pairwise_eval", "regression", "promote"]:
+    for stage in ["prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote"]:
         assert f"artifacts/{LOOP}/round-001/{stage}/manifest.json" in keys, stage
     assert f"artifacts/{LOOP}/round-001/train/merged/model.safetensors" in keys
     assert any(k.startswith("mlflow/") and k.endswith("adapter/adapter_config.json") for k in keys), "MLflow artifacts are not in S3"
@@ -105,7 +105,7 @@ def test_mlflow_server_holds_metrics_and_the_champion_version(triggered):
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     [run] = client.search_runs([client.get_experiment_by_name("flywheel").experiment_id], f"tags.`flywheel.loop` = '{LOOP}'")
-    assert {"train/loss", "eval/win_rate", "regression/passed", "promote/promoted"} <= set(run.data.metrics)
+    assert {"train/loss", "evaluate/win_rate", "regression/passed", "promote/promoted"} <= set(run.data.metrics)
     version = client.get_model_version_by_alias(f"{LOOP}-policy", "champion")
     assert version.run_id == run.info.run_id
     assert version.tags["flywheel.merged_uri"] == f"s3://{stack.BUCKET}/artifacts/{LOOP}/round-001/train/merged"

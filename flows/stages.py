@@ -1,0 +1,384 @@
+"""The round's stages as Prefect tasks: each loads its inputs, calls its stage's core in tasks/,
+and hands the rest to one runner.
+
+``run_stage`` owns what every stage repeats: the stage key, the identity of its inputs (the
+checksums of the upstream stages it reads) and of its config sections, resuming past a stage
+already complete with the same identity, staging its files so they are committed whole or not
+at all, reloading its typed result, logging its metrics as ``<stage>/<name>``, and one summary
+line in the Prefect log. Every stage task returns the same shape: ``StageResult(key, result)``.
+
+No stage is retried as a whole: the network calls inside (S3, MLflow, the judge's API) retry
+on their own, and training is never rerun on a transient error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generic, Sequence, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from infra import layout
+from infra.champion import crown
+from infra.records import Candidate, Champion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
+from infra.settings import FlywheelConfig
+from infra.store import ArtifactStore, CorruptArtifactError, hash_json
+from infra.tracking import Tracker
+
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass
+class RoundContext:
+    """What a round's stages are handed: built once by the flow, so no stage reaches storage or
+    tracking through a global."""
+
+    config: FlywheelConfig
+    round_index: int
+    store: ArtifactStore
+    tracker: Tracker
+    champion: Champion  # the policy the round started from
+    champion_checkpoint: str  # where this machine loads it from
+
+    @property
+    def loop(self) -> str:
+        return self.config.loop
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.storage.data_dir)
+
+    def key(self, stage: str) -> str:
+        return layout.stage_key(self.loop, self.round_index, stage)
+
+
+@dataclass(frozen=True)
+class StageResult(Generic[R]):
+    key: str  # where the stage's files are, in the artifact store
+    result: R  # its typed result, also saved in the stage as JSON
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("flywheel")
+
+
+def inputs_hash(store: ArtifactStore, upstream: Sequence[StageResult], extra: str = "") -> str:
+    """Identity of a stage's inputs: the contents (checksums) of the upstream stages it reads."""
+    digests = []
+    for stage in upstream:
+        manifest = store.manifest(stage.key)
+        if manifest is None:
+            raise FileNotFoundError(f"stage {stage.key} has no complete artifacts to read")
+        digests.append([(f.path, f.sha256) for f in manifest.files])
+    return hash_json({"upstream": digests, "extra": extra})
+
+
+def config_hash(config: FlywheelConfig, sections: Sequence[str]) -> str:
+    dumped = config.model_dump(mode="json")
+    return hash_json({name: dumped[name] for name in sections})
+
+
+def _reload(store: ArtifactStore, key: str, result_file: str, result_type: type[R]) -> R:
+    return result_type.model_validate_json((store.local_path(key) / result_file).read_text())
+
+
+def run_stage(
+    ctx: RoundContext,
+    stage: str,
+    compute: Callable[[Path], R],
+    *,
+    result_type: type[R],
+    result_file: str,
+    reads: Sequence[StageResult] = (),
+    starts_from: str = "",
+    config_sections: Sequence[str] = (),
+    metrics: Callable[[R], dict[str, float]] | None = None,
+) -> StageResult[R]:
+    """Run ``compute(folder)`` (it writes the stage's files into ``folder`` and returns its result)
+    unless the stage is complete from the same ``reads``, ``starts_from`` (the policy it starts
+    from) and ``config_sections``; log ``metrics(result)`` as ``<stage>/<name>``."""
+    log = _logger()
+    key = ctx.key(stage)
+    input_id = inputs_hash(ctx.store, reads, starts_from)
+    config_id = config_hash(ctx.config, config_sections)
+    manifest = ctx.store.manifest(key)
+    if manifest is not None and (manifest.input_hash, manifest.config_hash) == (input_id, config_id):
+        try:
+            result = _reload(ctx.store, key, result_file, result_type)
+            log.info("%s: complete with the same inputs and config, not run again", key)
+            return StageResult(key, result)
+        except CorruptArtifactError as err:
+            log.warning("%s: %s; running the stage again", key, err)
+    started = time.perf_counter()
+    with ctx.store.stage(key, input_hash=input_id, config_hash=config_id) as out:
+        result = compute(out)
+        (out / result_file).write_text(result.model_dump_json(indent=2))
+    seconds = time.perf_counter() - started
+    figures = {**(metrics(result) if metrics else {}), "seconds": seconds}
+    ctx.tracker.log_metrics({f"{stage}/{name}": value for name, value in figures.items()})
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in list(figures.items())[:6] if isinstance(value, (int, float)))
+    log.info("%s: done in %.1f s (%s)", stage, seconds, shown)
+    return StageResult(key, result)
+
+
+def _records(ctx: RoundContext, stage: StageResult, file: str, model: type[R]) -> list[R]:
+    return read_jsonl(ctx.store.local_path(stage.key) / file, model)
+
+
+# --- the stages, in the order a round runs them ---------------------------------------------
+
+
+@task(name=layout.PROMPTS, cache_policy=NO_CACHE)
+def select_prompts_task(ctx: RoundContext) -> StageResult:
+    """The round's training sample and the loop's held-out set."""
+    from tasks.prompts import PromptsSummary, round_prompts, summarize_prompts
+
+    def compute(out: Path) -> PromptsSummary:
+        train, held_out = round_prompts(ctx.config.prompts, ctx.data_dir, ctx.round_index)
+        write_jsonl(out / layout.TRAIN_PROMPTS, train)
+        write_jsonl(out / layout.EVAL_PROMPTS, held_out)
+        return summarize_prompts(train, held_out)
+
+    return run_stage(ctx, layout.PROMPTS, compute, result_type=PromptsSummary, result_file=layout.STAGE_SUMMARY,
+                     config_sections=["prompts"], metrics=lambda r: r.model_dump())
+
+
+@task(name=layout.GENERATE, cache_policy=NO_CACHE)
+def generate_candidates_task(ctx: RoundContext, prompts: StageResult) -> StageResult:
+    """k candidates per training prompt, sampled from the champion."""
+    from infra.models import load_model, load_tokenizer
+    from tasks.generate import GenerateSummary, generate_candidates, summarize_candidates
+
+    def compute(out: Path) -> GenerateSummary:
+        train = _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
+        model = load_model(ctx.champion_checkpoint, ctx.config.model)
+        started = time.perf_counter()
+        seed = ctx.config.generate.seed * 1000 + ctx.round_index
+        candidates = generate_candidates(model, load_tokenizer(ctx.champion_checkpoint), train, ctx.config.generate, seed)
+        seconds = time.perf_counter() - started
+        write_jsonl(out / layout.CANDIDATES, candidates)
+        return summarize_candidates(candidates, seconds)
+
+    return run_stage(ctx, layout.GENERATE, compute, result_type=GenerateSummary, result_file=layout.STAGE_SUMMARY,
+                     reads=[prompts], starts_from=ctx.champion.checkpoint, config_sections=["model", "generate"],
+                     metrics=lambda r: r.model_dump(exclude={"seconds"}))
+
+
+@task(name=layout.JUDGE, cache_policy=NO_CACHE)
+def judge_pairs_task(ctx: RoundContext, prompts: StageResult, candidates: StageResult) -> StageResult:
+    """Every pair of candidates of every prompt, judged; agreement with the judges in judge.compare_with."""
+    import math
+
+    from tasks.judge import JudgeSummary, build_judge, judge_agreement, judge_pairs, judge_summary
+
+    def compute(out: Path) -> JudgeSummary:
+        train = _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
+        sampled = _records(ctx, candidates, layout.CANDIDATES, Candidate)
+        judge = build_judge(ctx.config.judge, store=ctx.store)
+        judgments = judge_pairs(train, sampled, judge)
+        n_pairs = len(train) * math.comb(ctx.config.generate.n_candidates, 2)
+        figures = {**judge.summary(n_pairs), **judge_summary(judgments)}
+        judge.check_failures(n_pairs)
+        by_id = {p.id: p for p in train}
+        texts = {(c.prompt_id, c.index): c.text for c in sampled}
+        compared = [(by_id[j.prompt_id], texts[(j.prompt_id, j.index_a)], texts[(j.prompt_id, j.index_b)]) for j in judgments]
+        for name in ctx.config.judge.compare_with:
+            other = build_judge(ctx.config.judge.model_copy(update={"name": name}), store=ctx.store)
+            agreement = judge_agreement(judge, other, compared)
+            figures.update({f"agreement_{name}": agreement["agreement"], f"kappa_{name}": agreement["kappa"]})
+        write_jsonl(out / layout.JUDGMENTS, judgments)
+        return JudgeSummary(figures=figures)
+
+    return run_stage(ctx, layout.JUDGE, compute, result_type=JudgeSummary, result_file=layout.STAGE_SUMMARY,
+                     reads=[prompts, candidates], config_sections=["judge"], metrics=lambda r: r.figures)
+
+
+@task(name=layout.FILTER, cache_policy=NO_CACHE)
+def filter_pairs_task(ctx: RoundContext, prompts: StageResult, candidates: StageResult, judgments: StageResult) -> StageResult:
+    """Clean preference pairs, as records and as a dataset in TRL's format."""
+    from datasets import Dataset
+
+    from tasks.filter import FilterReport, filter_pairs, to_trl_rows
+
+    def compute(out: Path) -> FilterReport:
+        pairs, report = filter_pairs(
+            _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt),
+            _records(ctx, candidates, layout.CANDIDATES, Candidate),
+            _records(ctx, judgments, layout.JUDGMENTS, Judgment),
+            ctx.config.filter,
+        )
+        write_jsonl(out / layout.PAIRS, pairs)
+        Dataset.from_list(to_trl_rows(pairs)).save_to_disk(str(out / layout.TRL_DATASET))
+        return report
+
+    def metrics(report: FilterReport) -> dict[str, float]:
+        figures = {"n_kept": report.n_kept, "n_judgments": report.n_judgments}
+        figures.update({f"dropped_{reason}": n for reason, n in report.dropped.items()})
+        return {**figures, **report.validation}
+
+    return run_stage(ctx, layout.FILTER, compute, result_type=FilterReport, result_file=layout.FILTER_REPORT,
+                     reads=[prompts, candidates, judgments], config_sections=["filter"], metrics=metrics)
+
+
+@task(name=layout.TRAIN, cache_policy=NO_CACHE)
+def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
+    """A challenger: the champion DPO-trained (LoRA) on the round's pairs, merged."""
+    from tasks.figures import training_figure
+    from tasks.train import TrainResult, train_policy
+
+    def log_step(logs: dict, step: int) -> None:
+        ctx.tracker.log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=step)
+
+    def compute(out: Path) -> TrainResult:
+        kept = _records(ctx, pairs, layout.PAIRS, PreferencePair)
+        cfg = ctx.config
+        result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step)
+        training_figure(result.log_history, out / layout.TRAINING_FIGURE, f"{ctx.loop} round {ctx.round_index}: DPO training")
+        return result
+
+    def metrics(result: TrainResult) -> dict[str, float]:
+        return {
+            "initial_loss": result.initial_loss, "final_loss": result.final_loss,
+            "final_reward_accuracy": result.final_reward_accuracy, "final_reward_margin": result.final_reward_margin,
+            "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
+            "alarms": len(result.alarms),
+        }
+
+    trained = run_stage(ctx, layout.TRAIN, compute, result_type=TrainResult, result_file=layout.TRAIN_RESULT,
+                        reads=[pairs], starts_from=ctx.champion.checkpoint, config_sections=["model", "train"], metrics=metrics)
+    ctx.tracker.log_artifact(ctx.store.local_path(trained.key) / layout.TRAINING_FIGURE, layout.FIGURES)
+    return trained
+
+
+@task(name=layout.EVALUATE, cache_policy=NO_CACHE)
+def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: StageResult) -> StageResult:
+    """The challenger against the champion on the held-out prompts, judged in both orders."""
+    from tasks.evaluate import PairwiseResult, pairwise_between, pairwise_metrics, write_pairwise
+
+    def compute(out: Path) -> PairwiseResult:
+        held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)
+        challenger_checkpoint = str(ctx.store.local_path(challenger.key) / layout.MERGED)
+        completions, result, verdicts = pairwise_between(held_out, ctx.champion_checkpoint, challenger_checkpoint, ctx.config, ctx.store)
+        write_pairwise(out, completions, verdicts, result)
+        return result
+
+    return run_stage(ctx, layout.EVALUATE, compute, result_type=PairwiseResult, result_file=layout.PAIRWISE,
+                     reads=[challenger, prompts], starts_from=ctx.champion.checkpoint,
+                     config_sections=["model", "evaluate", "judge"], metrics=pairwise_metrics)
+
+
+def benchmark_scores(store: ArtifactStore, config: FlywheelConfig, checkpoint: str, identity: str) -> dict:
+    """Benchmark scores of ``checkpoint`` (known as ``identity`` on every machine), cached in the
+    store beside the loop, so a policy is scored once however many rounds and comparisons meet it."""
+    from infra.models import load_model, load_tokenizer
+    from tasks.regression import BenchmarkScore, score_benchmarks
+
+    settings = config.regression
+    digest = hash_json({"checkpoint": identity, "tasks": settings.tasks, "limit": settings.limit,
+                        "model": config.model.model_dump(mode="json")})
+    cache_key = layout.benchmark_scores_key(config.loop, digest)
+    cached = store.read_json(cache_key)
+    if cached is not None:
+        return {name: BenchmarkScore.model_validate(score) for name, score in cached.items()}
+    model = load_model(checkpoint, config.model)
+    scores = score_benchmarks(model, load_tokenizer(checkpoint), settings.tasks, settings.limit, settings.batch_size,
+                              Path(config.storage.data_dir) / "lm_eval")
+    store.write_json(cache_key, {name: score.model_dump() for name, score in scores.items()})
+    return scores
+
+
+def regression_between(store: ArtifactStore, config: FlywheelConfig, before: tuple[str, str], after: tuple[str, str]):
+    """Both policies' benchmark scores and the promotion gate's check of the drop; each policy is
+    given as (local checkpoint, identity)."""
+    from tasks.regression import compare_scores
+
+    settings = config.regression
+    scores = benchmark_scores(store, config, *before), benchmark_scores(store, config, *after)
+    return (*scores, compare_scores(*scores, settings.tolerance, settings.stderr_multiple, settings.per_task_tolerance))
+
+
+@task(name=layout.REGRESSION, cache_policy=NO_CACHE)
+def check_regression_task(ctx: RoundContext, challenger: StageResult) -> StageResult:
+    """Benchmarks before (the champion, cached) and after (the challenger); a drop beyond tolerance fails."""
+    import json
+
+    from tasks.regression import RegressionResult, regression_metrics
+
+    def compute(out: Path) -> RegressionResult:
+        # The challenger is known by the URI it would have as champion, so promotion reuses its scores.
+        after = (str(ctx.store.local_path(challenger.key) / layout.MERGED), layout.merged_uri(ctx.store, challenger.key))
+        before_scores, after_scores, result = regression_between(
+            ctx.store, ctx.config, (ctx.champion_checkpoint, ctx.champion.checkpoint), after
+        )
+        for name, scores in ((layout.BENCHMARKS_BEFORE, before_scores), (layout.BENCHMARKS_AFTER, after_scores)):
+            (out / name).write_text(json.dumps({task: score.model_dump() for task, score in scores.items()}, indent=2))
+        return result
+
+    return run_stage(ctx, layout.REGRESSION, compute, result_type=RegressionResult, result_file=layout.REGRESSION_RESULT,
+                     reads=[challenger], starts_from=ctx.champion.checkpoint, config_sections=["model", "regression"],
+                     metrics=regression_metrics)
+
+
+@task(name=layout.PROMOTE, cache_policy=NO_CACHE)
+def promote_task(ctx: RoundContext, challenger: StageResult | None, pairwise: StageResult | None,
+                 regression: StageResult | None) -> StageResult:
+    """The gate; a challenger that passes it becomes the champion (registry version, alias, pointer)."""
+    from tasks.promote import Decision, decide_promotion
+
+    def compute(out: Path) -> Decision:
+        train = challenger.result if challenger else None
+        decision = decide_promotion(pairwise.result if pairwise else None, regression.result if regression else None,
+                                    ctx.config.promotion, train.alarms if train else None)
+        if decision.promote and challenger is not None:
+            crown(ctx.store, ctx.tracker, ctx.config, challenger.key, ctx.round_index, started_from=ctx.champion.checkpoint)
+        return decision
+
+    decided = run_stage(ctx, layout.PROMOTE, compute, result_type=Decision, result_file=layout.DECISION,
+                        reads=[s for s in (challenger, pairwise, regression) if s is not None],
+                        starts_from=ctx.champion.checkpoint, config_sections=["promotion"],
+                        metrics=lambda d: {"promoted": float(d.promote)})
+    ctx.tracker.set_tags({"flywheel.decision": "promoted" if decided.result.promote else "rejected"})
+    return decided
+
+
+class RoundFigures(BaseModel):
+    files: dict[str, str]  # title -> file in the figures stage
+
+
+@task(name=layout.FIGURES, cache_policy=NO_CACHE)
+def write_figures_task(ctx: RoundContext, challenger: StageResult | None, history: list) -> StageResult:
+    """The round's PNGs: its training figure and the loop's figure across rounds so far."""
+    import shutil
+
+    from tasks.figures import loop_figure
+
+    def compute(out: Path) -> RoundFigures:
+        files = {}
+        if challenger is not None:
+            shutil.copy(ctx.store.local_path(challenger.key) / layout.TRAINING_FIGURE, out / layout.TRAINING_FIGURE)
+            files["DPO training"] = layout.TRAINING_FIGURE
+        (out / layout.LOOP_FIGURE).write_bytes(loop_figure(history))
+        files["across rounds"] = layout.LOOP_FIGURE
+        return RoundFigures(files=files)
+
+    drawn = run_stage(ctx, layout.FIGURES, compute, result_type=RoundFigures, result_file=layout.STAGE_SUMMARY,
+                      reads=[challenger] if challenger else [],
+                      starts_from=hash_json([r.model_dump(mode="json") for r in history]))
+    ctx.tracker.log_artifact(ctx.store.local_path(drawn.key) / layout.LOOP_FIGURE, layout.FIGURES)
+    return drawn
+
+
+def figure_bytes(ctx: RoundContext, figures: StageResult) -> dict[str, bytes]:
+    folder = ctx.store.local_path(figures.key)
+    return {title: (folder / name).read_bytes() for title, name in figures.result.files.items()}

@@ -1,0 +1,99 @@
+"""Where everything lives in the artifact store: the one place that names rounds, stages and files.
+
+    <root>/<loop>/history.json                     every round's summary
+    <root>/<loop>/champion.json                    the champion pointer (when MLflow has no alias)
+    <root>/<loop>/comparisons.json                 `flywheel compare` results
+    <root>/<loop>/benchmark_scores/<hash>.json     benchmark scores cached per policy
+    <root>/<loop>/compare/<name>/                  one comparison's artifacts
+    <root>/<loop>/round-NNN/champion_before.json   the champion the round started from (pinned)
+    <root>/<loop>/round-NNN/<stage>/               a stage's files and its manifest.json
+
+A stage's name is the same everywhere: its Prefect task, its folder here, its config section
+(where it has one) and the prefix of its MLflow metrics.
+"""
+
+from __future__ import annotations
+
+# Stages, in the order a round runs them.
+PROMPTS = "prompts"
+GENERATE = "generate"
+JUDGE = "judge"
+FILTER = "filter"
+TRAIN = "train"
+EVALUATE = "evaluate"
+REGRESSION = "regression"
+PROMOTE = "promote"
+FIGURES = "figures"
+CONFIG = "config"
+STAGES = (CONFIG, PROMPTS, GENERATE, JUDGE, FILTER, TRAIN, EVALUATE, REGRESSION, PROMOTE, FIGURES)
+
+# Files inside stage folders.
+MANIFEST = "manifest.json"
+CONFIG_FILE = "config.yaml"  # config: the round's effective configuration
+TRAIN_PROMPTS = "train.jsonl"  # prompts: this round's training sample
+EVAL_PROMPTS = "eval.jsonl"  # prompts: the held-out set (the same every round)
+CANDIDATES = "candidates.jsonl"  # generate
+JUDGMENTS = "judgments.jsonl"  # judge
+PAIRS = "pairs.jsonl"  # filter: the kept pairs as records
+TRL_DATASET = "train"  # filter: the same pairs as a `datasets` folder in TRL's format
+ADAPTER = "adapter"  # train: the LoRA adapter
+MERGED = "merged"  # train: the full checkpoint the next round starts from
+TRAINING_FIGURE = "training.png"  # train
+COMPLETIONS = "completions.jsonl"  # evaluate: both policies' answers
+VERDICTS = "verdicts.jsonl"  # evaluate
+BENCHMARKS_BEFORE = "before.json"  # regression
+BENCHMARKS_AFTER = "after.json"  # regression
+LOOP_FIGURE = "loop.png"  # figures
+# Each stage's typed result, the record the runner reloads when it resumes past the stage.
+STAGE_SUMMARY = "summary.json"  # prompts, generate, judge
+FILTER_REPORT = "report.json"
+TRAIN_RESULT = "train_result.json"
+PAIRWISE = "pairwise.json"
+REGRESSION_RESULT = "regression.json"
+DECISION = "decision.json"
+
+
+def round_name(round_index: int) -> str:
+    return f"round-{round_index:03d}"
+
+
+def round_key(loop: str, round_index: int) -> str:
+    return f"{loop}/{round_name(round_index)}"
+
+
+def stage_key(loop: str, round_index: int, stage: str) -> str:
+    return f"{round_key(loop, round_index)}/{stage}"
+
+
+def champion_before_key(loop: str, round_index: int) -> str:
+    return f"{round_key(loop, round_index)}/champion_before.json"
+
+
+def history_key(loop: str) -> str:
+    return f"{loop}/history.json"
+
+
+def champion_key(loop: str) -> str:
+    return f"{loop}/champion.json"
+
+
+def comparisons_key(loop: str) -> str:
+    return f"{loop}/comparisons.json"
+
+
+def comparison_key(loop: str, challenger_round: int, baseline_round: int) -> str:
+    return f"{loop}/compare/{round_name(challenger_round)}-vs-{round_name(baseline_round)}"
+
+
+def benchmark_scores_key(loop: str, digest: str) -> str:
+    return f"{loop}/benchmark_scores/{digest}.json"
+
+
+def merged_uri(store, train_key: str) -> str:
+    """Where a trained policy's full checkpoint lives, as the store names it (stable across machines)."""
+    return f"{store.uri(train_key)}/{MERGED}"
+
+
+def round_run_name(loop: str, round_index: int) -> str:
+    """The round's Prefect flow-run name and MLflow run name."""
+    return f"{loop}-{round_name(round_index)}"
