@@ -2,23 +2,20 @@
 time, side by side in one run, against a local OpenAI-compatible endpoint answering with a
 fixed latency (the scripted server of the tests, on a loopback socket).
 
-Usage:  .venv/bin/python benchmarks/bench_judge.py [--pairs 32] [--latency 0.25]
+Usage (from the repository root):  .venv/bin/python -m benchmarks.bench_judge [--pairs 32] [--latency 0.25]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from infra.records import Prompt  # noqa: E402
-from infra.settings import JudgeConfig  # noqa: E402
-from tasks.judge import build_judge  # noqa: E402
-from tests.openai_stub import OpenAIStub  # noqa: E402
+from infra.records import Prompt
+from infra.settings import JudgeConfig
+from tasks.judge import build_judge
+from tests.openai_stub import OpenAIStub
 
 
 def judged_per_second(url: str, pairs, in_flight: int) -> tuple[float, int]:
