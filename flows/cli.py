@@ -113,6 +113,8 @@ def _report(config: FlywheelConfig, args) -> int:
 
 def _compare(config: FlywheelConfig, args) -> int:
     from flows.compare import CompareError, compare_rounds
+    from flows.render import as_text
+    from flows.rows import comparison_rows, figure_table
     from infra.champion import ChampionError
 
     try:
@@ -120,18 +122,9 @@ def _compare(config: FlywheelConfig, args) -> int:
     except (CompareError, ChampionError) as err:
         print(f"flywheel: {err}", file=sys.stderr)
         return 2
-    r = comparison.result
     print(f"\nround {comparison.challenger_round} against round {comparison.baseline_round} "
           f"on {comparison.n_prompts} held-out prompts:")
-    print(f"  win rate            {r.win_rate:.3f} [{r.win_rate_low:.3f}, {r.win_rate_high:.3f}]  ({r.wins}W/{r.ties}T/{r.losses}L)")
-    print(f"  length-controlled   {r.lc_win_rate:.3f}")
-    print(f"  constraints met     {r.champion_constraint_rate:.3f} -> {r.challenger_constraint_rate:.3f}")
-    print(f"  all constraints met {r.champion_strict_rate:.3f} -> {r.challenger_strict_rate:.3f}")
-    print(f"  mean words          {r.champion_mean_words:.1f} -> {r.challenger_mean_words:.1f}")
-    print(f"  failure modes (any) {r.champion_failure_rates.get('any', float('nan')):.3f} -> "
-          f"{r.challenger_failure_rates.get('any', float('nan')):.3f}")
-    for t in comparison.regression.tasks if comparison.regression else []:
-        print(f"  {t.task:<19} {t.before:.3f} -> {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")
+    print(as_text(figure_table(comparison_rows(comparison))))
     print(f"artifacts: {comparison.artifacts}")
     return 0
 

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from flows.publish import artifact_key
 from infra import layout
 from infra.champion import current_champion, local_checkpoint, policy_of_round
+from flows.render import as_markdown
+from flows.rows import comparison_rows, figure_table
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
 from infra.tracking import Tracker
@@ -43,24 +45,12 @@ def read_comparisons(store, loop: str) -> list[Comparison]:
 
 
 def comparison_markdown(c: Comparison) -> str:
-    r = c.result
     return "\n".join([
         f"# {c.loop}: round {c.challenger_round} against round {c.baseline_round}",
         "",
         f"{c.n_prompts} held-out prompts, each judged in both orders. Artifacts: `{c.artifacts}`",
         "",
-        "| figure | value |",
-        "|---|---|",
-        f"| win rate [95% CI] | {r.win_rate:.1%} [{r.win_rate_low:.1%}, {r.win_rate_high:.1%}] |",
-        f"| wins / ties / losses | {r.wins} / {r.ties} / {r.losses} |",
-        f"| length-controlled win rate | {r.lc_win_rate:.1%} |",
-        f"| held-out constraint satisfaction | {r.champion_constraint_rate:.1%} → {r.challenger_constraint_rate:.1%} |",
-        f"| every constraint met | {r.champion_strict_rate:.1%} → {r.challenger_strict_rate:.1%} |",
-        f"| mean words | {r.champion_mean_words:.0f} → {r.challenger_mean_words:.0f} |",
-        f"| answers with a failure mode | {r.champion_failure_rates.get('any', float('nan')):.1%} → "
-        f"{r.challenger_failure_rates.get('any', float('nan')):.1%} |",
-        *[f"| {t.task} | {t.before:.3f} → {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'}) |"
-          for t in (c.regression.tasks if c.regression else [])],
+        as_markdown(figure_table(comparison_rows(c))),
     ])
 
 

@@ -1,8 +1,22 @@
-"""A round's figures in one record, and the table the command line prints."""
+"""A round's figures in one record, built from the stage results; the loop's history of them in
+``<loop>/history.json``; and the table the command line prints."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel
+
+from flows.render import as_text
+from flows.rows import history_table
+from infra import layout
+
+if TYPE_CHECKING:
+    from tasks.evaluate import PairwiseResult
+    from tasks.filter import FilterReport
+    from tasks.promote import Decision
+    from tasks.regression import RegressionResult
+    from tasks.train import TrainResult
 
 
 class RoundSummary(BaseModel):
@@ -27,34 +41,62 @@ class RoundSummary(BaseModel):
     reasons: list[str]
     artifacts: str = ""
 
+    @classmethod
+    def from_results(
+        cls,
+        loop: str,
+        round_index: int,
+        *,
+        flow_run_id: str,
+        mlflow_run_id: str,
+        champion_round: int,
+        filter_report: FilterReport,
+        train: TrainResult | None,
+        pairwise: PairwiseResult | None,
+        regression: RegressionResult | None,
+        decision: Decision,
+        artifacts: str,
+    ) -> RoundSummary:
+        """The round's record from what its stages returned; ``train``, ``pairwise`` and
+        ``regression`` are None when the round kept too few pairs to train."""
+        return cls(
+            loop=loop,
+            round=round_index,
+            flow_run_id=flow_run_id,
+            mlflow_run_id=mlflow_run_id,
+            champion_before=champion_round,
+            pairs_kept=filter_report.n_kept,
+            train_initial_loss=train.initial_loss if train else None,
+            train_final_loss=train.final_loss if train else None,
+            train_reward_accuracy=train.final_reward_accuracy if train else None,
+            win_rate=pairwise.win_rate if pairwise else None,
+            win_rate_low=pairwise.win_rate_low if pairwise else None,
+            win_rate_high=pairwise.win_rate_high if pairwise else None,
+            # nan (could not be fitted) is recorded as unknown.
+            lc_win_rate=pairwise.lc_win_rate if pairwise and pairwise.lc_win_rate == pairwise.lc_win_rate else None,
+            constraint_rate_champion=pairwise.champion_constraint_rate if pairwise else None,
+            constraint_rate_challenger=pairwise.challenger_constraint_rate if pairwise else None,
+            regression_deltas={t.task: t.delta for t in regression.tasks} if regression else {},
+            alarms=[a.name for a in train.alarms] if train else [],
+            promoted=decision.promote,
+            reasons=decision.reasons,
+            artifacts=artifacts,
+        )
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
+
+def read_history(store, loop: str) -> list[RoundSummary]:
+    return [RoundSummary.model_validate(r) for r in store.read_json(layout.history_key(loop)) or []]
+
+
+def append_history(store, summary: RoundSummary) -> list[RoundSummary]:
+    """Record ``summary`` in its loop's history (replacing an earlier run of the same round) and
+    return the history, in round order."""
+    others = [r for r in read_history(store, summary.loop) if r.round != summary.round]
+    history = sorted([*others, summary], key=lambda r: r.round)
+    store.write_json(layout.history_key(summary.loop), [r.model_dump() for r in history])
+    return history
 
 
 def summary_table(rounds: list[RoundSummary]) -> str:
-    """A plain-text table, one row per round."""
-    header = [
-        "round", "pairs", "loss 0->end", "rew.acc", "win rate [95% CI]", "LC win",
-        "constraints champ->new", "regression deltas (pts)", "alarms", "decision",
-    ]
-    rows = []
-    for r in rounds:
-        loss = f"{_fmt(r.train_initial_loss)}->{_fmt(r.train_final_loss)}" if r.train_final_loss is not None else "-"
-        win = (
-            f"{_fmt(r.win_rate)} [{_fmt(r.win_rate_low)}, {_fmt(r.win_rate_high)}]" if r.win_rate is not None else "-"
-        )
-        cons = (
-            f"{_fmt(r.constraint_rate_champion)}->{_fmt(r.constraint_rate_challenger)}"
-            if r.constraint_rate_challenger is not None
-            else "-"
-        )
-        deltas = " ".join(f"{k}:{v * 100:+.1f}" for k, v in r.regression_deltas.items()) or "-"
-        rows.append([
-            str(r.round), str(r.pairs_kept), loss, _fmt(r.train_reward_accuracy, ".2f"), win, _fmt(r.lc_win_rate), cons, deltas,
-            ",".join(r.alarms) or "-",
-            "PROMOTED" if r.promoted else "rejected",
-        ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    """The rounds as a plain-text table, one row per round."""
+    return as_text(history_table(rounds)) if rounds else "no rounds yet"

@@ -7,9 +7,18 @@ champion (infra/champion.py); a rejected round leaves the champion untouched.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
 from pydantic import BaseModel
 
 from infra.settings import PromotionConfig
+
+if TYPE_CHECKING:
+    from tasks.diagnostics import Alarm
+    from tasks.evaluate import PairwiseResult
+    from tasks.regression import RegressionResult
 
 
 class Decision(BaseModel):
@@ -17,71 +26,92 @@ class Decision(BaseModel):
     reasons: list[str]
 
 
-def decide_promotion(pairwise, regression, config: PromotionConfig, alarms: list | None = None) -> Decision:
-    """Promote only if the challenger wins the pairwise eval, passes the regression check and
-    raised no blocking training alarm.
+class Check(NamedTuple):
+    """One finding of the gate: ``ok`` is False when it blocks promotion."""
 
-    ``pairwise`` is a PairwiseResult or None (no challenger trained); ``regression``
-    a RegressionResult or None (not run); ``alarms`` the training diagnostics' Alarms.
-    """
-    reasons: list[str] = []
-    promote = True
+    ok: bool
+    reason: str
+
+
+def wins_pairwise(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
+    """The challenger beats the champion's bar on the raw win rate (ties count half)."""
+    record = f"{pairwise.wins}W/{pairwise.ties}T/{pairwise.losses}L"
+    if pairwise.win_rate > config.min_win_rate:
+        yield Check(True, f"won the pairwise eval: win rate {pairwise.win_rate:.3f} > {config.min_win_rate:.3f} "
+                          f"(95% CI {pairwise.win_rate_low:.3f}-{pairwise.win_rate_high:.3f}; {record})")
+    else:
+        yield Check(False, f"did not win the pairwise eval: win rate {pairwise.win_rate:.3f} <= {config.min_win_rate:.3f} "
+                           f"({record})")
+
+
+def wins_at_equal_length(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
+    """At equal length the challenger still beats the bar (``require_length_controlled_win``).
+
+    The guard is against winning by being longer. A challenger that got shorter and wins loses
+    nothing to a judge's verbosity bias, and where the prompts ask for brevity (word limits) its
+    length is part of why it wins, which regressing length out would wrongly discount."""
+    lc, before, after = pairwise.lc_win_rate, pairwise.champion_mean_words, pairwise.challenger_mean_words
+    if not config.require_length_controlled_win or math.isnan(lc) or lc > config.min_win_rate:
+        return
+    if after < before:  # False when either is unknown (nan)
+        yield Check(True, f"length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f} not held against it: "
+                          f"its answers are shorter ({after:.0f} against {before:.0f} words on average)")
+    else:
+        what = "wins by length, not quality: " if pairwise.win_rate > config.min_win_rate else ""
+        yield Check(False, f"{what}length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f}")
+
+
+def no_more_failure_modes(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
+    """The share of answers showing any failure mode rises by at most ``max_failure_increase``."""
+    before, after = pairwise.champion_failure_rates.get("any"), pairwise.challenger_failure_rates.get("any")
+    if before is None or after is None or after - before <= config.max_failure_increase:
+        return
+    champion_rates = pairwise.champion_failure_rates
+    worse = [m for m, r in pairwise.challenger_failure_rates.items() if m != "any" and r > champion_rates.get(m, 0)]
+    yield Check(False, f"more failure modes: {after:.0%} of answers show one, against {before:.0%} for the champion "
+                       f"(allowed rise {config.max_failure_increase:.0%}; worse: {', '.join(worse)})")
+
+
+def passes_regression(regression: RegressionResult | None, config: PromotionConfig) -> Iterator[Check]:
+    """No benchmark dropped beyond tolerance; blocking only when ``require_regression_pass``."""
+    enforced = config.require_regression_pass
+    if regression is None:
+        if enforced:
+            yield Check(False, "capability-regression check did not run")
+    elif regression.passed:
+        yield Check(True, "passed the capability-regression check")
+    else:
+        # A failed result always names its tasks; the fallback keeps a refusal from going unexplained.
+        yield from (Check(not enforced, r) for r in regression.reasons or ["failed the capability-regression check"])
+        if not enforced:
+            yield Check(True, "regression not enforced (promotion.require_regression_pass is false)")
+
+
+def no_blocking_alarm(alarms: list[Alarm], config: PromotionConfig) -> Iterator[Check]:
+    """Every training alarm is shown; those in ``blocking_alarms`` block."""
+    for alarm in alarms:
+        if alarm.name in config.blocking_alarms:
+            yield Check(False, f"training alarm {alarm.name}: {alarm.message}")
+        else:
+            yield Check(True, f"training alarm {alarm.name} (not blocking): {alarm.message}")
+
+
+def decide_promotion(
+    pairwise: PairwiseResult | None,
+    regression: RegressionResult | None,
+    config: PromotionConfig,
+    alarms: list[Alarm] | None = None,
+) -> Decision:
+    """Promote only if the challenger wins the pairwise eval (at equal length too, unless it got
+    shorter), shows no more failure modes, passes the regression check and raised no blocking
+    training alarm. ``pairwise`` is None when no challenger was trained, ``regression`` when it did not run."""
     if pairwise is None:
         return Decision(promote=False, reasons=["no challenger was trained this round"])
-    if pairwise.win_rate > config.min_win_rate:
-        reasons.append(
-            f"won the pairwise eval: win rate {pairwise.win_rate:.3f} > {config.min_win_rate:.3f} "
-            f"(95% CI {pairwise.win_rate_low:.3f}-{pairwise.win_rate_high:.3f}; "
-            f"{pairwise.wins}W/{pairwise.ties}T/{pairwise.losses}L)"
-        )
-    else:
-        promote = False
-        reasons.append(
-            f"did not win the pairwise eval: win rate {pairwise.win_rate:.3f} <= {config.min_win_rate:.3f} "
-            f"({pairwise.wins}W/{pairwise.ties}T/{pairwise.losses}L)"
-        )
-    lc = getattr(pairwise, "lc_win_rate", float("nan"))
-    champion_words = getattr(pairwise, "champion_mean_words", float("nan"))
-    challenger_words = getattr(pairwise, "challenger_mean_words", float("nan"))
-    # The guard is against winning by being longer. A challenger that got shorter and wins loses
-    # nothing to a judge's verbosity bias, and where the prompts ask for brevity (word limits) its
-    # length is part of why it wins, which regressing length out would wrongly discount.
-    shorter = challenger_words < champion_words  # False when either is unknown (nan)
-    if config.require_length_controlled_win and lc == lc and lc <= config.min_win_rate:
-        if shorter:
-            reasons.append(
-                f"length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f} not held against it: "
-                f"its answers are shorter ({challenger_words:.0f} against {champion_words:.0f} words on average)"
-            )
-        else:
-            promote = False
-            what = "wins by length, not quality: " if pairwise.win_rate > config.min_win_rate else ""
-            reasons.append(f"{what}length-controlled win rate {lc:.3f} <= {config.min_win_rate:.3f}")
-    before = getattr(pairwise, "champion_failure_rates", {}).get("any")
-    after = getattr(pairwise, "challenger_failure_rates", {}).get("any")
-    if before is not None and after is not None and after - before > config.max_failure_increase:
-        promote = False
-        worse = [m for m, r in pairwise.challenger_failure_rates.items() if m != "any" and r > pairwise.champion_failure_rates.get(m, 0)]
-        reasons.append(
-            f"more failure modes: {after:.0%} of answers show one, against {before:.0%} for the champion "
-            f"(allowed rise {config.max_failure_increase:.0%}; worse: {', '.join(worse)})"
-        )
-    if regression is None:
-        if config.require_regression_pass:
-            promote = False
-            reasons.append("capability-regression check did not run")
-    elif regression.passed:
-        reasons.append("passed the capability-regression check")
-    else:
-        reasons.extend(regression.reasons)
-        if config.require_regression_pass:
-            promote = False
-        else:
-            reasons.append("regression not enforced (promotion.require_regression_pass is false)")
-    for alarm in alarms or []:
-        if alarm.name in config.blocking_alarms:
-            promote = False
-            reasons.append(f"training alarm {alarm.name}: {alarm.message}")
-        else:
-            reasons.append(f"training alarm {alarm.name} (not blocking): {alarm.message}")
-    return Decision(promote=promote, reasons=reasons)
+    checks = [
+        *wins_pairwise(pairwise, config),
+        *wins_at_equal_length(pairwise, config),
+        *no_more_failure_modes(pairwise, config),
+        *passes_regression(regression, config),
+        *no_blocking_alarm(alarms or [], config),
+    ]
+    return Decision(promote=all(c.ok for c in checks), reasons=[c.reason for c in checks])

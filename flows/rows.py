@@ -1,0 +1,95 @@
+"""What a round, the loop's history and a comparison show, as rows built once.
+
+``flows/render.py`` turns a :class:`Table` into the terminal table, Prefect markdown, a Prefect
+table artifact or HTML, so the places that show a figure cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from flows.compare import Comparison
+    from flows.summary import RoundSummary
+
+Cell = str | int  # counts stay numbers, so a Prefect table artifact keeps them as such
+Row = tuple[str, Cell]  # (figure, value)
+
+
+class Table(NamedTuple):
+    header: list[str]
+    rows: list[list[Cell]]
+
+
+def figure_table(rows: list[Row]) -> Table:
+    """One record's figures as a two-column table."""
+    return Table(["figure", "value"], [list(row) for row in rows])
+
+
+def side_by_side(records: list[list[Row]]) -> Table:
+    """Several records' figures as one table: a row per record, a column per figure (in the order
+    they first appear), '-' where a record lacks one."""
+    header = list(dict.fromkeys(name for record in records for name, _ in record))
+    return Table(header, [[dict(record).get(name, "-") for name in header] for record in records])
+
+
+def _num(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None or math.isnan(value) else format(value, spec)  # None or nan: unknown
+
+
+def _change(before: float | None, after: float | None, spec: str = ".3f") -> str:
+    return "-" if after is None else f"{_num(before, spec)} → {_num(after, spec)}"
+
+
+def _interval(rate: float | None, low: float | None, high: float | None) -> str:
+    return "-" if rate is None else f"{_num(rate)} [{_num(low)}, {_num(high)}]"
+
+
+def decision(promoted: bool) -> str:
+    return "PROMOTED" if promoted else "rejected"
+
+
+def summary_rows(s: RoundSummary) -> list[Row]:
+    """A round's figures: the round's markdown summary lists them, the history has a column each."""
+    return [
+        ("pairs", s.pairs_kept),
+        ("DPO loss first → last", _change(s.train_initial_loss, s.train_final_loss)),
+        ("reward acc.", _num(s.train_reward_accuracy, ".2f")),
+        ("win rate [95% CI]", _interval(s.win_rate, s.win_rate_low, s.win_rate_high)),
+        ("LC win rate", _num(s.lc_win_rate)),
+        ("constraints champion → new", _change(s.constraint_rate_champion, s.constraint_rate_challenger)),
+        ("benchmark Δ (points)", ", ".join(f"{task} {delta * 100:+.1f}" for task, delta in s.regression_deltas.items()) or "-"),
+        ("alarms", ", ".join(s.alarms) or "-"),
+    ]
+
+
+def history_table(history: list[RoundSummary]) -> Table:
+    """The loop's rounds, one row each."""
+    return side_by_side([[("round", s.round), *summary_rows(s), ("decision", decision(s.promoted))] for s in history])
+
+
+def comparison_rows(c: Comparison) -> list[Row]:
+    """What ``flywheel compare`` measured: the later policy against the baseline ("champion" in the
+    pairwise result), and each benchmark under the promotion gate's tolerance."""
+    r = c.result
+    return [
+        ("win rate [95% CI]", _interval(r.win_rate, r.win_rate_low, r.win_rate_high)),
+        ("wins/ties/losses", f"{r.wins}/{r.ties}/{r.losses}"),
+        ("LC win rate", _num(r.lc_win_rate)),
+        ("constraints met", _change(r.champion_constraint_rate, r.challenger_constraint_rate)),
+        ("every constraint met", _change(r.champion_strict_rate, r.challenger_strict_rate)),
+        ("mean words", _change(r.champion_mean_words, r.challenger_mean_words, ".0f")),
+        ("answers with a failure mode", _change(r.champion_failure_rates.get("any"), r.challenger_failure_rates.get("any"))),
+        *((t.task, f"{t.before:.3f} → {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")
+          for t in (c.regression.tasks if c.regression else [])),
+    ]
+
+
+def comparisons_table(comparisons: list[Comparison]) -> Table:
+    """Every comparison so far, one row each."""
+    return side_by_side([
+        [("policy", f"round {c.challenger_round}"), ("against", f"round {c.baseline_round}"), ("prompts", c.n_prompts),
+         *comparison_rows(c)]
+        for c in comparisons
+    ])
