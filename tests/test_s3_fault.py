@@ -7,64 +7,15 @@ every connection until it is restored."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import uuid
 
 import pytest
 
 from infra.store import store_from_config
+from tests.proxy import CuttingProxy
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
-
-
-class CuttingProxy:
-    """Forwards TCP to ``target``; goes down the first time client bytes contain ``marker``."""
-
-    def __init__(self, target_port: int, marker: bytes):
-        self.target_port = target_port
-        self.marker = marker
-        self.down = threading.Event()
-        self.cut_seen = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.down.is_set():
-                client.close()  # the server is gone: connections die at once
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                armed = not self.cut_seen.is_set()
-                if from_client and (self.down.is_set() or (armed and self.marker in data)):
-                    self.cut_seen.set()  # the server goes away once; after restore() it stays
-                    self.down.set()
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def restore(self) -> None:
-        self.down.clear()
 
 
 def test_round_survives_the_s3_server_going_away(tiny_model, s3_server, prefect_harness, tmp_path):
