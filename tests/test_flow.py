@@ -23,7 +23,7 @@ from tasks.train import TrainResult
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote", "figures"]
+STAGES = ["config", "prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote", "figures"]
 # A metric each stage must have logged to the round's MLflow run.
 STAGE_METRICS = [
     "prompts/n_train", "generate/tokens_per_s", "judge/n_comparisons", "filter/n_kept",
@@ -87,6 +87,24 @@ def test_every_stage_logged_its_figures_to_the_round_run(config, two_rounds):
     steps = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(steps) >= 1
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "figures")) == ["figures/loop.png", "figures/training.png"]
+
+
+def test_each_round_saved_its_effective_config(config, two_rounds):
+    """config.yaml beside the round's artifacts and in its MLflow run, with what the environment
+    decided (artifact root, tracking URI) resolved, and loadable as the config it ran with."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from infra.settings import FlywheelConfig
+    from infra.tracking import tracking_uri
+
+    saved = yaml.safe_load((store_from_config(config.storage).local_path("flowtest/round-001/config") / "config.yaml").read_text())
+    assert saved["storage"]["artifact_root"] == config.storage.resolved_artifact_root()
+    assert saved["storage"]["tracking_uri"] == tracking_uri(config.storage)
+    assert FlywheelConfig.model_validate(saved).train == config.train
+    client = MlflowClient(tracking_uri(config.storage))
+    logged = client.download_artifacts(two_rounds[0].mlflow_run_id, "config.yaml")
+    assert yaml.safe_load(open(logged).read()) == saved
 
 
 def test_flow_runs_are_named_after_loop_and_round(two_rounds):

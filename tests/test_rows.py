@@ -10,7 +10,7 @@ from flows.publish import round_markdown
 from flows.render import as_html, as_markdown, as_records, as_text
 from flows.rows import Table, comparison_rows, comparisons_table, history_table, side_by_side, summary_rows
 from flows.summary import RoundSummary, append_history, read_history, summary_table
-from infra.artifacts import LocalArtifactStore
+from infra.local_store import LocalArtifactStore
 from tasks.diagnostics import Alarm
 from tasks.evaluate import PairwiseResult
 from tasks.filter import FilterReport
