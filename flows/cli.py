@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from infra.settings import ConfigError, FlywheelConfig, load_config
+from infra.settings import ConfigError, FlywheelConfig
 
 
 def _prepare_environment(config: FlywheelConfig) -> None:
@@ -91,11 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return operate.run(args)
     try:
-        config = load_config(args.config, args.overrides)
-        if config.prompts.source == "jsonl":
-            from tasks.prompts import load_prompt_file
+        from tasks.config_checks import load_checked_config
 
-            load_prompt_file(config.prompts.path)  # fail on a malformed file before anything runs
+        config = load_checked_config(args.config, args.overrides)  # every name checked before anything runs
     except (ConfigError, ValueError) as err:
         print(f"flywheel: {err}", file=sys.stderr)
         return 2
