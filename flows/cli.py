@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from infra.settings import ConfigError, FlywheelConfig, load_config
+from infra.settings import ConfigError, FlywheelConfig
 
 
 def _prepare_environment(config: FlywheelConfig) -> None:
@@ -147,19 +147,6 @@ def _loop(config: FlywheelConfig, args) -> int:
 COMMANDS = {"config": _show_config, "history": _history, "report": _report, "compare": _compare, "round": _round, "loop": _loop}
 
 
-def _load_checked_config(args) -> FlywheelConfig:
-    """The merged config with every registered name checked, and a JSONL prompt file read whole:
-    a problem stops the command before anything is written."""
-    from tasks.config_checks import check_config
-
-    config = check_config(load_config(args.config, args.overrides), origin=str(args.config or "defaults"))
-    if config.prompts.source == "jsonl":
-        from tasks.prompts import load_prompt_file
-
-        load_prompt_file(config.prompts.path)
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in COMMANDS:
@@ -167,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return operate.run(args)
     try:
-        config = _load_checked_config(args)
+        from tasks.config_checks import load_checked_config
+
+        config = load_checked_config(args.config, args.overrides)  # every name checked before anything runs
     except (ConfigError, ValueError) as err:
         print(f"flywheel: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ from prefect import flow
 
 from flows.round import run_next_round
 from flows.summary import RoundSummary
-from infra.settings import FlywheelConfig, load_config
+from infra.settings import FlywheelConfig
+from tasks.config_checks import load_checked_config
 
 
 @flow(name="flywheel-loop", flow_run_name="{config.loop}-loop")
@@ -23,7 +24,7 @@ def scheduled_loop(config_file: str | None = None, overrides: list[str] | None =
 
     from flows.publish import artifact_key, round_markdown
 
-    config = load_config(config_file, overrides or [])
+    config = load_checked_config(config_file, overrides or [])
     summaries = run_loop(config=config, rounds=rounds)
     # On this run itself, so `flywheel trigger` (and CI) can read what happened.
     create_markdown_artifact(

@@ -143,6 +143,56 @@ class FilterConfig(Section):
     )
 
 
+class DiagnosticsConfig(Section):
+    """Thresholds of the training alarms (tasks/diagnostics.py); promotion.blocking_alarms picks those that block."""
+
+    initial_loss_tolerance: float = Field(
+        0.02, gt=0,
+        description="The first step's DPO loss must be within this of ln 2 = 0.693 (the policy equals its reference "
+        "there); further off raises reference_mismatch.",
+    )
+    reward_accuracy_band: tuple[float, float] = Field(
+        (0.55, 0.95),
+        description="[low, high] for the reward accuracy averaged over the second half of the steps: below low "
+        "raises not_learning, above high raises overfitting (memorising the pairs).",
+    )
+    over_optimization_ratio: float = Field(
+        0.25, ge=0,
+        description="over_optimization is raised when the last held-out margin is below this share of the training "
+        "margin (mean over the second half of the steps), that margin being above over_optimization_min_margin.",
+    )
+    over_optimization_min_margin: float = Field(
+        0.1, ge=0, description="Training margins at or below this are too small to judge: no over_optimization alarm."
+    )
+
+    @model_validator(mode="after")
+    def _ordered_band(self) -> "DiagnosticsConfig":
+        low, high = self.reward_accuracy_band
+        if not 0 <= low < high <= 1:
+            raise ValueError("train.diagnostics.reward_accuracy_band must be [low, high] with 0 <= low < high <= 1")
+        return self
+
+
+# trl.DPOConfig keys that Flywheel sets itself, with what to change instead; train.dpo_args may not set them.
+MANAGED_DPO_ARGS = {
+    "beta": "set train.beta (a per-round schedule) instead",
+    "learning_rate": "set train.learning_rate (a per-round schedule) instead",
+    "num_train_epochs": "set train.epochs instead",
+    "max_steps": "set train.epochs instead",
+    "per_device_train_batch_size": "set train.batch_size instead",
+    "per_device_eval_batch_size": "set train.batch_size instead",
+    "max_length": "set train.max_length instead",
+    "seed": "set train.seed instead",
+    "bf16": "set model.dtype instead",
+    "use_cpu": "set model.device instead",
+    "eval_strategy": "set train.heldout_share instead (held-out pairs are scored each epoch)",
+    "output_dir": "the train stage saves the adapter and merged model in its own folder",
+    "save_strategy": "the train stage saves the adapter and merged model in its own folder",
+    "logging_steps": "the training alarms read every step's log",
+    "report_to": "Flywheel logs the training metrics to MLflow itself",
+}
+
+
 class TrainConfig(Section):
     beta: list[float] = Field(
         [0.1],
@@ -178,9 +228,13 @@ class TrainConfig(Section):
     dispatch_timeout_s: float = Field(
         6 * 3600, gt=0, description="How long the round waits for a dispatched training run."
     )
+    min_pairs: int = Field(2, ge=1, description="A round that keeps fewer pairs than this skips training (and promotion).")
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig, description="Thresholds of the training alarms.")
     dpo_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. loss_type, label_smoothing).",
+        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. loss_type, label_smoothing, "
+        "lr_scheduler_type); keys must be DPOConfig fields, and those Flywheel sets from its own fields "
+        "(beta, learning_rate, num_train_epochs, ...: MANAGED_DPO_ARGS) are refused.",
     )
 
     @model_validator(mode="after")
@@ -243,7 +297,7 @@ class PromotionConfig(Section):
     blocking_alarms: list[str] = Field(
         ["reference_mismatch"],
         description="Training alarms that block promotion (of reference_mismatch, not_learning, overfitting, "
-        "same_direction_drift); the others are recorded and shown.",
+        "same_direction_drift, over_optimization; thresholds in train.diagnostics); the others are recorded and shown.",
     )
 
 
@@ -289,15 +343,25 @@ class ConfigError(ValueError):
     """A configuration problem, with the field or file it concerns in the message."""
 
 
+def invalid_config(origin: str, problems: list[str]) -> ConfigError:
+    """One error listing every problem, each a "field: message" line."""
+    return ConfigError("\n".join([f"invalid configuration ({origin}):", *(f"  {p}" for p in problems)]))
+
+
 def _format_validation_error(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+    problems = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {field}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {field}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{field}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"{field}: {msg}")
+    return str(invalid_config(origin, problems))
+
+
+def config_origin(path: str | Path | None, overrides: list[str] | None) -> str:
+    """Where a config came from, as error messages name it."""
+    return (str(path) if path is not None else "defaults") + (" + command-line overrides" if overrides else "")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -322,10 +386,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FlywheelConfig:
     data: dict[str, Any] = {}
-    origin = "defaults"
+    origin = config_origin(path, overrides)
     if path is not None:
         path = Path(path)
-        origin = str(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except FileNotFoundError:
@@ -337,7 +400,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     if overrides:
         data = apply_overrides(data, overrides)
-        origin += " + command-line overrides"
     try:
         return FlywheelConfig.model_validate(data)
     except ValidationError as err:

@@ -6,6 +6,9 @@
   above 0.95: memorising the pairs.
 * Chosen and rejected rewards moving the same way by similar amounts: the policy is shifting
   all likelihoods (e.g. lengthening or shortening everything) rather than separating pairs.
+* Training margins rising while the held-out pairs' stay flat: over-optimization.
+
+The thresholds are ``train.diagnostics`` (the numbers above are their defaults).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import math
 
 from pydantic import BaseModel
+
+from infra.settings import DiagnosticsConfig
 
 ALARMS = ("reference_mismatch", "not_learning", "overfitting", "same_direction_drift", "over_optimization")
 
@@ -26,10 +31,20 @@ def _steps(log_history: list[dict]) -> list[dict]:
     return [h for h in log_history if "loss" in h and "rewards/accuracies" in h]
 
 
+_DEFAULTS = DiagnosticsConfig()
+
+
+def diagnose_training(log_history: list[dict], config: DiagnosticsConfig) -> list[Alarm]:
+    """Every alarm TRL's per-step log raises under ``config``'s thresholds."""
+    return training_alarms(log_history, config.initial_loss_tolerance, config.reward_accuracy_band) + over_optimization_alarms(
+        log_history, config.over_optimization_min_margin, config.over_optimization_ratio
+    )
+
+
 def training_alarms(
     log_history: list[dict],
-    loss_tolerance: float = 0.02,
-    accuracy_band: tuple[float, float] = (0.55, 0.95),
+    loss_tolerance: float = _DEFAULTS.initial_loss_tolerance,
+    accuracy_band: tuple[float, float] = _DEFAULTS.reward_accuracy_band,
 ) -> list[Alarm]:
     steps = _steps(log_history)
     if not steps:
@@ -57,7 +72,11 @@ def training_alarms(
     return alarms
 
 
-def over_optimization_alarms(log_history: list[dict], min_train_margin: float = 0.1, ratio: float = 0.25) -> list[Alarm]:
+def over_optimization_alarms(
+    log_history: list[dict],
+    min_train_margin: float = _DEFAULTS.over_optimization_min_margin,
+    ratio: float = _DEFAULTS.over_optimization_ratio,
+) -> list[Alarm]:
     """The SimPO article's over-optimization sign: margins on the training pairs keep rising
     while the held-out pairs (scored each epoch; 0 at the start, where policy = reference)
     gain less than ``ratio`` of it."""

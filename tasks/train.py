@@ -24,8 +24,8 @@ from pydantic import BaseModel
 
 from infra import layout
 from infra.records import PreferencePair
-from tasks.diagnostics import Alarm, over_optimization_alarms, training_alarms
-from infra.settings import ModelConfig, TrainConfig, per_round
+from tasks.diagnostics import Alarm, diagnose_training
+from infra.settings import MANAGED_DPO_ARGS, ModelConfig, TrainConfig, per_round
 from tasks.filter import to_trl_rows
 
 LN2 = math.log(2)
@@ -87,6 +87,9 @@ def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype:
     if eval_each_epoch:
         # Held-out pairs scored at the end of each epoch, for the over-optimization alarm.
         args.update(eval_strategy="epoch", per_device_eval_batch_size=config.batch_size)
+    managed = sorted(MANAGED_DPO_ARGS.keys() & config.dpo_args.keys())
+    if managed:
+        raise ValueError(f"train.dpo_args may not set {', '.join(managed)}: Flywheel sets them (see MANAGED_DPO_ARGS)")
     args.update(config.dpo_args)
     return DPOConfig(**args)
 
@@ -175,5 +178,5 @@ def train_policy(
         runtime_s=runtime,
         pairs_per_s=n_examples / runtime if runtime > 0 else float("nan"),
         log_history=trainer.state.log_history,
-        alarms=training_alarms(trainer.state.log_history) + over_optimization_alarms(trainer.state.log_history),
+        alarms=diagnose_training(trainer.state.log_history, config.diagnostics),
     )

@@ -59,3 +59,30 @@ def test_config_command_prints_the_merged_config(workdir, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["beta"] == [0.2, 0.3]
     assert printed["model"]["base"] == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("judge.name=verifer", "judge.name: unknown judge 'verifer'; known: ifeval, llm, openai, verifier"),
+        ("judge.compare_with=[verifier, opnai]", "judge.compare_with: unknown judge 'opnai'"),
+        ("evaluate.judge=verifer", "evaluate.judge: unknown judge 'verifer'"),
+        ("regression.tasks=[piqa, hellaswg]", "regression.tasks: unknown benchmark 'hellaswg'"),
+        ("promotion.blocking_alarms=[overfiting]", "promotion.blocking_alarms: unknown alarm 'overfiting'"),
+        ("train.dpo_args={label_smothing: 0.1}", "train.dpo_args.label_smothing: not a field of trl.DPOConfig"),
+        ("train.dpo_args={beta: 0.5}", "train.dpo_args.beta: managed by Flywheel; set train.beta"),
+    ],
+)
+def test_unknown_names_stop_the_round_before_anything_is_written(workdir, capsys, override, message):
+    data_dir = workdir / "data"
+    assert main(["round", "--set", f"storage.data_dir={data_dir}", "--set", override]) == 2
+    assert message in capsys.readouterr().err
+    assert not data_dir.exists() and _written(workdir) == []
+
+
+def test_every_problem_is_listed_at_once(workdir, capsys):
+    assert main(["loop", "--set", "judge.name=verifer", "--set", "promotion.blocking_alarms=[nope]"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration (defaults + command-line overrides):" in err
+    assert "  judge.name: unknown judge" in err and "  promotion.blocking_alarms: unknown alarm 'nope'" in err
+    assert _written(workdir) == []

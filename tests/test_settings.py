@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def test_yaml_file_loads(tmp_path: Path):
         (["train.bogus=3"], "train.bogus: unknown key"),
         (["generate.temperatures=[0.7, 0]"], "temperatures"),
         (["prompts.source=jsonl"], "prompts.path"),
+        (["train.min_pairs=0"], "train.min_pairs"),
+        (["train.diagnostics.reward_accuracy_band=[0.9, 0.5]"], "train.diagnostics.reward_accuracy_band"),
+        (["train.diagnostics.reward_accuracy_band=[0.5, 1.2]"], "train.diagnostics.reward_accuracy_band"),
+        (["train.diagnostics.reward_accuracy_band=[0.5]"], "train.diagnostics.reward_accuracy_band"),
         (["notakey"], "expected section.field=value"),
     ],
 )
@@ -71,9 +76,12 @@ def test_schedule_repeats_last_value():
     assert [per_round([0.1, 0.2], i) for i in (1, 2, 3, 4)] == [0.1, 0.2, 0.2, 0.2]
 
 
-def test_import_has_no_side_effects(tmp_path, monkeypatch):
-    import importlib
+def test_import_has_no_side_effects(tmp_path):
+    # A fresh interpreter: reloading the module here would leave other tests holding stale classes.
+    import subprocess
+    import sys
 
-    monkeypatch.chdir(tmp_path)
-    importlib.reload(settings)
+    root = Path(settings.__file__).parents[1]
+    subprocess.run([sys.executable, "-c", "import infra.settings"], cwd=tmp_path, check=True,
+                   env={**os.environ, "PYTHONPATH": str(root)})
     assert list(tmp_path.iterdir()) == []
