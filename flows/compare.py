@@ -14,10 +14,10 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.publish import artifact_key
-from infra import layout
-from infra.champion import current_champion, local_checkpoint, policy_of_round
 from flows.render import as_markdown
 from flows.rows import comparison_rows, figure_table
+from infra import layout
+from infra.champion import current_champion, local_checkpoint, policy_of_round
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
 from infra.tracking import Tracker

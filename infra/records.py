@@ -14,7 +14,6 @@ from typing import Any, Iterable, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 R = TypeVar("R", bound=BaseModel)
 
 

@@ -118,7 +118,8 @@ def up(folder: Path, repo: Path | None = None, timeout: float = 120) -> dict:
         _wait_http(state["s3_endpoint"] + "/moto-api/", timeout, s3, folder / "s3.log", "S3 server (moto)")
         import boto3
 
-        s3_client = boto3.client("s3", endpoint_url=state["s3_endpoint"], **{k.lower(): v for k, v in LOCAL_S3_KEYS.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+        keys = {k.lower(): v for k, v in LOCAL_S3_KEYS.items() if k != "AWS_DEFAULT_REGION"}
+        s3_client = boto3.client("s3", endpoint_url=state["s3_endpoint"], region_name="us-east-1", **keys)
         s3_client.create_bucket(Bucket=BUCKET)
 
         mlflow_env = {**base, "MLFLOW_S3_ENDPOINT_URL": state["s3_endpoint"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

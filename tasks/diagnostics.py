@@ -59,9 +59,11 @@ def training_alarms(
     accuracy = sum(h["rewards/accuracies"] for h in late) / len(late)
     low, high = accuracy_band
     if accuracy < low:
-        alarms.append(Alarm(name="not_learning", message=f"reward accuracy {accuracy:.2f} over the last {len(late)} steps is below {low}: not learning"))
+        alarms.append(Alarm(name="not_learning",
+                            message=f"reward accuracy {accuracy:.2f} over the last {len(late)} steps is below {low}: not learning"))
     elif accuracy > high:
-        alarms.append(Alarm(name="overfitting", message=f"reward accuracy {accuracy:.2f} over the last {len(late)} steps is above {high}: memorising the pairs"))
+        alarms.append(Alarm(name="overfitting",
+                            message=f"reward accuracy {accuracy:.2f} over the last {len(late)} steps is above {high}: memorising the pairs"))
     chosen = late[-1].get("rewards/chosen", 0.0)
     rejected = late[-1].get("rewards/rejected", 0.0)
     if chosen * rejected > 0 and min(abs(chosen), abs(rejected)) > 0.5 * max(abs(chosen), abs(rejected)):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 import itertools
-import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel

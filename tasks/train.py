@@ -24,8 +24,8 @@ from pydantic import BaseModel
 
 from infra import layout
 from infra.records import PreferencePair
-from tasks.diagnostics import Alarm, diagnose_training
 from infra.settings import MANAGED_DPO_ARGS, ModelConfig, TrainConfig, per_round
+from tasks.diagnostics import Alarm, diagnose_training
 from tasks.filter import to_trl_rows
 
 LN2 = math.log(2)

@@ -2,8 +2,7 @@ import pytest
 
 from infra.layout import stage_key
 from infra.local_store import LocalArtifactStore
-from infra.records import read_jsonl, write_jsonl
-from infra.records import Candidate
+from infra.records import Candidate, read_jsonl, write_jsonl
 
 
 def test_stage_written_whole_with_manifest(tmp_path):

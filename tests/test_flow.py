@@ -13,13 +13,13 @@ import json
 
 import pytest
 
-from infra.store import store_from_config
 from infra.settings import FlywheelConfig
-from tests.tiny_round import tiny_round_config, word_band_prompt_file
+from infra.store import store_from_config
 from tasks.evaluate import PairwiseResult
 from tasks.promote import decide_promotion
 from tasks.regression import RegressionResult
 from tasks.train import TrainResult
+from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,8 @@ STAGES = ["config", "prompts", "generate", "judge", "filter", "train", "evaluate
 STAGE_METRICS = [
     "prompts/n_train", "generate/tokens_per_s", "judge/n_comparisons", "filter/n_kept",
     "train/loss", "train/rewards/accuracies", "train/initial_loss", "evaluate/win_rate",
-    "evaluate/challenger_constraint_rate", "evaluate/lc_win_rate", "evaluate/challenger_failure/any", "regression/passed", "regression/arc_easy/delta", "promote/promoted",
+    "evaluate/challenger_constraint_rate", "evaluate/lc_win_rate", "evaluate/challenger_failure/any",
+    "regression/passed", "regression/arc_easy/delta", "promote/promoted",
 ]
 
 
@@ -200,8 +201,7 @@ def test_compare_measures_a_trained_round_against_the_base_model(config, two_rou
     from mlflow import MlflowClient
 
     from flows.cli import main
-    from infra.records import Completion
-    from infra.records import read_jsonl
+    from infra.records import Completion, read_jsonl
     from infra.tracking import tracking_uri
 
     path = tmp_path / "config.yaml"

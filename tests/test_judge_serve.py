@@ -61,7 +61,8 @@ def test_round_judges_through_the_served_model(served, tiny_model, prefect_harne
     from infra.tracking import tracking_uri
 
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "text": f"Name colour {i}.", "topic": f"t{i}", "split": "eval" if i >= 3 else "train"}) for i in range(5)) + "\n")
+    lines = [{"id": f"p{i}", "text": f"Name colour {i}.", "topic": f"t{i}", "split": "eval" if i >= 3 else "train"} for i in range(5)]
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     config = FlywheelConfig.model_validate(
         {
             "loop": "served",

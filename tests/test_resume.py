@@ -3,7 +3,6 @@ and a changed stage config reruns that stage and those after it, not those befor
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.store import store_from_config
 from infra.settings import FlywheelConfig
+from infra.store import store_from_config
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow

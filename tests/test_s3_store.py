@@ -6,9 +6,8 @@ import uuid
 
 import pytest
 
-from infra.store import open_store
 from infra.s3_store import S3ArtifactStore
-from infra.store import ArtifactStoreError
+from infra.store import ArtifactStoreError, open_store
 
 
 @pytest.fixture
