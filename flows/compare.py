@@ -18,6 +18,7 @@ from flows.render import as_markdown
 from flows.rows import comparison_rows, figure_table
 from infra import layout
 from infra.champion import current_champion, local_checkpoint, policy_of_round
+from infra.retries import call_with_retries
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
 from infra.tracking import Tracker
@@ -96,7 +97,8 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     )
     others = [c for c in read_comparisons(store, config.loop) if (c.challenger_round, c.baseline_round) != (challenger.round, baseline.round)]
     store.write_json(layout.comparisons_key(config.loop), [c.model_dump() for c in others + [comparison]])
-    create_markdown_artifact(
+    call_with_retries(
+        "Prefect API: comparison artifact", create_markdown_artifact,
         key=artifact_key(f"{config.loop}-compare"), markdown=comparison_markdown(comparison),
         description=f"{config.loop}: round {challenger.round} against round {baseline.round}",
     )

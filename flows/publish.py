@@ -9,6 +9,7 @@ import re
 from flows.render import as_markdown, as_records
 from flows.rows import decision, figure_table, history_table, summary_rows
 from flows.summary import RoundSummary
+from infra.retries import call_with_retries
 
 
 def artifact_key(text: str) -> str:
@@ -42,12 +43,14 @@ def publish_round(summary: RoundSummary, history: list[RoundSummary], figures: d
     """Create the round's Prefect artifacts (shown on the flow run and under Artifacts)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_markdown_artifact(
+    call_with_retries(
+        "Prefect API: round summary artifact", create_markdown_artifact,
         key=artifact_key(f"{summary.loop}-round-summary"),
         markdown=round_markdown(summary, figures),
         description=f"{summary.loop} round {summary.round}: {'promoted' if summary.promoted else 'rejected'}",
     )
-    create_table_artifact(
+    call_with_retries(
+        "Prefect API: history artifact", create_table_artifact,
         key=artifact_key(f"{summary.loop}-history"),
         table=as_records(history_table(history)),
         description=f"{summary.loop}: every round so far",

@@ -54,6 +54,8 @@ def dispatch_training(ctx: RoundContext, pairs: StageResult) -> StageResult:
 
     config = ctx.config
     get_run_logger().info("dispatching training to deployment %s", config.train.deployment)
+    # Not wrapped in our retries: a retry after the run was created would start a second training.
+    # Prefect's client already resends requests that fail on the wire.
     flow_run = run_deployment(
         name=config.train.deployment,
         parameters={
