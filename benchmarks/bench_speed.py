@@ -68,7 +68,7 @@ def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int
     started = time.perf_counter()
     decoded = sample_batched(fast, tokenizer, requests, max_new_tokens, batch_size, seed=0, top_p=0.95, progress="flywheel generate")
     ours_s = time.perf_counter() - started
-    ours_tokens = sum(n for _, n in decoded.values())
+    ours_tokens = sum(d.n_tokens for d in decoded.values())
     del fast
 
     from transformers import AutoModelForCausalLM

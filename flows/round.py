@@ -56,7 +56,7 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
             pairwise = evaluate_pairwise_task(ctx, challenger, prompts) if challenger else None
             regression = check_regression_task(ctx, challenger) if challenger else None
             decision = promote_task(ctx, challenger, pairwise, regression)
-        summary = summarize_round(ctx, pairs, challenger, pairwise, regression, decision)
+        summary = summarize_round(ctx, pairs, challenger, pairwise, regression, decision, candidates=candidates)
         history = append_history(ctx.store, summary)
         figures = write_figures_task(ctx, challenger, history)
         publish_round(summary, history, figure_bytes(ctx, figures))
@@ -84,7 +84,8 @@ def open_round(config: FlywheelConfig, round_index: int) -> Iterator[RoundContex
 
 
 def summarize_round(ctx: RoundContext, pairs: StageResult, challenger: StageResult | None, pairwise: StageResult | None,
-                    regression: StageResult | None, decision: StageResult) -> RoundSummary:
+                    regression: StageResult | None, decision: StageResult,
+                    candidates: StageResult | None = None) -> RoundSummary:
     return RoundSummary.from_results(
         ctx.loop, ctx.round_index,
         flow_run_id=str(flow_run.id or ""),
@@ -96,6 +97,7 @@ def summarize_round(ctx: RoundContext, pairs: StageResult, challenger: StageResu
         regression=regression.result if regression else None,
         decision=decision.result,
         artifacts=ctx.store.uri(layout.round_key(ctx.loop, ctx.round_index)),
+        generate=candidates.result if candidates else None,
     )
 
 

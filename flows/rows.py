@@ -46,6 +46,12 @@ def _interval(rate: float | None, low: float | None, high: float | None) -> str:
     return "-" if rate is None else f"{_num(rate)} [{_num(low)}, {_num(high)}]"
 
 
+def _rates(before: dict[str, float], after: dict[str, float]) -> str:
+    """Each failure mode either policy shows, as 'mode before → after' in percent; "any" first."""
+    modes = sorted({m for m, r in [*before.items(), *after.items()] if r and not math.isnan(r)}, key=lambda m: (m != "any", m))
+    return ", ".join(f"{m} {_num(before.get(m), '.0%')} → {_num(after.get(m), '.0%')}" for m in modes) or "-"
+
+
 def decision(promoted: bool) -> str:
     return "PROMOTED" if promoted else "rejected"
 
@@ -54,11 +60,13 @@ def summary_rows(s: RoundSummary) -> list[Row]:
     """A round's figures: the round's markdown summary lists them, the history has a column each."""
     return [
         ("pairs", s.pairs_kept),
+        ("truncated candidates", _num(s.truncated_share, ".1%")),
         ("DPO loss first → last", _change(s.train_initial_loss, s.train_final_loss)),
         ("reward acc.", _num(s.train_reward_accuracy, ".2f")),
         ("win rate [95% CI]", _interval(s.win_rate, s.win_rate_low, s.win_rate_high)),
         ("LC win rate", _num(s.lc_win_rate)),
         ("constraints champion → new", _change(s.constraint_rate_champion, s.constraint_rate_challenger)),
+        ("failure modes champion → new", _rates(s.failure_rates_champion, s.failure_rates_challenger)),
         ("benchmark Δ (points)", ", ".join(f"{task} {delta * 100:+.1f}" for task, delta in s.regression_deltas.items()) or "-"),
         ("alarms", ", ".join(s.alarms) or "-"),
     ]
@@ -81,6 +89,7 @@ def comparison_rows(c: Comparison) -> list[Row]:
         ("every constraint met", _change(r.champion_strict_rate, r.challenger_strict_rate)),
         ("mean words", _change(r.champion_mean_words, r.challenger_mean_words, ".0f")),
         ("answers with a failure mode", _change(r.champion_failure_rates.get("any"), r.challenger_failure_rates.get("any"))),
+        ("failure modes", _rates(r.champion_failure_rates, r.challenger_failure_rates)),
         *((t.task, f"{t.before:.3f} → {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")
           for t in (c.regression.tasks if c.regression else [])),
     ]

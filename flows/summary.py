@@ -14,6 +14,7 @@ from infra import layout
 if TYPE_CHECKING:
     from tasks.evaluate import PairwiseResult
     from tasks.filter import FilterReport
+    from tasks.generate import GenerateSummary
     from tasks.promote import Decision
     from tasks.regression import RegressionResult
     from tasks.train import TrainResult
@@ -26,6 +27,7 @@ class RoundSummary(BaseModel):
     mlflow_run_id: str = ""
     champion_before: int  # round that produced the champion this round started from (0 = base)
     pairs_kept: int
+    truncated_share: float | None = None  # of the round's candidates, cut off at generate.max_new_tokens
     train_initial_loss: float | None = None
     train_final_loss: float | None = None
     train_reward_accuracy: float | None = None
@@ -35,6 +37,8 @@ class RoundSummary(BaseModel):
     lc_win_rate: float | None = None
     constraint_rate_champion: float | None = None
     constraint_rate_challenger: float | None = None
+    failure_rates_champion: dict[str, float] = {}  # share of held-out answers per failure mode, and "any"
+    failure_rates_challenger: dict[str, float] = {}
     regression_deltas: dict[str, float] = {}
     alarms: list[str] = []
     promoted: bool
@@ -56,6 +60,7 @@ class RoundSummary(BaseModel):
         regression: RegressionResult | None,
         decision: Decision,
         artifacts: str,
+        generate: GenerateSummary | None = None,
     ) -> RoundSummary:
         """The round's record from what its stages returned; ``train``, ``pairwise`` and
         ``regression`` are None when the round kept too few pairs to train."""
@@ -66,6 +71,7 @@ class RoundSummary(BaseModel):
             mlflow_run_id=mlflow_run_id,
             champion_before=champion_round,
             pairs_kept=filter_report.n_kept,
+            truncated_share=generate.truncated_share if generate else None,
             train_initial_loss=train.initial_loss if train else None,
             train_final_loss=train.final_loss if train else None,
             train_reward_accuracy=train.final_reward_accuracy if train else None,
@@ -76,6 +82,8 @@ class RoundSummary(BaseModel):
             lc_win_rate=pairwise.lc_win_rate if pairwise and pairwise.lc_win_rate == pairwise.lc_win_rate else None,
             constraint_rate_champion=pairwise.champion_constraint_rate if pairwise else None,
             constraint_rate_challenger=pairwise.challenger_constraint_rate if pairwise else None,
+            failure_rates_champion=pairwise.champion_failure_rates if pairwise else {},
+            failure_rates_challenger=pairwise.challenger_failure_rates if pairwise else {},
             regression_deltas={t.task: t.delta for t in regression.tasks} if regression else {},
             alarms=[a.name for a in train.alarms] if train else [],
             promoted=decision.promote,

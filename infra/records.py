@@ -57,6 +57,7 @@ class Candidate(Record):
     text: str
     temperature: float
     n_tokens: int
+    truncated: bool = Field(False, description="Hit max_new_tokens without EOS: cut off mid-answer.")
 
 
 Verdict = Literal["A", "B", "tie"]
@@ -95,6 +96,7 @@ class Completion(Record):
     policy: Literal["champion", "challenger"]
     text: str
     constraint_score: float = Field(description="Share of the prompt's constraints satisfied, 0..1.")
+    truncated: bool = Field(False, description="Hit max_new_tokens without EOS: cut off mid-answer.")
 
 
 class Champion(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -123,7 +123,14 @@ class JudgeConfig(Section):
         0.05, ge=0, description="Score differences at or below this are ties (verifier judge)."
     )
     failure_penalty: float = Field(
-        0.25, ge=0, description="Score taken off per failure mode found (verbose, sycophantic, evasive, ...)."
+        0.25, ge=0,
+        description="Score taken off per failure mode found (tasks/failure_modes.py: verbose, sycophantic, evasive, "
+        "repetitive, degenerate, stuffed, off_topic, echo, too_short; truncated is not in the text, and the filter "
+        "never lets a truncated candidate be chosen).",
+    )
+    failure_penalties: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Per-mode penalties that replace failure_penalty for the modes named, e.g. {stuffed: 0.5}.",
     )
     verbose_words: int = Field(
         150, ge=1, description="Responses longer than this many words count as verbose."

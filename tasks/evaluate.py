@@ -82,10 +82,10 @@ def generate_completions(model, tokenizer, prompts: list[Prompt], policy: str, c
     )
     completions = []
     for p in prompts:
-        text = decoded[(p.id,)][0]
+        text, _, truncated = decoded[(p.id,)]
         met = check_constraints(text, p.constraints)
         score = sum(met) / len(met) if met else 1.0
-        completions.append(Completion(prompt_id=p.id, policy=policy, text=text, constraint_score=score))
+        completions.append(Completion(prompt_id=p.id, policy=policy, text=text, constraint_score=score, truncated=truncated))
     return completions
 
 
@@ -133,7 +133,8 @@ def evaluate_pairwise(
     words = {policy: {c.prompt_id: len(c.text.split()) for c in completions} for policy, completions in (("champion", champion), ("challenger", challenger))}
     diffs = [words["challenger"][v.prompt_id] - words["champion"][v.prompt_id] for v in verdicts]
     lc = length_controlled_win_rate(list(scores), diffs)
-    rates = {policy: failure_rates([c.text for c in completions if c.prompt_id in kept], judge_verbose_words(judge))
+    by_id = {p.id: p for p in prompts}
+    rates = {policy: failure_rates([c for c in completions if c.prompt_id in kept], by_id, judge_verbose_words(judge))
              for policy, completions in (("champion", champion), ("challenger", challenger))}
     return (
         PairwiseResult(
@@ -199,11 +200,12 @@ def judge_verbose_words(judge: Judge) -> int:
     return getattr(config, "verbose_words", 150)
 
 
-def failure_rates(texts: list[str], verbose_words: int = 150) -> dict[str, float]:
-    """Share of responses showing each failure mode, and of those showing any."""
+def failure_rates(completions: list[Completion], prompts: dict[str, Prompt], verbose_words: int = 150) -> dict[str, float]:
+    """Share of completions showing each failure mode, and of those showing any (``prompts`` by id;
+    a completion whose prompt is missing is read without it)."""
     from tasks.failure_modes import FAILURE_MODES, detect_failure_modes
 
-    found = [detect_failure_modes(t, verbose_words) for t in texts]
+    found = [detect_failure_modes(c.text, prompts.get(c.prompt_id), verbose_words, c.truncated) for c in completions]
     rates = {mode: _mean(float(f[mode]) for f in found) for mode in FAILURE_MODES}
     rates["any"] = _mean(float(any(f.values())) for f in found)
     return rates

@@ -5,10 +5,13 @@ Writes: ``pairs.jsonl`` (PreferencePair records), ``train/`` (a `datasets`
 folder in TRL's conversational prompt/chosen/rejected format) and
 ``validation.json`` (the preference-data validation figures).
 
-Dropped: ties, identical responses, near-empty responses, and pairs more similar
-than the threshold (they carry almost no preference signal). Of what is left,
-each prompt keeps its most decisive pair (largest score gap), so no prompt is
-repeated. Optionally the pairs that drive length bias are dropped until the
+Dropped: ties, pairs whose chosen response was cut off at the token budget (it
+would teach the policy to stop mid-thought; TRL's online DPO penalises a missing
+EOS for the same reason), identical responses, near-empty responses, and pairs
+more similar than the threshold (they carry almost no preference signal). Of what
+is left, each prompt keeps its most decisive pair (largest score gap), so no
+prompt is repeated and a prompt whose best pair had a truncated winner keeps its
+next best. Optionally the pairs that drive length bias are dropped until the
 chosen/rejected length ratio is under a cap.
 """
 
@@ -35,9 +38,13 @@ def similarity(a: str, b: str) -> float:
     return SequenceMatcher(None, a.lower(), b.lower()).ratio()
 
 
-def drop_reason(chosen: str, rejected: str, verdict: str, sim: float, config: FilterConfig) -> str | None:
+def drop_reason(
+    chosen: str, rejected: str, verdict: str, sim: float, config: FilterConfig, chosen_truncated: bool = False
+) -> str | None:
     if verdict == "tie":
         return "tie"
+    if chosen_truncated:
+        return "truncated_chosen"
     if chosen.strip() == rejected.strip():
         return "identical"
     if min(len(chosen.strip()), len(rejected.strip())) < config.min_chars:
@@ -53,6 +60,7 @@ def filter_pairs(
     """Kept pairs (one per prompt at most) and the report of what was dropped and why."""
     prompt_text = {p.id: p.text for p in prompts}
     text = {(c.prompt_id, c.index): c.text for c in candidates}
+    truncated = {(c.prompt_id, c.index) for c in candidates if c.truncated}
     dropped: Counter[str] = Counter()
     best: dict[str, PreferencePair] = {}
     for j in judgments:
@@ -60,7 +68,8 @@ def filter_pairs(
         chosen, rejected = (a, b) if j.verdict == "A" else (b, a)
         score_chosen, score_rejected = (j.score_a, j.score_b) if j.verdict == "A" else (j.score_b, j.score_a)
         sim = similarity(a, b) if j.verdict != "tie" else 1.0
-        reason = drop_reason(chosen, rejected, j.verdict, sim, config)
+        chosen_index = j.index_a if j.verdict == "A" else j.index_b
+        reason = drop_reason(chosen, rejected, j.verdict, sim, config, (j.prompt_id, chosen_index) in truncated)
         if reason:
             dropped[reason] += 1
             continue

@@ -14,6 +14,7 @@ dominates a CPU decoding step otherwise (120 ms of 280 ms for 64 rows of 49k).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from pydantic import BaseModel
@@ -62,6 +63,12 @@ class SampleRequest:
     temperature: float
 
 
+class Decoded(NamedTuple):
+    text: str
+    n_tokens: int  # new tokens before EOS
+    truncated: bool  # stopped at max_new_tokens without EOS
+
+
 def render_chat(tokenizer, prompt_text: str) -> str:
     messages = [{"role": "user", "content": prompt_text}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -92,13 +99,13 @@ def sample_batched(
     seed: int,
     top_p: float = 1.0,
     progress: str | None = None,
-) -> dict[tuple, tuple[str, int]]:
-    """Decode every request; returns key -> (text, number of new tokens). Temperature 0 is greedy."""
+) -> dict[tuple, Decoded]:
+    """Decode every request; returns key -> Decoded (text, new tokens, cut at the budget). Temperature 0 is greedy."""
     rendered = [render_chat(tokenizer, r.prompt) for r in requests]
     lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
     device = next(model.parameters()).device
     eos_ids = _eos_ids(model, tokenizer)
-    results: dict[tuple, tuple[str, int]] = {}
+    results: dict[tuple, Decoded] = {}
     bar = tqdm(total=len(requests), desc=progress, unit="seq", disable=progress is None)
     for batch_no, batch in enumerate(length_grouped_batches(requests, lengths, batch_size)):
         temperatures = torch.tensor([requests[i].temperature for i in batch])
@@ -127,7 +134,8 @@ def sample_batched(
             ids = new_tokens[row].tolist()
             n = _count_until_eos(ids, eos_ids, tokenizer.pad_token_id)
             text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-            results[requests[i].key] = (text, n)
+            # No EOS among the new tokens: generation stopped at max_new_tokens, mid-answer.
+            results[requests[i].key] = Decoded(text, n, truncated=n == len(ids))
         bar.update(len(batch))
     bar.close()
     return results
@@ -169,7 +177,8 @@ def generate_candidates(
         progress="generate-candidates" if progress else None,
     )
     return [
-        Candidate(prompt_id=r.key[0], index=r.key[1], text=decoded[r.key][0], temperature=r.temperature, n_tokens=decoded[r.key][1])
+        Candidate(prompt_id=r.key[0], index=r.key[1], text=decoded[r.key].text, temperature=r.temperature,
+                  n_tokens=decoded[r.key].n_tokens, truncated=decoded[r.key].truncated)
         for r in requests
     ]
 
@@ -178,6 +187,7 @@ class GenerateSummary(BaseModel):
     n_candidates: int
     mean_tokens: float
     tokens_per_s: float
+    truncated_share: float | None = None  # cut off at max_new_tokens (None: a result from before it was counted)
     seconds: float
 
 
@@ -187,5 +197,6 @@ def summarize_candidates(candidates: list[Candidate], seconds: float) -> Generat
         n_candidates=len(candidates),
         mean_tokens=n_tokens / max(len(candidates), 1),
         tokens_per_s=n_tokens / seconds if seconds > 0 else 0.0,
+        truncated_share=sum(c.truncated for c in candidates) / max(len(candidates), 1),
         seconds=seconds,
     )

@@ -7,7 +7,8 @@ A ``Judge`` maps (prompt, response A, response B) to a verdict with scores and
 a reason. Judges register by name (``JUDGES``) and configs refer to them so;
 the default ``verifier`` judge runs offline: a response scores the share of its
 prompt's constraints it satisfies (IFEval's checkers), minus a penalty for each
-failure mode it shows (verbose, sycophantic, evasive, repetitive, degenerate).
+failure mode it shows (verbose, sycophantic, evasive, repetitive, degenerate, and
+the gaming a checker invites: stuffed, off_topic, echo, too_short).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from infra.records import Candidate, Judgment, Prompt, Verdict
 from infra.registry import Registry
 from infra.settings import JudgeConfig
 from tasks.constraints import constraint_score
-from tasks.failure_modes import detect_failure_modes
+from tasks.failure_modes import FAILURE_MODES, detect_failure_modes
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class VerifierJudge(Judge):
     name = "verifier"
 
     def __init__(self, config: JudgeConfig, store=None):
+        unknown = sorted(set(config.failure_penalties) - set(FAILURE_MODES))
+        if unknown:
+            raise ValueError(f"judge.failure_penalties: unknown failure modes {unknown}; known: {', '.join(FAILURE_MODES)}")
         self.config = config
         self._scores: dict[tuple[str, str], tuple[float, str]] = {}
 
@@ -79,10 +83,13 @@ class VerifierJudge(Judge):
 
     def _score(self, prompt: Prompt, response: str) -> tuple[float, str]:
         satisfied = constraint_score(response, prompt.constraints)
-        modes = [m for m, found in detect_failure_modes(response, self.config.verbose_words).items() if found]
-        score = satisfied - self.config.failure_penalty * len(modes)
+        modes = [m for m, found in detect_failure_modes(response, prompt, self.config.verbose_words).items() if found]
+        score = satisfied - sum(self.penalty(m) for m in modes)
         why = f"constraints {satisfied:.2f}" + (f", failure modes: {', '.join(modes)}" if modes else "")
         return score, why
+
+    def penalty(self, mode: str) -> float:
+        return self.config.failure_penalties.get(mode, self.config.failure_penalty)
 
     def compare(self, prompt: Prompt, response_a: str, response_b: str) -> Comparison:
         score_a, why_a = self.score(prompt, response_a)

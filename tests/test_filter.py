@@ -7,8 +7,8 @@ from tasks.filter import cap_length_bias, filter_pairs, to_trl_rows, validate_pa
 PROMPTS = [Prompt(id=f"p{i}", text=f"prompt {i}") for i in range(5)]
 
 
-def cand(pid, index, text):
-    return Candidate(prompt_id=pid, index=index, text=text, temperature=0.7, n_tokens=len(text.split()))
+def cand(pid, index, text, truncated=False):
+    return Candidate(prompt_id=pid, index=index, text=text, temperature=0.7, n_tokens=len(text.split()), truncated=truncated)
 
 
 def judg(pid, a, b, verdict, sa, sb):
@@ -37,6 +37,33 @@ def test_drops_each_kind_and_keeps_most_decisive():
     ]
     assert report.dropped == {"identical": 1, "near_empty": 1, "too_similar": 1, "tie": 1, "not_most_decisive": 2}
     assert report.n_kept == 1 and report.validation["duplicate_prompts"] == 0
+
+
+def test_truncated_candidates_are_never_chosen():
+    """A batch with known EOS flags: a cut-off winner never becomes "chosen"; the prompt keeps its next
+    best pair, and a truncated response may still be the rejected one."""
+    candidates = [
+        cand("p0", 0, "The best scoring answer, but it was cut off mid", truncated=True),
+        cand("p0", 1, "A complete answer that ended where it meant to."),
+        cand("p0", 2, "A weak answer with nothing much in it at all."),
+        cand("p1", 0, "Only a cut-off answer won this prompt and it stops", truncated=True),
+        cand("p1", 1, "Its rival finished but scored lower than that one."),
+        cand("p2", 0, "A finished answer beats the cut-off one here."),
+        cand("p2", 1, "The other answer ran out of tokens before it could", truncated=True),
+    ]
+    judgments = [
+        judg("p0", 0, 1, "A", 1.0, 0.5), judg("p0", 0, 2, "A", 1.0, 0.0), judg("p0", 1, 2, "A", 0.5, 0.0),
+        judg("p1", 0, 1, "A", 1.0, 0.0),
+        judg("p2", 0, 1, "A", 1.0, 0.0),
+    ]
+    pairs, report = filter_pairs(PROMPTS, candidates, judgments, FilterConfig())
+    truncated = {c.text for c in candidates if c.truncated}
+    assert not any(p.chosen in truncated for p in pairs)
+    assert [(p.prompt_id, p.chosen, p.rejected) for p in pairs] == [
+        ("p0", "A complete answer that ended where it meant to.", "A weak answer with nothing much in it at all."),
+        ("p2", "A finished answer beats the cut-off one here.", "The other answer ran out of tokens before it could"),
+    ]
+    assert report.dropped == {"truncated_chosen": 3}
 
 
 def test_validation_figures():
