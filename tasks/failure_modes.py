@@ -144,7 +144,7 @@ summarise summarize list main things know key facts short email note friend neig
 coworker colleague asked beginner plain language practical tips some simple tell please
 """.split())
 
-# Built-in prompts whose request asks for prose; a user prompt asks for it in its own words.
+# Requests for prose: the built-in task forms, and the words a user asks for it with.
 _WANTS_PROSE = re.compile(
     r"\b(?:explain|describe|write|summari[sz]e|discuss|outline|list|compare|tips|advice|steps|guide"
     r"|essay|article|blog|story|letter|e-?mail|note|report|review|plan|paragraphs?"
@@ -182,9 +182,8 @@ def _topic_words(topic: str) -> frozenset[str]:
 
 
 def _stem(word: str) -> str:
-    """A crude stem, enough to match gear/gears and composting/compost."""
-    word = word.removesuffix("'s").removesuffix("s")
-    return word[:5]
+    """A crude stem, its first four letters: enough to match gear/gears, swim/swimming, tide/tides."""
+    return word.removesuffix("'s")[:4]
 
 
 def _request(prompt: Prompt) -> str:

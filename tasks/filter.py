@@ -43,7 +43,7 @@ def drop_reason(
 ) -> str | None:
     if verdict == "tie":
         return "tie"
-    if chosen_truncated:
+    if chosen_truncated and config.drop_truncated_chosen:
         return "truncated_chosen"
     if chosen.strip() == rejected.strip():
         return "identical"

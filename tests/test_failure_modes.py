@@ -211,3 +211,55 @@ def test_truncated_is_the_callers_flag():
 def test_without_a_prompt_the_prompt_modes_are_off():
     found = detect_failure_modes("<<t>> P.S. P.S. P.S. ok then", None)
     assert not any(found[m] for m in ("stuffed", "off_topic", "echo", "too_short"))
+
+
+# --- Where the modes show: rates per policy, the round's summary rows, the promotion gate ---
+
+
+def test_failure_rates_read_each_completion_with_its_prompt():
+    from infra.records import Completion
+    from tasks.evaluate import failure_rates
+
+    def answer(prompt_id: str, text: str, truncated: bool = False) -> Completion:
+        return Completion(prompt_id=prompt_id, policy="challenger", text=text, constraint_score=1.0, truncated=truncated)
+
+    completions = [
+        answer("car-oil", "<<my title>>: Checking a car's oil Is there anything else I can help with?"),
+        answer("car-oil", f"{OIL_ANSWER} {END}"),
+        answer("tides", TIDES_ANSWER, truncated=True),
+        answer("tides", TIDES_ANSWER),
+    ]
+    rates = failure_rates(completions, {p.id: p for p in (CAR_OIL, TIDES)}, verbose_words=150)
+    assert set(rates) == {*FAILURE_MODES, "any"}
+    assert (rates["stuffed"], rates["too_short"], rates["truncated"], rates["any"]) == (0.25, 0.25, 0.25, 0.5)
+    assert rates["off_topic"] == rates["echo"] == rates["verbose"] == 0.0
+
+
+def test_round_summary_and_gate_show_the_new_modes():
+    from flows.rows import summary_rows
+    from flows.summary import RoundSummary
+    from infra.settings import PromotionConfig
+    from tasks.evaluate import PairwiseResult
+    from tasks.filter import FilterReport
+    from tasks.generate import GenerateSummary
+    from tasks.promote import Decision, no_more_failure_modes
+
+    def rates(**nonzero: float) -> dict[str, float]:
+        return {**dict.fromkeys(FAILURE_MODES, 0.0), **nonzero}
+
+    pairwise = PairwiseResult(
+        n=10, wins=6, ties=2, losses=2, win_rate=0.7, win_rate_low=0.5, win_rate_high=0.9, consistency_rate=1.0,
+        champion_constraint_rate=0.4, challenger_constraint_rate=0.6, champion_strict_rate=0.2, challenger_strict_rate=0.4,
+        champion_failure_rates=rates(any=0.1, verbose=0.1), challenger_failure_rates=rates(any=0.3, stuffed=0.2, too_short=0.1),
+    )
+    summary = RoundSummary.from_results(
+        "modes", 1, flow_run_id="", mlflow_run_id="", champion_round=0,
+        filter_report=FilterReport(n_judgments=4, n_kept=4, dropped={}, validation={}), train=None, pairwise=pairwise,
+        regression=None, decision=Decision(promote=False, reasons=[]), artifacts="",
+        generate=GenerateSummary(n_candidates=8, mean_tokens=50.0, tokens_per_s=10.0, truncated_share=0.125, seconds=1.0),
+    )
+    rows = dict(summary_rows(summary))
+    assert rows["truncated candidates"] == "12.5%"
+    assert rows["failure modes champion → new"] == "any 10% → 30%, stuffed 0% → 20%, too_short 0% → 10%, verbose 10% → 0%"
+    [check] = no_more_failure_modes(pairwise, PromotionConfig(max_failure_increase=0.05))
+    assert not check.ok and "worse: stuffed, too_short" in check.reason

@@ -64,6 +64,8 @@ def test_truncated_candidates_are_never_chosen():
         ("p2", "A finished answer beats the cut-off one here.", "The other answer ran out of tokens before it could"),
     ]
     assert report.dropped == {"truncated_chosen": 3}
+    _, kept = filter_pairs(PROMPTS, candidates, judgments, FilterConfig(drop_truncated_chosen=False))
+    assert "truncated_chosen" not in kept.dropped and kept.n_kept == 3
 
 
 def test_validation_figures():

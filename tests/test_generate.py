@@ -55,3 +55,27 @@ def test_row_temperature_nucleus_matches_transformers_warpers():
         kept = ~torch.isinf(ours[row])
         assert torch.allclose(ours[row][kept], reference[0][kept])
     assert (~torch.isinf(ours[3])).sum() > 64  # the fallback row kept more than the shortlist
+
+
+def test_truncated_flag_tells_a_cut_off_answer_from_one_that_ended(tiny_model):
+    """The tiny random model never says EOS within a few tokens: every answer is cut at the budget.
+    Once the token it produces third counts as EOS, the same greedy answer ends there instead."""
+    from tasks.generate import render_chat, sample_batched, summarize_candidates
+
+    model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
+    requests = [SampleRequest(key=("p0",), prompt=PROMPTS[0].text, temperature=0.0)]
+    cut = sample_batched(model, tokenizer, requests, max_new_tokens=4, batch_size=1, seed=0)[("p0",)]
+    assert cut.truncated and cut.n_tokens == 4
+
+    enc = tokenizer([render_chat(tokenizer, PROMPTS[0].text)], return_tensors="pt", add_special_tokens=False)
+    greedy = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    third = int(greedy[0, -1])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, third]
+    ended = sample_batched(model, tokenizer, requests, max_new_tokens=6, batch_size=1, seed=0)[("p0",)]
+    assert not ended.truncated and ended.n_tokens <= 2
+
+    config = GenerateConfig(n_candidates=2, max_new_tokens=5, batch_size=4)
+    candidates = generate_candidates(model, tokenizer, PROMPTS, config, seed=1, progress=False)
+    assert all(c.truncated == (c.n_tokens == 5) for c in candidates)
+    share = summarize_candidates(candidates, seconds=1.0).truncated_share
+    assert share == sum(c.truncated for c in candidates) / len(candidates)

@@ -96,3 +96,26 @@ def test_agreement_of_two_judges_on_the_same_pairs(judge):
     figures = judge_agreement(judge, lenient, pairs)
     # Both say A, then A vs tie (inside the lenient margin), then both B.
     assert figures["n"] == 3 and figures["agreement"] == pytest.approx(2 / 3)
+
+
+def test_gaming_modes_cost_score_with_per_mode_penalties(judge):
+    """The proof run's stuffed, terse answer scores below a real answer that meets the same constraint,
+    and a per-mode penalty replaces the default for its mode."""
+    end = "Is there anything else I can help with?"
+    constraint = Constraint(id="startend:end_checker", kwargs={"end_phrase": end})
+    prompt = Prompt(id="oil", text=f'Explain checking a car\'s oil to a beginner. End your answer with the exact phrase "{end}" and nothing after it.',
+                    constraints=[constraint], topic="car-oil")
+    hacked = f"<<my title>>: Checking a car's oil {end}"
+    real = ("Park on level ground and let the engine cool. Pull out the dipstick, wipe it, push it back in and pull it "
+            f"out again: the oil should sit between the two marks. {end}")
+    score, reason = judge.score(prompt, hacked)
+    assert score == pytest.approx(1.0 - 2 * 0.25) and "stuffed, too_short" in reason
+    assert judge.score(prompt, real)[0] == pytest.approx(1.0)
+    assert judge.compare(prompt, hacked, real).verdict == "B"
+    strict = VerifierJudge(JudgeConfig(failure_penalty=0.25, failure_penalties={"stuffed": 0.6}))
+    assert strict.score(prompt, hacked)[0] == pytest.approx(1.0 - 0.6 - 0.25)
+
+
+def test_unknown_failure_mode_penalty_is_refused():
+    with pytest.raises(ValueError, match="unknown failure modes \\['stufed'\\]"):
+        VerifierJudge(JudgeConfig(failure_penalties={"stufed": 0.5}))

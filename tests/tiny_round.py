@@ -29,7 +29,8 @@ def tiny_round_config(tiny_model: str, loop: str, prompt_file: Path, data_dir: P
         "prompts": {"source": "jsonl", "path": str(prompt_file), "n_train": 6, "n_eval": 4},
         "generate": {"n_candidates": 4, "max_new_tokens": 16, "batch_size": 8},
         "judge": {"tie_margin": 0.0},
-        "filter": {"min_chars": 1, "similarity_threshold": 0.99},
+        # The random tiny model never says EOS: every candidate is truncated, and kept so a round still trains.
+        "filter": {"min_chars": 1, "similarity_threshold": 0.99, "drop_truncated_chosen": False},
         "train": {"epochs": 1, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_length": 64},
         "evaluate": {"max_new_tokens": 16, "batch_size": 8, "bootstrap_samples": 200},
         "regression": {"tasks": ["arc_easy"], "limit": 4, "batch_size": 8},
