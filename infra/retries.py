@@ -25,7 +25,8 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 logger = logging.getLogger("flywheel.retries")
@@ -219,14 +220,20 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 
 def _transient_state(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only when the failure was a transient error."""
+    """Prefect ``retry_condition_fn``: retry the stage only when it failed with a storage or
+    connection error (the same set as before the network calls retried themselves)."""
     from infra.s3_store import ArtifactStoreError
 
     try:
         error = state.result(raise_on_failure=False)
     except Exception:
         return False
-    return isinstance(error, BaseException) and (isinstance(error, ArtifactStoreError) or is_transient(error))
+    errors: list[type] = [ArtifactStoreError, ConnectionError, TimeoutError]
+    if _loaded("httpx") is not None:
+        errors.append(sys.modules["httpx"].TransportError)
+    if _loaded("requests") is not None:
+        errors.extend([sys.modules["requests"].exceptions.ConnectionError, sys.modules["requests"].exceptions.Timeout])
+    return isinstance(error, tuple(errors))
 
 
 TRANSIENT_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient_state}

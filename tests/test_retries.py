@@ -103,9 +103,9 @@ def _raised_while_handling(error: BaseException, context: BaseException) -> Base
 
 
 def _cases():
-    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
     import httpx
     import requests
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
     from mlflow.exceptions import MlflowException, RestException
 
     return [
