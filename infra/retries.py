@@ -25,7 +25,8 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 logger = logging.getLogger("flywheel.retries")
