@@ -213,6 +213,3 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     text = re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
     text = re.sub(r"(\w+://[^\s?'\"]*)\?[^\s'\"]*", r"\1?***", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --- legacy: Prefect retries of whole stages ---------------------------------------------
