@@ -148,8 +148,15 @@ class DiagnosticsConfig(Section):
 
     initial_loss_tolerance: float = Field(
         0.02, gt=0,
-        description="The first step's DPO loss must be within this of ln 2 = 0.693 (the policy equals its reference "
-        "there); further off raises reference_mismatch.",
+        description="When the first step's DPO loss is known in advance (sigmoid DPO alone, train.nll_weight 0, from "
+        "the policy's own reference), it must be within this of ln 2 = 0.693; further off raises reference_mismatch.",
+    )
+    initial_reward_tolerance: float = Field(
+        0.05, gt=0,
+        description="The first step's implicit rewards (beta x log-ratio to the reference, chosen and rejected) must be "
+        "within this of what the reference implies before any update: 0 when the reference is the starting policy; "
+        "with train.reference 'initial' from round 2 on, inside the range of the pairs' starting rewards, measured "
+        "before training. Further off raises reference_mismatch.",
     )
     reward_accuracy_band: tuple[float, float] = Field(
         (0.55, 0.95),
@@ -158,8 +165,9 @@ class DiagnosticsConfig(Section):
     )
     over_optimization_ratio: float = Field(
         0.25, ge=0,
-        description="over_optimization is raised when the last held-out margin is below this share of the training "
-        "margin (mean over the second half of the steps), that margin being above over_optimization_min_margin.",
+        description="over_optimization is raised when the held-out margin's gain (at the kept epoch, over its value "
+        "before training) is below this share of the training margin's gain (mean over the second half of the steps "
+        "up to the kept epoch, over its value before training), that gain being above over_optimization_min_margin.",
     )
     over_optimization_min_margin: float = Field(
         0.1, ge=0, description="Training margins at or below this are too small to judge: no over_optimization alarm."
@@ -190,6 +198,14 @@ MANAGED_DPO_ARGS = {
     "save_strategy": "the train stage saves the adapter and merged model in its own folder",
     "logging_steps": "the training alarms read every step's log",
     "report_to": "Flywheel logs the training metrics to MLflow itself",
+    "loss_type": "set train.nll_weight instead (sigmoid DPO, plus TRL's 'sft' NLL term on the chosen response when > 0)",
+    "loss_weights": "set train.nll_weight instead (the weight of the NLL term; the DPO term's is 1)",
+    "precompute_ref_log_probs": "set train.reference instead (its log-probabilities are always computed once, before training)",
+    "load_best_model_at_end": "set train.keep_best_epoch instead",
+    "metric_for_best_model": "set train.keep_best_epoch instead (the held-out loss decides)",
+    "greater_is_better": "set train.keep_best_epoch instead (the held-out loss decides)",
+    "save_total_limit": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
+    "save_only_model": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
 }
 
 
@@ -229,11 +245,36 @@ class TrainConfig(Section):
         6 * 3600, gt=0, description="How long the round waits for a dispatched training run."
     )
     min_pairs: int = Field(2, ge=1, description="A round that keeps fewer pairs than this skips training (and promotion).")
+    reference: Literal["initial", "champion"] = Field(
+        "initial",
+        description="DPO reference model. 'initial': the round-0 policy (model.base) in every round, as RLHFlow's and "
+        "OpenRLHF's iterative DPO do, so rounds cannot drift step by step away from it (its log-probabilities of the "
+        "round's pairs are computed once, then it is freed). 'champion': the policy the round starts from (the "
+        "adapter-disabled champion), which re-anchors every round on the last one.",
+    )
+    nll_weight: float = Field(
+        1.0, ge=0,
+        description="Weight of an NLL term on the chosen response (per-token mean) added to the DPO loss: TRL's "
+        "loss_type [sigmoid, sft] with loss_weights [1, nll_weight]. Iterative RPO (Pang et al. 2024) uses 1 and found "
+        "it decisive against chosen likelihoods falling round after round; 0 trains on the DPO loss alone.",
+    )
+    replay_share: float = Field(
+        0.25, ge=0, lt=1,
+        description="Share of the round's training set drawn (seeded, without duplicates) from earlier rounds' kept "
+        "pairs, so a round does not unlearn what earlier ones taught; capped by how many there are. The held-out "
+        "pairs stay this round's own. 0 disables.",
+    )
+    keep_best_epoch: bool = Field(
+        True,
+        description="Keep the epoch with the lowest held-out loss (the round's held-out pairs, scored each epoch; the "
+        "loss includes the NLL term) rather than the last one. Needs held-out pairs (train.heldout_share > 0); "
+        "without them the last epoch is kept.",
+    )
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig, description="Thresholds of the training alarms.")
     dpo_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. loss_type, label_smoothing, "
-        "lr_scheduler_type); keys must be DPOConfig fields, and those Flywheel sets from its own fields "
+        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. label_smoothing, "
+        "lr_scheduler_type, weight_decay); keys must be DPOConfig fields, and those Flywheel sets from its own fields "
         "(beta, learning_rate, num_train_epochs, ...: MANAGED_DPO_ARGS) are refused.",
     )
 
