@@ -199,11 +199,11 @@ def judge_verbose_words(judge: Judge) -> int:
     return getattr(config, "verbose_words", 150)
 
 
-def failure_rates(texts: list[str], verbose_words: int = 150) -> dict[str, float]:
+def failure_rates(completions: list[Completion], prompts: dict[str, Prompt], verbose_words: int = 150) -> dict[str, float]:
     """Share of responses showing each failure mode, and of those showing any."""
     from tasks.failure_modes import FAILURE_MODES, detect_failure_modes
 
-    found = [detect_failure_modes(t, verbose_words) for t in texts]
+    found = [detect_failure_modes(c.text, verbose_words) for c in completions]
     rates = {mode: _mean(float(f[mode]) for f in found) for mode in FAILURE_MODES}
     rates["any"] = _mean(float(any(f.values())) for f in found)
     return rates
