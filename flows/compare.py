@@ -3,7 +3,8 @@ default) on the held-out prompts, judged as the pairwise eval judges a round.
 
 A round only ever meets the champion it started from, so small steps can each win by a little
 while the sum of them is unknown; this measures the sum. Writes
-``<loop>/compare/round-NNN-vs-round-MMM/`` (completions, verdicts, pairwise.json, and
+``<loop>/compare/round-NNN-vs-round-MMM/`` (completions, verdicts, pairwise.json with the
+seen and unseen constraint types' rates and the unconstrained prompts' figures, and
 regression.json: both policies' benchmark scores under the promotion gate's tolerance), one MLflow run,
 a Prefect markdown artifact, and adds the result to ``<loop>/comparisons.json`` for the report.
 """
@@ -60,9 +61,9 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     """The champion (or ``challenger_round``'s policy) against ``baseline_round``'s policy."""
     from prefect.artifacts import create_markdown_artifact
 
-    from flows.stages import regression_between
+    from flows.stages import baseline_answers, regression_between
     from tasks.evaluate import pairwise_between, pairwise_metrics, write_pairwise
-    from tasks.prompts import load_prompts, select_prompts
+    from tasks.prompts import load_prompts, select_prompts, unconstrained_prompts
 
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
@@ -77,12 +78,15 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     try:
         # "champion" in the records is the baseline policy, "challenger" the later one.
         before, after = ((local_checkpoint(who, store, config.storage.data_dir), who.checkpoint) for who in (baseline, challenger))
-        completions, result, verdicts = pairwise_between(prompts, before[0], after[0], config, store)
+        everyday = unconstrained_prompts(config.evaluate.n_unconstrained, config.evaluate.seed)
+        run = pairwise_between(prompts, before[0], after[0], config, store, unconstrained=everyday,
+                               baseline=baseline_answers(store, config, everyday))
+        result = run.result
         # The same benchmarks and tolerance as the promotion gate: drops that each round's gate let
         # through one at a time must not add up to one it would refuse.
         _, _, regression = regression_between(store, config, before, after)
         with store.stage(key) as out:
-            write_pairwise(out, completions, verdicts, result)
+            write_pairwise(out, run)
             (out / layout.REGRESSION_RESULT).write_text(regression.model_dump_json(indent=2))
         metrics = {f"compare/{k}": v for k, v in pairwise_metrics(result).items()}
         metrics.update({f"compare/{t.task}/delta": t.delta for t in regression.tasks})

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from infra import layout
 from infra.champion import crown
-from infra.records import Candidate, Champion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
+from infra.records import Candidate, Champion, Completion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
 from infra.settings import FlywheelConfig
 from infra.store import ArtifactStore, CorruptArtifactError, hash_json
 from infra.tracking import Tracker
@@ -283,19 +283,49 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
 
 @task(name=layout.EVALUATE, cache_policy=NO_CACHE)
 def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: StageResult) -> StageResult:
-    """The challenger against the champion on the held-out prompts, judged in both orders."""
+    """The challenger against the champion on the held-out prompts, judged in both orders; both
+    (and the round-0 policy, cached) on the unconstrained prompts."""
     from tasks.evaluate import PairwiseResult, pairwise_between, pairwise_metrics, write_pairwise
+    from tasks.prompts import unconstrained_prompts
 
     def compute(out: Path) -> PairwiseResult:
         held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)
+        everyday = unconstrained_prompts(ctx.config.evaluate.n_unconstrained, ctx.config.evaluate.seed)
+        baseline = baseline_answers(ctx.store, ctx.config, everyday)
         challenger_checkpoint = str(ctx.store.local_path(challenger.key) / layout.MERGED)
-        completions, result, verdicts = pairwise_between(held_out, ctx.champion_checkpoint, challenger_checkpoint, ctx.config, ctx.store)
-        write_pairwise(out, completions, verdicts, result)
-        return result
+        run = pairwise_between(held_out, ctx.champion_checkpoint, challenger_checkpoint, ctx.config, ctx.store,
+                               unconstrained=everyday, baseline=baseline)
+        write_pairwise(out, run)
+        return run.result
 
+    # "prompts": the unseen constraint types (prompts.unseen_types) split the constraint rates.
     return run_stage(ctx, layout.EVALUATE, compute, result_type=PairwiseResult, result_file=layout.PAIRWISE,
                      reads=[challenger, prompts], starts_from=ctx.champion.checkpoint,
-                     config_sections=["model", "evaluate", "judge"], metrics=pairwise_metrics)
+                     config_sections=["model", "prompts", "evaluate", "judge"], metrics=pairwise_metrics)
+
+
+def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list[Prompt]) -> list[Completion]:
+    """The round-0 policy's answers to the unconstrained ``prompts``, generated once and cached in
+    the store beside the loop (keyed by the base model and the eval's settings), so every round's
+    length is measured against the same answers."""
+    from infra.champion import base_policy, local_checkpoint
+    from infra.models import load_model, load_tokenizer
+    from tasks.evaluate import generate_completions
+
+    if not prompts:
+        return []
+    digest = hash_json({"checkpoint": config.model.base, "model": config.model.model_dump(mode="json"),
+                        "evaluate": config.evaluate.model_dump(mode="json"), "prompts": [p.model_dump(mode="json") for p in prompts]})
+    cache_key = layout.baseline_answers_key(config.loop, digest)
+    cached = store.read_json(cache_key)
+    if cached is not None:
+        return [Completion.model_validate(c) for c in cached]
+    checkpoint = local_checkpoint(base_policy(config), store, config.storage.data_dir)
+    model = load_model(checkpoint, config.model)
+    # Recorded as the champion's: the round-0 policy is the champion the first round meets.
+    answers = generate_completions(model, load_tokenizer(checkpoint), prompts, "champion", config.evaluate)
+    store.write_json(cache_key, [a.model_dump(mode="json") for a in answers])
+    return answers
 
 
 def benchmark_scores(store: ArtifactStore, config: FlywheelConfig, checkpoint: str, identity: str) -> dict:

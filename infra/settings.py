@@ -50,11 +50,27 @@ class PromptsConfig(Section):
         "'id', 'topic', 'split' ('train'/'eval') and 'constraints' ([{id, kwargs}]).",
     )
     n_train: int = Field(128, ge=1, description="Training-pool prompts sampled per round.")
-    n_eval: int = Field(96, ge=1, description="Held-out prompts for the pairwise eval (fixed across rounds).")
+    n_eval: int = Field(
+        192, ge=1,
+        description="Held-out prompts for the pairwise eval (fixed across rounds; the built-in pool holds ~415). "
+        "Sized for promotion.win_rate_bound 'lower': a per-prompt score (win 1, tie 0.5, loss 0) has a standard "
+        "deviation of at most 0.5, so the 95% interval reaches at most 1.96 x 0.5 / sqrt(n) below the win rate: "
+        "0.071 at 192 prompts (0.087 at 128, 0.141 at 48), less with ties. A challenger winning 57-58% without "
+        "ties, or ~55% with half the pairs tied, clears a 0.5 bar at 192.",
+    )
     eval_topic_share: float = Field(
         0.25, gt=0, lt=1, description="Share of built-in topics reserved for the held-out set."
     )
-    seed: int = Field(0, description="Seed of the built-in prompt generator and of the split.")
+    unseen_types: list[str] | None = Field(
+        None,
+        description="IFEval constraint ids held out of training to measure generalisation: no training prompt "
+        "carries one, and the eval reports satisfaction on them apart from the others. None: for the built-in "
+        "source, a quarter of its 15 types drawn by `seed` (tasks/prompts.py::default_unseen_types; about half "
+        "the held-out prompts then carry one); for a prompt file, none. For a prompt file, training prompts "
+        "carrying a listed type are left out of the training pool (the count is logged); its eval prompts keep them. "
+        "[] turns the split off.",
+    )
+    seed: int = Field(0, description="Seed of the built-in prompt generator, of the split and of the default unseen types.")
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> "PromptsConfig":
@@ -295,6 +311,13 @@ class EvalConfig(Section):
     )
     batch_size: int = Field(48, ge=1, description="Sequences decoded together.")
     bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the win-rate 95% interval.")
+    n_unconstrained: int = Field(
+        64, ge=0,
+        description="Everyday requests with nothing to check (tasks/data/unconstrained.jsonl, 80 of them; all "
+        "when more are asked) that both policies answer too: their length (mean, quartiles), every failure mode's "
+        "rate and, with a model judge (evaluate.judge or judge.name 'openai'), a win rate. The round-0 policy's "
+        "answers are generated once and cached, for promotion.max_length_drift. 0 disables.",
+    )
     seed: int = Field(0, description="Seed of sampling (when temperature > 0) and of the bootstrap.")
 
 
@@ -322,7 +345,19 @@ class PromotionConfig(Section):
         0.5,
         ge=0,
         le=1,
-        description="The challenger must beat this win rate (ties count half) against the champion.",
+        description="The challenger must beat this win rate (ties count half) against the champion; which end "
+        "of the estimate must beat it is win_rate_bound.",
+    )
+    win_rate_bound: Literal["lower", "point"] = Field(
+        "lower",
+        description="'lower': the win rate's 95% interval (bootstrap over prompts) must lie above min_win_rate, so "
+        "a win is more than a coin flip (prompts.n_eval sizes the interval); 'point': the win rate itself must.",
+    )
+    max_length_drift: float | None = Field(
+        0.25, gt=0,
+        description="Largest accepted change of the mean answer length on the unconstrained prompts against the "
+        "ROUND-0 policy (0.25 = within +-25% of its mean words), so length drift cannot add up round by round. "
+        "None disables; no check when evaluate.n_unconstrained is 0.",
     )
     require_regression_pass: bool = Field(True, description="Block promotion when a benchmark drops beyond tolerance.")
     require_length_controlled_win: bool = Field(
@@ -332,8 +367,8 @@ class PromotionConfig(Section):
     )
     max_failure_increase: float = Field(
         0.05, ge=0, le=1,
-        description="Largest accepted rise in the share of held-out answers showing any failure mode "
-        "(verbose, sycophantic, evasive, repetitive, degenerate).",
+        description="Largest accepted rise in the share of answers showing any failure mode (tasks/failure_modes.py), "
+        "on the held-out prompts and, apart, on the unconstrained prompts.",
     )
     blocking_alarms: list[str] = Field(
         ["reference_mismatch"],
