@@ -47,6 +47,7 @@ UNCONSTRAINED_VERDICTS = "unconstrained_verdicts.jsonl"  # evaluate: a model jud
 BENCHMARKS_BEFORE = "before.json"  # regression
 BENCHMARKS_AFTER = "after.json"  # regression
 LOOP_FIGURE = "loop.png"  # figures
+EXAMPLES = "examples.md"  # flywheel compare: the held-out answers that gained and lost most
 # Each stage's typed result, the record the runner reloads when it resumes past the stage.
 STAGE_SUMMARY = "summary.json"  # prompts, generate, judge
 FILTER_REPORT = "report.json"

@@ -394,3 +394,32 @@ def failure_rates(completions: list[Completion], prompts: dict[str, Prompt], ver
 def _mean(values) -> float:
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
+
+
+class Example(BaseModel):
+    """One held-out prompt answered by both policies: what a reader checks the scores against."""
+
+    prompt_id: str
+    prompt: str
+    outcome: str  # the later policy's, by the judge: "win", "tie" or "loss"
+    before: str  # the earlier policy's answer ("champion" in the records)
+    before_score: float  # share of the prompt's constraints it met
+    after: str
+    after_score: float
+
+
+def telling_examples(prompts: list[Prompt], completions: dict[str, list[Completion]], verdicts: list[PairVerdict],
+                     n: int = 3) -> tuple[list[Example], list[Example]]:
+    """The ``n`` held-out prompts where the later policy gained most on the earlier one, and the ``n``
+    where it lost most: by the change in constraint satisfaction, then the judge's outcome."""
+    before = {c.prompt_id: c for c in completions["champion"]}
+    after = {c.prompt_id: c for c in completions["challenger"]}
+    outcome = {v.prompt_id: v.outcome for v in verdicts}
+    examples = [
+        Example(prompt_id=p.id, prompt=p.text, outcome=outcome[p.id], before=before[p.id].text,
+                before_score=before[p.id].constraint_score, after=after[p.id].text, after_score=after[p.id].constraint_score)
+        for p in prompts if p.id in outcome and p.id in before and p.id in after
+    ]
+    rank = {"loss": 0, "tie": 1, "win": 2}
+    examples.sort(key=lambda e: (e.after_score - e.before_score, rank[e.outcome], e.prompt_id))
+    return examples[::-1][:n], examples[:n]

@@ -126,3 +126,17 @@ def test_only_a_model_judge_judges_the_unconstrained_prompts():
     assert model_judge_name(FlywheelConfig.model_validate({"judge": {"name": "openai"}})) == "openai"
     assert model_judge_name(FlywheelConfig.model_validate({"evaluate": {"judge": "openai"}})) == "openai"
     assert model_judge_name(FlywheelConfig.model_validate({"judge": {"name": "openai"}, "evaluate": {"judge": "verifier"}})) == "openai"
+
+
+def test_telling_examples_are_the_largest_gains_and_losses(judge):
+    from tasks.evaluate import telling_examples
+
+    champion = completions("champion", CHAMPION)
+    # b loses its lowercase: a loss for the later policy; a and c gain a constraint each.
+    later = dict(CHALLENGER, b="Tea is brewed from leaves. Boil the kettle and wait three minutes.")
+    challenger = completions("challenger", later)
+    _, verdicts = evaluate_pairwise(PROMPTS, champion, challenger, judge, EvalConfig(), UNSEEN)
+    best, worst = telling_examples(PROMPTS, {"champion": champion, "challenger": challenger}, verdicts, n=2)
+    assert [e.prompt_id for e in best] == ["c", "a"] and [e.after_score - e.before_score for e in best] == [1.0, 0.5]
+    assert worst[0].prompt_id == "b" and worst[0].after_score == worst[0].before_score == 0.0
+    assert best[0].before == CHAMPION["c"] and best[0].after == CHALLENGER["c"] and best[0].prompt == PROMPTS[2].text
