@@ -121,7 +121,7 @@ def bench_training(checkpoint: str, pairs, batch_size: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         # No held-out split: both sides train on the same pairs, and nothing else is timed.
         config = TrainConfig(epochs=1, batch_size=batch_size, beta=[0.1], learning_rate=[5e-5], lora_r=8, lora_alpha=16, max_length=256,
-                             heldout_share=0)
+                             heldout_share=0, nll_weight=0.0, replay_share=0.0)  # plain DPO, as the baseline
         ours = train_policy(checkpoint, pairs, config, ModelConfig(), 1, Path(tmp) / "ours")
         guide_s = guide_train(checkpoint, pairs, str(Path(tmp) / "guide"))
     guide_rate = len(pairs) / guide_s

@@ -112,7 +112,7 @@ def _report(config: FlywheelConfig, args) -> int:
 
 
 def _compare(config: FlywheelConfig, args) -> int:
-    from flows.compare import CompareError, compare_rounds
+    from flows.compare import CompareError, compare_rounds, examples_markdown
     from flows.render import as_text
     from flows.rows import comparison_rows, figure_table
     from infra.champion import ChampionError
@@ -125,6 +125,8 @@ def _compare(config: FlywheelConfig, args) -> int:
     print(f"\nround {comparison.challenger_round} against round {comparison.baseline_round} "
           f"on {comparison.n_prompts} held-out prompts:")
     print(as_text(figure_table(comparison_rows(comparison))))
+    print()
+    print(examples_markdown(comparison.best, comparison.worst, comparison.challenger_round, comparison.baseline_round))
     print(f"artifacts: {comparison.artifacts}")
     return 0
 

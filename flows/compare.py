@@ -3,7 +3,8 @@ default) on the held-out prompts, judged as the pairwise eval judges a round.
 
 A round only ever meets the champion it started from, so small steps can each win by a little
 while the sum of them is unknown; this measures the sum. Writes
-``<loop>/compare/round-NNN-vs-round-MMM/`` (completions, verdicts, pairwise.json, and
+``<loop>/compare/round-NNN-vs-round-MMM/`` (completions, verdicts, pairwise.json with the
+seen and unseen constraint types' rates and the unconstrained prompts' figures, and
 regression.json: both policies' benchmark scores under the promotion gate's tolerance), one MLflow run,
 a Prefect markdown artifact, and adds the result to ``<loop>/comparisons.json`` for the report.
 """
@@ -22,7 +23,7 @@ from infra.retries import call_with_retries
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
 from infra.tracking import Tracker
-from tasks.evaluate import PairwiseResult
+from tasks.evaluate import Example, PairwiseResult
 from tasks.regression import RegressionResult
 
 
@@ -37,6 +38,8 @@ class Comparison(BaseModel):
     n_prompts: int
     result: PairwiseResult
     regression: RegressionResult | None = None  # the benchmarks of both, under the promotion gate's tolerance
+    best: list[Example] = []  # held-out prompts where the later policy gained most: read them
+    worst: list[Example] = []  # and where it lost most
     artifacts: str
     mlflow_run_id: str = ""
 
@@ -55,14 +58,27 @@ def comparison_markdown(c: Comparison) -> str:
     ])
 
 
+def examples_markdown(best: list[Example], worst: list[Example], later: int, earlier: int) -> str:
+    """The telling examples side by side, as the compare stage's ``examples.md`` and the CLI print them."""
+    def block(title: str, examples: list[Example]) -> list[str]:
+        lines = [f"## {title}", ""]
+        for e in examples:
+            lines += [f"**{e.prompt}**", "",
+                      f"- round {earlier} (constraints met {e.before_score:.0%}): {e.before}",
+                      f"- round {later} (constraints met {e.after_score:.0%}, judged a {e.outcome}): {e.after}", ""]
+        return lines
+
+    return "\n".join(block(f"Where round {later} gained most", best) + block(f"Where round {later} lost most", worst))
+
+
 @flow(name="flywheel-compare", flow_run_name="{config.loop}-compare")
 def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_round: int | None = None) -> Comparison:
     """The champion (or ``challenger_round``'s policy) against ``baseline_round``'s policy."""
     from prefect.artifacts import create_markdown_artifact
 
-    from flows.stages import regression_between
-    from tasks.evaluate import pairwise_between, pairwise_metrics, write_pairwise
-    from tasks.prompts import load_prompts, select_prompts
+    from flows.stages import baseline_answers, regression_between
+    from tasks.evaluate import pairwise_between, pairwise_metrics, telling_examples, write_pairwise
+    from tasks.prompts import load_prompts, select_prompts, unconstrained_prompts
 
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
@@ -77,13 +93,18 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     try:
         # "champion" in the records is the baseline policy, "challenger" the later one.
         before, after = ((local_checkpoint(who, store, config.storage.data_dir), who.checkpoint) for who in (baseline, challenger))
-        completions, result, verdicts = pairwise_between(prompts, before[0], after[0], config, store)
+        everyday = unconstrained_prompts(config.evaluate.n_unconstrained, config.evaluate.seed)
+        run = pairwise_between(prompts, before[0], after[0], config, store, unconstrained=everyday,
+                               baseline=baseline_answers(store, config, everyday))
+        result = run.result
         # The same benchmarks and tolerance as the promotion gate: drops that each round's gate let
         # through one at a time must not add up to one it would refuse.
         _, _, regression = regression_between(store, config, before, after)
+        best, worst = telling_examples(prompts, run.completions, run.verdicts)
         with store.stage(key) as out:
-            write_pairwise(out, completions, verdicts, result)
+            write_pairwise(out, run)
             (out / layout.REGRESSION_RESULT).write_text(regression.model_dump_json(indent=2))
+            (out / layout.EXAMPLES).write_text(examples_markdown(best, worst, challenger.round, baseline.round))
         metrics = {f"compare/{k}": v for k, v in pairwise_metrics(result).items()}
         metrics.update({f"compare/{t.task}/delta": t.delta for t in regression.tasks})
         metrics["compare/regression_passed"] = float(regression.passed)
@@ -94,6 +115,7 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
     comparison = Comparison(
         loop=config.loop, challenger_round=challenger.round, baseline_round=baseline.round, n_prompts=len(prompts),
         result=result, regression=regression, artifacts=store.uri(key), mlflow_run_id=tracker.run_id or "",
+        best=best, worst=worst,
     )
     others = [c for c in read_comparisons(store, config.loop) if (c.challenger_round, c.baseline_round) != (challenger.round, baseline.round)]
     store.write_json(layout.comparisons_key(config.loop), [c.model_dump() for c in others + [comparison]])

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from flows.compare import Comparison
     from flows.summary import RoundSummary
+    from tasks.evaluate import UnconstrainedResult
 
 Cell = str | int  # counts stay numbers, so a Prefect table artifact keeps them as such
 Row = tuple[str, Cell]  # (figure, value)
@@ -52,6 +53,12 @@ def _rates(before: dict[str, float], after: dict[str, float]) -> str:
     return ", ".join(f"{m} {_num(before.get(m), '.0%')} → {_num(after.get(m), '.0%')}" for m in modes) or "-"
 
 
+def _words(round0: float | None, before: float | None, after: float | None) -> str:
+    """Mean words before → after, with round 0's (the drift gate's reference) when known."""
+    change = _change(before, after, ".0f")
+    return change if round0 is None or change == "-" else f"{change} (round 0: {_num(round0, '.0f')})"
+
+
 def decision(promoted: bool) -> str:
     return "PROMOTED" if promoted else "rejected"
 
@@ -66,6 +73,13 @@ def summary_rows(s: RoundSummary) -> list[Row]:
         ("win rate [95% CI]", _interval(s.win_rate, s.win_rate_low, s.win_rate_high)),
         ("LC win rate", _num(s.lc_win_rate)),
         ("constraints champion → new", _change(s.constraint_rate_champion, s.constraint_rate_challenger)),
+        ("seen types champion → new", _change(s.seen_rate_champion, s.seen_rate_challenger)),
+        ("unseen types champion → new", _change(s.unseen_rate_champion, s.unseen_rate_challenger)),
+        ("unconstrained: words", _words(s.unconstrained_words_round0, s.unconstrained_words_champion,
+                                        s.unconstrained_words_challenger)),
+        ("unconstrained: with a failure mode",
+         _change(s.unconstrained_failure_champion, s.unconstrained_failure_challenger)),
+        ("unconstrained: win rate", _num(s.unconstrained_win_rate)),
         ("failure modes champion → new", _rates(s.failure_rates_champion, s.failure_rates_challenger)),
         ("benchmark Δ (points)", ", ".join(f"{task} {delta * 100:+.1f}" for task, delta in s.regression_deltas.items()) or "-"),
         ("alarms", ", ".join(s.alarms) or "-"),
@@ -89,10 +103,28 @@ def comparison_rows(c: Comparison) -> list[Row]:
         ("every constraint met", _change(r.champion_strict_rate, r.challenger_strict_rate)),
         ("mean words", _change(r.champion_mean_words, r.challenger_mean_words, ".0f")),
         ("answers with a failure mode", _change(r.champion_failure_rates.get("any"), r.challenger_failure_rates.get("any"))),
+        ("seen types met", _change(r.champion_seen_rate, r.challenger_seen_rate)),
+        ("unseen types met", _change(r.champion_unseen_rate, r.challenger_unseen_rate)),
+        *_unconstrained_rows(r.unconstrained),
         ("failure modes", _rates(r.champion_failure_rates, r.challenger_failure_rates)),
         *((t.task, f"{t.before:.3f} → {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")
           for t in (c.regression.tasks if c.regression else [])),
     ]
+
+
+def _unconstrained_rows(u: UnconstrainedResult | None) -> list[Row]:
+    """The unconstrained prompts' figures: length, failure modes and a model judge's verdicts."""
+    if u is None:
+        return []
+    quartiles = lambda q: "/".join(format(v, ".0f") for v in q) or "-"  # noqa: E731
+    rows = [
+        ("unconstrained: words", _words(u.baseline_mean_words, u.champion_mean_words, u.challenger_mean_words)),
+        ("unconstrained: words q1/median/q3", f"{quartiles(u.champion_quartiles)} → {quartiles(u.challenger_quartiles)}"),
+        ("unconstrained: with a failure mode", _change(u.champion_failure_rates.get("any"), u.challenger_failure_rates.get("any"))),
+    ]
+    if u.judge is not None:
+        rows.append((f"unconstrained: win rate ({u.judge}) [95% CI]", _interval(u.win_rate, u.win_rate_low, u.win_rate_high)))
+    return rows
 
 
 def comparisons_table(comparisons: list[Comparison]) -> Table:

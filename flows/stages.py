@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from infra import layout
 from infra.champion import crown
-from infra.records import Candidate, Champion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
+from infra.records import Candidate, Champion, Completion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
 from infra.settings import FlywheelConfig
 from infra.store import ArtifactStore, CorruptArtifactError, hash_json
 from infra.tracking import Tracker
@@ -231,51 +231,101 @@ def filter_pairs_task(ctx: RoundContext, prompts: StageResult, candidates: Stage
                      reads=[prompts, candidates, judgments], config_sections=["filter"], metrics=metrics)
 
 
+def earlier_pairs(ctx: RoundContext) -> list[StageResult]:
+    """The filter stages of the rounds before this one that are complete (replay reads their pairs)."""
+    keys = [layout.stage_key(ctx.loop, r, layout.FILTER) for r in range(1, ctx.round_index)]
+    return [StageResult(key, None) for key in keys if ctx.store.is_complete(key)]
+
+
 @task(name=layout.TRAIN, cache_policy=NO_CACHE)
 def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
-    """A challenger: the champion DPO-trained (LoRA) on the round's pairs, merged."""
+    """A challenger: the champion DPO-trained (LoRA) on the round's pairs (and some of earlier
+    rounds', train.replay_share) against the reference train.reference names, merged."""
+    from infra.champion import base_policy, local_checkpoint
     from tasks.figures import training_figure
     from tasks.train import TrainResult, train_policy
+
+    cfg = ctx.config
+    # Earlier rounds' pairs are inputs too: a resumed round replays the same ones.
+    replay_from = earlier_pairs(ctx) if cfg.train.replay_share > 0 else []
 
     def log_step(logs: dict, step: int) -> None:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=step)
 
     def compute(out: Path) -> TrainResult:
         kept = _records(ctx, pairs, layout.PAIRS, PreferencePair)
-        cfg = ctx.config
-        result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step)
+        earlier = [pair for stage in replay_from for pair in _records(ctx, stage, layout.PAIRS, PreferencePair)]
+        reference = local_checkpoint(base_policy(cfg), ctx.store, ctx.data_dir) if cfg.train.reference == "initial" else None
+        result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
+                              reference_checkpoint=reference, earlier_pairs=earlier)
         training_figure(result.log_history, out / layout.TRAINING_FIGURE, f"{ctx.loop} round {ctx.round_index}: DPO training")
         return result
 
     def metrics(result: TrainResult) -> dict[str, float]:
-        return {
+        figures = {
             "initial_loss": result.initial_loss, "final_loss": result.final_loss,
             "final_reward_accuracy": result.final_reward_accuracy, "final_reward_margin": result.final_reward_margin,
             "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
-            "alarms": len(result.alarms),
+            "alarms": len(result.alarms), "n_pairs": result.n_pairs, "n_replayed": result.n_replayed,
+            "nll_weight": result.nll_weight, "reference_initial": float(result.reference == "initial"),
+            "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
         }
+        if result.best_epoch is not None:
+            figures.update(best_epoch=result.best_epoch, kept_heldout_loss=result.kept_heldout_loss)
+        return figures
 
     trained = run_stage(ctx, layout.TRAIN, compute, result_type=TrainResult, result_file=layout.TRAIN_RESULT,
-                        reads=[pairs], starts_from=ctx.champion.checkpoint, config_sections=["model", "train"], metrics=metrics)
+                        reads=[pairs, *replay_from], starts_from=ctx.champion.checkpoint, config_sections=["model", "train"],
+                        metrics=metrics)
     ctx.tracker.log_artifact(ctx.store.local_path(trained.key) / layout.TRAINING_FIGURE, layout.FIGURES)
     return trained
 
 
 @task(name=layout.EVALUATE, cache_policy=NO_CACHE)
 def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: StageResult) -> StageResult:
-    """The challenger against the champion on the held-out prompts, judged in both orders."""
+    """The challenger against the champion on the held-out prompts, judged in both orders; both
+    (and the round-0 policy, cached) on the unconstrained prompts."""
     from tasks.evaluate import PairwiseResult, pairwise_between, pairwise_metrics, write_pairwise
+    from tasks.prompts import unconstrained_prompts
 
     def compute(out: Path) -> PairwiseResult:
         held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)
+        everyday = unconstrained_prompts(ctx.config.evaluate.n_unconstrained, ctx.config.evaluate.seed)
+        baseline = baseline_answers(ctx.store, ctx.config, everyday)
         challenger_checkpoint = str(ctx.store.local_path(challenger.key) / layout.MERGED)
-        completions, result, verdicts = pairwise_between(held_out, ctx.champion_checkpoint, challenger_checkpoint, ctx.config, ctx.store)
-        write_pairwise(out, completions, verdicts, result)
-        return result
+        run = pairwise_between(held_out, ctx.champion_checkpoint, challenger_checkpoint, ctx.config, ctx.store,
+                               unconstrained=everyday, baseline=baseline)
+        write_pairwise(out, run)
+        return run.result
 
+    # "prompts": the unseen constraint types (prompts.unseen_types) split the constraint rates.
     return run_stage(ctx, layout.EVALUATE, compute, result_type=PairwiseResult, result_file=layout.PAIRWISE,
                      reads=[challenger, prompts], starts_from=ctx.champion.checkpoint,
-                     config_sections=["model", "evaluate", "judge"], metrics=pairwise_metrics)
+                     config_sections=["model", "prompts", "evaluate", "judge"], metrics=pairwise_metrics)
+
+
+def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list[Prompt]) -> list[Completion]:
+    """The round-0 policy's answers to the unconstrained ``prompts``, generated once and cached in
+    the store beside the loop (keyed by the base model and the eval's settings), so every round's
+    length is measured against the same answers."""
+    from infra.champion import base_policy, local_checkpoint
+    from infra.models import load_model, load_tokenizer
+    from tasks.evaluate import generate_completions
+
+    if not prompts:
+        return []
+    digest = hash_json({"checkpoint": config.model.base, "model": config.model.model_dump(mode="json"),
+                        "evaluate": config.evaluate.model_dump(mode="json"), "prompts": [p.model_dump(mode="json") for p in prompts]})
+    cache_key = layout.baseline_answers_key(config.loop, digest)
+    cached = store.read_json(cache_key)
+    if cached is not None:
+        return [Completion.model_validate(c) for c in cached]
+    checkpoint = local_checkpoint(base_policy(config), store, config.storage.data_dir)
+    model = load_model(checkpoint, config.model)
+    # Recorded as the champion's: the round-0 policy is the champion the first round meets.
+    answers = generate_completions(model, load_tokenizer(checkpoint), prompts, "champion", config.evaluate)
+    store.write_json(cache_key, [a.model_dump(mode="json") for a in answers])
+    return answers
 
 
 def benchmark_scores(store: ArtifactStore, config: FlywheelConfig, checkpoint: str, identity: str) -> dict:

@@ -12,7 +12,7 @@ from flows.rows import history_table
 from infra import layout
 
 if TYPE_CHECKING:
-    from tasks.evaluate import PairwiseResult
+    from tasks.evaluate import PairwiseResult, UnconstrainedResult
     from tasks.filter import FilterReport
     from tasks.generate import GenerateSummary
     from tasks.promote import Decision
@@ -37,6 +37,19 @@ class RoundSummary(BaseModel):
     lc_win_rate: float | None = None
     constraint_rate_champion: float | None = None
     constraint_rate_challenger: float | None = None
+    # Held-out constraints of the types trained on ("seen") and of those held out of training.
+    seen_rate_champion: float | None = None
+    seen_rate_challenger: float | None = None
+    unseen_rate_champion: float | None = None
+    unseen_rate_challenger: float | None = None
+    # The unconstrained prompts: mean words (round 0, champion, challenger), share of answers with
+    # any failure mode, and a model judge's win rate when one is configured.
+    unconstrained_words_round0: float | None = None
+    unconstrained_words_champion: float | None = None
+    unconstrained_words_challenger: float | None = None
+    unconstrained_failure_champion: float | None = None
+    unconstrained_failure_challenger: float | None = None
+    unconstrained_win_rate: float | None = None
     failure_rates_champion: dict[str, float] = {}  # share of held-out answers per failure mode, and "any"
     failure_rates_challenger: dict[str, float] = {}
     regression_deltas: dict[str, float] = {}
@@ -82,6 +95,11 @@ class RoundSummary(BaseModel):
             lc_win_rate=pairwise.lc_win_rate if pairwise and pairwise.lc_win_rate == pairwise.lc_win_rate else None,
             constraint_rate_champion=pairwise.champion_constraint_rate if pairwise else None,
             constraint_rate_challenger=pairwise.challenger_constraint_rate if pairwise else None,
+            seen_rate_champion=pairwise.champion_seen_rate if pairwise else None,
+            seen_rate_challenger=pairwise.challenger_seen_rate if pairwise else None,
+            unseen_rate_champion=pairwise.champion_unseen_rate if pairwise else None,
+            unseen_rate_challenger=pairwise.challenger_unseen_rate if pairwise else None,
+            **_unconstrained_figures(pairwise.unconstrained if pairwise else None),
             failure_rates_champion=pairwise.champion_failure_rates if pairwise else {},
             failure_rates_challenger=pairwise.challenger_failure_rates if pairwise else {},
             regression_deltas={t.task: t.delta for t in regression.tasks} if regression else {},
@@ -90,6 +108,19 @@ class RoundSummary(BaseModel):
             reasons=decision.reasons,
             artifacts=artifacts,
         )
+
+
+def _unconstrained_figures(u: UnconstrainedResult | None) -> dict[str, float | None]:
+    if u is None:
+        return {}
+    return {
+        "unconstrained_words_round0": u.baseline_mean_words,
+        "unconstrained_words_champion": u.champion_mean_words,
+        "unconstrained_words_challenger": u.challenger_mean_words,
+        "unconstrained_failure_champion": u.champion_failure_rates.get("any"),
+        "unconstrained_failure_challenger": u.challenger_failure_rates.get("any"),
+        "unconstrained_win_rate": u.win_rate,
+    }
 
 
 def read_history(store, loop: str) -> list[RoundSummary]:

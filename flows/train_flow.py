@@ -44,7 +44,11 @@ def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pa
     report = FilterReport.model_validate_json((store.local_path(pairs_key) / layout.FILTER_REPORT).read_text())
     trained = train_policy_task(ctx, StageResult(pairs_key, report))
     result = trained.result
-    get_run_logger().info("trained %d pairs in %.0f s; final loss %.4f", result.n_pairs, result.runtime_s, result.final_loss)
+    log = get_run_logger()
+    log.info("trained %d pairs in %.0f s; final loss %.4f", result.n_pairs, result.runtime_s, result.final_loss)
+    # The round's process owns the MLflow run; what this worker queued during an outage is sent now.
+    if not tracker.flush_pending():
+        log.warning("some training metrics could not reach MLflow yet; they wait in %s", tracker.pending_dir)
     return trained.key
 
 

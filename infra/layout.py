@@ -4,6 +4,7 @@
     <root>/<loop>/champion.json                    the champion pointer (when MLflow has no alias)
     <root>/<loop>/comparisons.json                 `flywheel compare` results
     <root>/<loop>/benchmark_scores/<hash>.json     benchmark scores cached per policy
+    <root>/<loop>/baseline_answers/<hash>.json     the round-0 policy's answers to the unconstrained prompts
     <root>/<loop>/compare/<name>/                  one comparison's artifacts
     <root>/<loop>/round-NNN/champion_before.json   the champion the round started from (pinned)
     <root>/<loop>/round-NNN/<stage>/               a stage's files and its manifest.json
@@ -41,9 +42,12 @@ MERGED = "merged"  # train: the full checkpoint the next round starts from
 TRAINING_FIGURE = "training.png"  # train
 COMPLETIONS = "completions.jsonl"  # evaluate: both policies' answers
 VERDICTS = "verdicts.jsonl"  # evaluate
+UNCONSTRAINED = "unconstrained.jsonl"  # evaluate: both policies' answers to the unconstrained prompts
+UNCONSTRAINED_VERDICTS = "unconstrained_verdicts.jsonl"  # evaluate: a model judge's verdicts on them
 BENCHMARKS_BEFORE = "before.json"  # regression
 BENCHMARKS_AFTER = "after.json"  # regression
 LOOP_FIGURE = "loop.png"  # figures
+EXAMPLES = "examples.md"  # flywheel compare: the held-out answers that gained and lost most
 # Each stage's typed result, the record the runner reloads when it resumes past the stage.
 STAGE_SUMMARY = "summary.json"  # prompts, generate, judge
 FILTER_REPORT = "report.json"
@@ -87,6 +91,11 @@ def comparison_key(loop: str, challenger_round: int, baseline_round: int) -> str
 
 def benchmark_scores_key(loop: str, digest: str) -> str:
     return f"{loop}/benchmark_scores/{digest}.json"
+
+
+def baseline_answers_key(loop: str, digest: str) -> str:
+    """The round-0 policy's answers to the unconstrained prompts, cached per base model and eval config."""
+    return f"{loop}/baseline_answers/{digest}.json"
 
 
 def merged_uri(store, train_key: str) -> str:

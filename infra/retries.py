@@ -25,7 +25,8 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 logger = logging.getLogger("flywheel.retries")
@@ -212,6 +213,3 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     text = re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
     text = re.sub(r"(\w+://[^\s?'\"]*)\?[^\s'\"]*", r"\1?***", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --- legacy: Prefect retries of whole stages ---------------------------------------------

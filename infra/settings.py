@@ -50,11 +50,27 @@ class PromptsConfig(Section):
         "'id', 'topic', 'split' ('train'/'eval') and 'constraints' ([{id, kwargs}]).",
     )
     n_train: int = Field(128, ge=1, description="Training-pool prompts sampled per round.")
-    n_eval: int = Field(96, ge=1, description="Held-out prompts for the pairwise eval (fixed across rounds).")
+    n_eval: int = Field(
+        192, ge=1,
+        description="Held-out prompts for the pairwise eval (fixed across rounds; the built-in pool holds ~415). "
+        "Sized for promotion.win_rate_bound 'lower': a per-prompt score (win 1, tie 0.5, loss 0) has a standard "
+        "deviation of at most 0.5, so the 95% interval reaches at most 1.96 x 0.5 / sqrt(n) below the win rate: "
+        "0.071 at 192 prompts (0.087 at 128, 0.141 at 48), less with ties. A challenger winning 57-58% without "
+        "ties, or ~55% with half the pairs tied, clears a 0.5 bar at 192.",
+    )
     eval_topic_share: float = Field(
         0.25, gt=0, lt=1, description="Share of built-in topics reserved for the held-out set."
     )
-    seed: int = Field(0, description="Seed of the built-in prompt generator and of the split.")
+    unseen_types: list[str] | None = Field(
+        None,
+        description="IFEval constraint ids held out of training to measure generalisation: no training prompt "
+        "carries one, and the eval reports satisfaction on them apart from the others. None: for the built-in "
+        "source, a quarter of its 15 types drawn by `seed` (tasks/prompts.py::default_unseen_types; about half "
+        "the held-out prompts then carry one); for a prompt file, none. For a prompt file, training prompts "
+        "carrying a listed type are left out of the training pool (the count is logged); its eval prompts keep them. "
+        "[] turns the split off.",
+    )
+    seed: int = Field(0, description="Seed of the built-in prompt generator, of the split and of the default unseen types.")
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> "PromptsConfig":
@@ -171,8 +187,15 @@ class DiagnosticsConfig(Section):
 
     initial_loss_tolerance: float = Field(
         0.02, gt=0,
-        description="The first step's DPO loss must be within this of ln 2 = 0.693 (the policy equals its reference "
-        "there); further off raises reference_mismatch.",
+        description="When the first step's DPO loss is known in advance (sigmoid DPO alone, train.nll_weight 0, from "
+        "the policy's own reference), it must be within this of ln 2 = 0.693; further off raises reference_mismatch.",
+    )
+    initial_reward_tolerance: float = Field(
+        0.05, gt=0,
+        description="The first step's implicit rewards (beta x log-ratio to the reference, chosen and rejected) must be "
+        "within this of what the reference implies before any update: 0 when the reference is the starting policy; "
+        "with train.reference 'initial' from round 2 on, inside the range of the pairs' starting rewards, measured "
+        "before training. Further off raises reference_mismatch.",
     )
     reward_accuracy_band: tuple[float, float] = Field(
         (0.55, 0.95),
@@ -181,8 +204,9 @@ class DiagnosticsConfig(Section):
     )
     over_optimization_ratio: float = Field(
         0.25, ge=0,
-        description="over_optimization is raised when the last held-out margin is below this share of the training "
-        "margin (mean over the second half of the steps), that margin being above over_optimization_min_margin.",
+        description="over_optimization is raised when the held-out margin's gain (at the kept epoch, over its value "
+        "before training) is below this share of the training margin's gain (mean over the second half of the steps "
+        "up to the kept epoch, over its value before training), that gain being above over_optimization_min_margin.",
     )
     over_optimization_min_margin: float = Field(
         0.1, ge=0, description="Training margins at or below this are too small to judge: no over_optimization alarm."
@@ -213,6 +237,14 @@ MANAGED_DPO_ARGS = {
     "save_strategy": "the train stage saves the adapter and merged model in its own folder",
     "logging_steps": "the training alarms read every step's log",
     "report_to": "Flywheel logs the training metrics to MLflow itself",
+    "loss_type": "set train.nll_weight instead (sigmoid DPO, plus TRL's 'sft' NLL term on the chosen response when > 0)",
+    "loss_weights": "set train.nll_weight instead (the weight of the NLL term; the DPO term's is 1)",
+    "precompute_ref_log_probs": "set train.reference instead (its log-probabilities are always computed once, before training)",
+    "load_best_model_at_end": "set train.keep_best_epoch instead",
+    "metric_for_best_model": "set train.keep_best_epoch instead (the held-out loss decides)",
+    "greater_is_better": "set train.keep_best_epoch instead (the held-out loss decides)",
+    "save_total_limit": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
+    "save_only_model": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
 }
 
 
@@ -252,11 +284,36 @@ class TrainConfig(Section):
         6 * 3600, gt=0, description="How long the round waits for a dispatched training run."
     )
     min_pairs: int = Field(2, ge=1, description="A round that keeps fewer pairs than this skips training (and promotion).")
+    reference: Literal["initial", "champion"] = Field(
+        "initial",
+        description="DPO reference model. 'initial': the round-0 policy (model.base) in every round, as RLHFlow's and "
+        "OpenRLHF's iterative DPO do, so rounds cannot drift step by step away from it (its log-probabilities of the "
+        "round's pairs are computed once, then it is freed). 'champion': the policy the round starts from (the "
+        "adapter-disabled champion), which re-anchors every round on the last one.",
+    )
+    nll_weight: float = Field(
+        1.0, ge=0,
+        description="Weight of an NLL term on the chosen response (per-token mean) added to the DPO loss: TRL's "
+        "loss_type [sigmoid, sft] with loss_weights [1, nll_weight]. Iterative RPO (Pang et al. 2024) uses 1 and found "
+        "it decisive against chosen likelihoods falling round after round; 0 trains on the DPO loss alone.",
+    )
+    replay_share: float = Field(
+        0.25, ge=0, lt=1,
+        description="Share of the round's training set drawn (seeded, without duplicates) from earlier rounds' kept "
+        "pairs, so a round does not unlearn what earlier ones taught; capped by how many there are. The held-out "
+        "pairs stay this round's own. 0 disables.",
+    )
+    keep_best_epoch: bool = Field(
+        True,
+        description="Keep the epoch with the lowest held-out loss (the round's held-out pairs, scored each epoch; the "
+        "loss includes the NLL term) rather than the last one. Needs held-out pairs (train.heldout_share > 0); "
+        "without them the last epoch is kept.",
+    )
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig, description="Thresholds of the training alarms.")
     dpo_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. loss_type, label_smoothing, "
-        "lr_scheduler_type); keys must be DPOConfig fields, and those Flywheel sets from its own fields "
+        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. label_smoothing, "
+        "lr_scheduler_type, weight_decay); keys must be DPOConfig fields, and those Flywheel sets from its own fields "
         "(beta, learning_rate, num_train_epochs, ...: MANAGED_DPO_ARGS) are refused.",
     )
 
@@ -279,6 +336,13 @@ class EvalConfig(Section):
     )
     batch_size: int = Field(48, ge=1, description="Sequences decoded together.")
     bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the win-rate 95% interval.")
+    n_unconstrained: int = Field(
+        64, ge=0,
+        description="Everyday requests with nothing to check (tasks/data/unconstrained.jsonl, 80 of them; all "
+        "when more are asked) that both policies answer too: their length (mean, quartiles), every failure mode's "
+        "rate and, with a model judge (evaluate.judge or judge.name 'openai'), a win rate. The round-0 policy's "
+        "answers are generated once and cached, for promotion.max_length_drift. 0 disables.",
+    )
     seed: int = Field(0, description="Seed of sampling (when temperature > 0) and of the bootstrap.")
 
 
@@ -306,7 +370,19 @@ class PromotionConfig(Section):
         0.5,
         ge=0,
         le=1,
-        description="The challenger must beat this win rate (ties count half) against the champion.",
+        description="The challenger must beat this win rate (ties count half) against the champion; which end "
+        "of the estimate must beat it is win_rate_bound.",
+    )
+    win_rate_bound: Literal["lower", "point"] = Field(
+        "lower",
+        description="'lower': the win rate's 95% interval (bootstrap over prompts) must lie above min_win_rate, so "
+        "a win is more than a coin flip (prompts.n_eval sizes the interval); 'point': the win rate itself must.",
+    )
+    max_length_drift: float | None = Field(
+        0.25, gt=0,
+        description="Largest accepted change of the mean answer length on the unconstrained prompts against the "
+        "ROUND-0 policy (0.25 = within +-25% of its mean words), so length drift cannot add up round by round. "
+        "None disables; no check when evaluate.n_unconstrained is 0.",
     )
     require_regression_pass: bool = Field(True, description="Block promotion when a benchmark drops beyond tolerance.")
     require_length_controlled_win: bool = Field(
@@ -316,8 +392,8 @@ class PromotionConfig(Section):
     )
     max_failure_increase: float = Field(
         0.05, ge=0, le=1,
-        description="Largest accepted rise in the share of held-out answers showing any failure mode "
-        "(verbose, sycophantic, evasive, repetitive, degenerate).",
+        description="Largest accepted rise in the share of answers showing any failure mode (tasks/failure_modes.py), "
+        "on the held-out prompts and, apart, on the unconstrained prompts.",
     )
     blocking_alarms: list[str] = Field(
         ["reference_mismatch"],

@@ -22,8 +22,9 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from infra.retries import call_with_retries, is_transient
 from infra.settings import FlywheelConfig, StorageConfig
@@ -32,7 +33,9 @@ CHAMPION_ALIAS = "champion"
 QUICK = {"attempts": 2, "first_delay": 0.5}  # a best-effort update: a short retry, then queue it
 STRICT = {"attempts": 5}  # a call the round cannot go on without (~8 s of waits)
 LONG = {"attempts": 8}  # the registry and the final flush: ~30 s of waits
-OFFLINE_RETRY_S = 5.0  # while updates are queued, try the server at most this often
+# While updates are queued, the server is tried again after 5 s, then 10, 20, ... at most 60 s
+# apart: a server that swallows packets costs a timeout per try, and training waits for it.
+OFFLINE_RETRY_S, OFFLINE_RETRY_MAX_S = 5.0, 60.0
 METRICS_PER_BATCH, PARAMS_PER_BATCH = 500, 100  # under MLflow's log_batch limits (1000, 100)
 
 logger = logging.getLogger("flywheel.tracking")
@@ -92,10 +95,11 @@ class Tracker:
         self._spilled: set[str] = set()  # runs with a spill file of this process
         self._lock = threading.RLock()
         self._next_try = 0.0  # time.monotonic() before which queued updates wait
+        self._offline_s = OFFLINE_RETRY_S  # the wait after the next failed try
         self.experiment_id = self._experiment_id(experiment, artifact_location)
 
     @classmethod
-    def from_config(cls, config: FlywheelConfig) -> "Tracker":
+    def from_config(cls, config: FlywheelConfig) -> Tracker:
         return cls(tracking_uri(config.storage), config.storage.experiment, data_dir=config.storage.data_dir)
 
     def _experiment_id(self, name: str, artifact_location: str | None) -> str:
@@ -201,12 +205,12 @@ class Tracker:
                 self._queue(op)  # the server was away a moment ago: keep order, do not wait on it again
                 return
             try:
-                call_with_retries(f"MLflow {op['kind']}", self._send, op, **QUICK)
+                call_with_retries(f"MLflow {op['kind']} update", self._send, op, **QUICK)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 self._queue(op)
-                self._next_try = time.monotonic() + OFFLINE_RETRY_S
+                self._wait_for_server()
                 logger.warning(
                     "MLflow at %s is unreachable (%s); queuing updates of run %s in %s and going on",
                     self.uri, type(exc).__name__, op["run_id"], self._spill_path(op["run_id"]) or "memory",
@@ -219,10 +223,10 @@ class Tracker:
                 while self._pending:
                     op = self._pending[0]
                     try:
-                        call_with_retries(f"MLflow {op['kind']} (queued)", self._send, op, **budget)
+                        call_with_retries(f"MLflow queued {op['kind']} update", self._send, op, **budget)
                     except Exception as exc:
                         if is_transient(exc):
-                            self._next_try = time.monotonic() + OFFLINE_RETRY_S
+                            self._wait_for_server()
                             return False
                         logger.error("MLflow refused a queued %s of run %s; dropping it: %s: %s",
                                      op["kind"], op["run_id"], type(exc).__name__, exc)
@@ -232,8 +236,13 @@ class Tracker:
             finally:
                 if sent:
                     self._rewrite_spills()
+                    self._offline_s = OFFLINE_RETRY_S
                     if not self._pending:
                         logger.warning("MLflow at %s answers again: sent %d queued updates", self.uri, sent)
+
+    def _wait_for_server(self) -> None:
+        self._next_try = time.monotonic() + self._offline_s
+        self._offline_s = min(self._offline_s * 2, OFFLINE_RETRY_MAX_S)
 
     def _try_flush(self) -> None:
         with self._lock:

@@ -1,7 +1,10 @@
 """Training diagnostics: what a falling DPO loss hides, read off TRL's per-step log.
 
-* The first step's loss must be ln 2 (0.693): the policy equals its reference there, so
-  every implicit reward is 0. Anything else means the reference is not the starting policy.
+* Before the first update the implicit rewards (beta x log-ratio to the reference) are what the
+  reference implies: 0 when it is the starting policy (and then a sigmoid-only loss is ln 2 = 0.693);
+  with the round-0 policy as reference from round 2 on, within what the starting policy's own
+  log-ratios (measured on the pairs before training, ``Start``) allow for a batch's mean. Anything
+  else means the reference, or the starting policy, is not what it should be.
 * Reward accuracy (mean over the second half of the steps) below 0.55: not learning;
   above 0.95: memorising the pairs.
 * Chosen and rejected rewards moving the same way by similar amounts: the policy is shifting
@@ -15,10 +18,11 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from infra.settings import DiagnosticsConfig
 
+LN2 = math.log(2)
 ALARMS = ("reference_mismatch", "not_learning", "overfitting", "same_direction_drift", "over_optimization")
 
 
@@ -27,34 +31,70 @@ class Alarm(BaseModel):
     message: str
 
 
-def _steps(log_history: list[dict]) -> list[dict]:
-    return [h for h in log_history if "loss" in h and "rewards/accuracies" in h]
+class Start(BaseModel):
+    """Where training starts, measured against the reference before the first update. The
+    defaults are a policy trained from its own reference with the sigmoid DPO loss alone."""
+
+    expected_loss: float | None = Field(LN2, description="The first step's loss when known in advance; None: not known "
+                                        "(an NLL term or a reference other than the starting policy makes it depend on the batch).")
+    chosen: tuple[float, float] = Field((0.0, 0.0), description="Where the first batch's mean chosen reward can lie: "
+                                        "between the means of the smallest and of the largest batch of the pairs' starting rewards.")
+    rejected: tuple[float, float] = Field((0.0, 0.0), description="The same for the rejected reward.")
+    train_margin: float = Field(0.0, description="Mean starting margin of the training pairs.")
+    heldout_margin: float = Field(0.0, description="Mean starting margin of the held-out pairs.")
+
+
+def _steps(log_history: list[dict], until_step: int | None = None) -> list[dict]:
+    return [h for h in log_history if "loss" in h and "rewards/accuracies" in h
+            and (until_step is None or h.get("step", 0) <= until_step)]
 
 
 _DEFAULTS = DiagnosticsConfig()
 
 
-def diagnose_training(log_history: list[dict], config: DiagnosticsConfig) -> list[Alarm]:
-    """Every alarm TRL's per-step log raises under ``config``'s thresholds."""
-    return training_alarms(log_history, config.initial_loss_tolerance, config.reward_accuracy_band) + over_optimization_alarms(
-        log_history, config.over_optimization_min_margin, config.over_optimization_ratio
+def diagnose_training(log_history: list[dict], config: DiagnosticsConfig, start: Start | None = None,
+                      kept_step: int | None = None) -> list[Alarm]:
+    """Every alarm TRL's per-step log raises under ``config``'s thresholds, for training that
+    started at ``start`` and kept the policy of ``kept_step`` (None: the last)."""
+    start = start or Start()
+    return training_alarms(log_history, config.initial_loss_tolerance, config.reward_accuracy_band, start,
+                           config.initial_reward_tolerance) + over_optimization_alarms(
+        log_history, config.over_optimization_min_margin, config.over_optimization_ratio, start, kept_step
     )
+
+
+def _outside(value: float, interval: tuple[float, float], tolerance: float) -> bool:
+    return not interval[0] - tolerance <= value <= interval[1] + tolerance
+
+
+def _reference_mismatch(first: dict, start: Start, loss_tolerance: float, reward_tolerance: float) -> str | None:
+    """Why the first step does not start where the reference says it should (None: it does)."""
+    if start.expected_loss is not None and abs(first["loss"] - start.expected_loss) > loss_tolerance:
+        return f"initial DPO loss {first['loss']:.4f} is not {start.expected_loss:.4f} (+-{loss_tolerance})"
+    for side in ("chosen", "rejected"):
+        reward, expected = first.get(f"rewards/{side}"), getattr(start, side)
+        if reward is not None and _outside(reward, expected, reward_tolerance):
+            where = "0" if expected == (0.0, 0.0) else f"in [{expected[0]:+.3f}, {expected[1]:+.3f}]"
+            return f"initial {side} reward {reward:+.4f} is not {where} (+-{reward_tolerance})"
+    return None
 
 
 def training_alarms(
     log_history: list[dict],
     loss_tolerance: float = _DEFAULTS.initial_loss_tolerance,
     accuracy_band: tuple[float, float] = _DEFAULTS.reward_accuracy_band,
+    start: Start | None = None,
+    reward_tolerance: float = _DEFAULTS.initial_reward_tolerance,
 ) -> list[Alarm]:
     steps = _steps(log_history)
     if not steps:
         return []
     alarms = []
-    first = steps[0]["loss"]
-    if abs(first - math.log(2)) > loss_tolerance:
+    mismatch = _reference_mismatch(steps[0], start or Start(), loss_tolerance, reward_tolerance)
+    if mismatch:
         alarms.append(Alarm(name="reference_mismatch", message=(
-            f"initial DPO loss {first:.4f} is not ln 2 = 0.6931 (+-{loss_tolerance}): the reference model is not the "
-            "starting policy, so rewards are measured from the wrong place")))
+            f"{mismatch}: the reference model is not the one training should be measured from, so rewards are "
+            "measured from the wrong place")))
     late = steps[len(steps) // 2:]
     accuracy = sum(h["rewards/accuracies"] for h in late) / len(late)
     low, high = accuracy_band
@@ -78,21 +118,27 @@ def over_optimization_alarms(
     log_history: list[dict],
     min_train_margin: float = _DEFAULTS.over_optimization_min_margin,
     ratio: float = _DEFAULTS.over_optimization_ratio,
+    start: Start | None = None,
+    kept_step: int | None = None,
 ) -> list[Alarm]:
-    """The SimPO article's over-optimization sign: margins on the training pairs keep rising
-    while the held-out pairs (scored each epoch; 0 at the start, where policy = reference)
-    gain less than ``ratio`` of it."""
-    evals = [h for h in log_history if "eval_rewards/margins" in h]
-    steps = _steps(log_history)
+    """The SimPO article's over-optimization sign, for the policy kept (at ``kept_step``; None:
+    the last): margins on the training pairs rose while the held-out pairs' (scored each epoch)
+    gained less than ``ratio`` of it. Gains are over the margins before training (``start``:
+    0 where the reference is the starting policy)."""
+    start = start or Start()
+    evals = [h for h in log_history if "eval_rewards/margins" in h and (kept_step is None or h.get("step") == kept_step)]
+    steps = _steps(log_history, kept_step)
     if not evals or not steps:
         return []
     late = steps[len(steps) // 2:]
-    train_margin = sum(h.get("rewards/margins", 0.0) for h in late) / len(late)
-    heldout_margin = evals[-1]["eval_rewards/margins"]
+    train_gain = sum(h.get("rewards/margins", 0.0) for h in late) / len(late) - start.train_margin
+    heldout_gain = evals[-1]["eval_rewards/margins"] - start.heldout_margin
     heldout_accuracy = evals[-1].get("eval_rewards/accuracies", float("nan"))
+    epoch = evals[-1].get("epoch")
+    at = f"at epoch {epoch:g}" if epoch is not None else f"after {len(evals)} epoch(s)"
     # Margins, not accuracy, decide: held-out accuracy on a handful of pairs is mostly noise.
-    if train_margin > min_train_margin and heldout_margin < ratio * train_margin:
+    if train_gain > min_train_margin and heldout_gain < ratio * train_gain:
         return [Alarm(name="over_optimization", message=(
-            f"training margin {train_margin:.3f} but held-out margin {heldout_margin:.3f} and accuracy "
-            f"{heldout_accuracy:.2f} after {len(evals)} epoch(s): the policy fits its training pairs, not the preference"))]
+            f"training margin gained {train_gain:.3f} but held-out margin {heldout_gain:.3f} (accuracy "
+            f"{heldout_accuracy:.2f}) {at}: the policy fits its training pairs, not the preference"))]
     return []

@@ -1,15 +1,22 @@
 """evaluate: the new policy (challenger) against the champion on held-out prompts.
 
-Reads: both checkpoints and the held-out prompts.
+Reads: both checkpoints, the held-out prompts, the unconstrained prompts and the round-0
+policy's (cached) answers to them.
 Writes: ``completions.jsonl`` (both policies' responses, with constraint scores),
 ``verdicts.jsonl`` and ``pairwise.json`` (wins, ties, losses, win rate with a
-95% bootstrap interval, held-out constraint satisfaction of both).
+95% bootstrap interval, held-out constraint satisfaction of both, on the constraint types
+trained on and on the unseen ones apart), ``unconstrained.jsonl`` (both policies' answers to
+everyday requests with nothing to check: their length and failure modes are in ``pairwise.json``)
+and, with a model judge, ``unconstrained_verdicts.jsonl``.
 
 Each pair is judged in both orders so a judge's position bias cannot decide it:
 the same verdict both ways stands, different verdicts make a tie.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
+from typing import NamedTuple
 
 import numpy as np
 from pydantic import BaseModel
@@ -27,6 +34,31 @@ class PairVerdict(BaseModel):
     forward: Verdict  # champion shown as A
     backward: Verdict  # challenger shown as A
     outcome: str  # "win", "tie" or "loss", for the challenger
+
+
+class UnconstrainedResult(BaseModel):
+    """Both policies' answers to everyday requests with nothing to check; the challenger's length
+    is also measured against the round-0 policy's, so drift cannot add up round by round."""
+
+    n: int
+    champion_words: list[int]
+    challenger_words: list[int]
+    champion_mean_words: float
+    challenger_mean_words: float
+    champion_quartiles: list[float]  # 25th, 50th and 75th percentile of words
+    challenger_quartiles: list[float]
+    champion_failure_rates: dict[str, float]
+    challenger_failure_rates: dict[str, float]
+    baseline_words: list[int] = []  # the round-0 policy's answers to the same prompts
+    baseline_mean_words: float | None = None  # None: no round-0 answers (e.g. `flywheel compare`)
+    baseline_failure_rates: dict[str, float] = {}
+    judge: str | None = None  # the model judge whose verdicts follow; None: none configured, not judged
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+    win_rate: float | None = None  # the challenger's, ties counting half
+    win_rate_low: float | None = None
+    win_rate_high: float | None = None
 
 
 class PairwiseResult(BaseModel):
@@ -50,6 +82,15 @@ class PairwiseResult(BaseModel):
     challenger_words: list[int] = []
     champion_failure_rates: dict[str, float] = {}
     challenger_failure_rates: dict[str, float] = {}
+    # Constraint satisfaction by kind: share of the constraints of types trained on ("seen") and of
+    # types held out of training (prompts.unseen_types) met; None where the prompts carry none.
+    n_seen_constraints: int = 0
+    n_unseen_constraints: int = 0
+    champion_seen_rate: float | None = None
+    challenger_seen_rate: float | None = None
+    champion_unseen_rate: float | None = None
+    challenger_unseen_rate: float | None = None
+    unconstrained: UnconstrainedResult | None = None  # None: evaluate.n_unconstrained is 0
 
 
 def length_controlled_win_rate(outcomes: list[float], length_diffs: list[float], steps: int = 200) -> float:
@@ -106,24 +147,52 @@ def bootstrap_interval(scores: np.ndarray, n_samples: int, seed: int) -> tuple[f
     return float(low), float(high)
 
 
-def evaluate_pairwise(
-    prompts: list[Prompt],
-    champion: list[Completion],
-    challenger: list[Completion],
-    judge: Judge,
-    config: EvalConfig,
-) -> tuple[PairwiseResult, list[PairVerdict]]:
-    champ = {c.prompt_id: c for c in champion}
-    chall = {c.prompt_id: c for c in challenger}
-    forward = judge.compare_many([(p, champ[p.id].text, chall[p.id].text) for p in prompts])
-    backward = judge.compare_many([(p, chall[p.id].text, champ[p.id].text) for p in prompts])
+def judge_both_orders(prompts: list[Prompt], champion: dict[str, str], challenger: dict[str, str], judge: Judge) -> list[PairVerdict]:
+    """Each prompt's pair of answers (by prompt id) judged champion-first and challenger-first."""
+    forward = judge.compare_many([(p, champion[p.id], challenger[p.id]) for p in prompts])
+    backward = judge.compare_many([(p, challenger[p.id], champion[p.id]) for p in prompts])
     verdicts = [
         PairVerdict(prompt_id=p.id, forward=f.verdict, backward=b.verdict, outcome=combine_orders(f.verdict, b.verdict))
         for p, f, b in zip(prompts, forward, backward)
         if f is not None and b is not None  # a pair the judge could not decide is left out
     ]
     judge.check_failures(len(prompts))
-    scores = np.array([{"win": 1.0, "tie": 0.5, "loss": 0.0}[v.outcome] for v in verdicts])
+    return verdicts
+
+
+def outcome_scores(verdicts: list[PairVerdict]) -> np.ndarray:
+    return np.array([{"win": 1.0, "tie": 0.5, "loss": 0.0}[v.outcome] for v in verdicts])
+
+
+def rates_by_kind(prompts: list[Prompt], completions: list[Completion], unseen: Collection[str]) -> dict[str, list[bool]]:
+    """Whether each constraint was met, pooled by kind: "seen" (types trained on) and "unseen"."""
+    texts = {c.prompt_id: c.text for c in completions}
+    met: dict[str, list[bool]] = {"seen": [], "unseen": []}
+    for p in prompts:
+        if p.id in texts and p.constraints:
+            for constraint, ok in zip(p.constraints, check_constraints(texts[p.id], p.constraints)):
+                met["unseen" if constraint.id in unseen else "seen"].append(ok)
+    return met
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def evaluate_pairwise(
+    prompts: list[Prompt],
+    champion: list[Completion],
+    challenger: list[Completion],
+    judge: Judge,
+    config: EvalConfig,
+    unseen_types: Collection[str] = (),
+) -> tuple[PairwiseResult, list[PairVerdict]]:
+    """Both policies' held-out answers judged in both orders; constraint satisfaction overall and
+    apart for ``unseen_types`` (constraint types no training prompt carried)."""
+    champ = {c.prompt_id: c for c in champion}
+    chall = {c.prompt_id: c for c in challenger}
+    verdicts = judge_both_orders(prompts, {k: c.text for k, c in champ.items()}, {k: c.text for k, c in chall.items()}, judge)
+    scores = outcome_scores(verdicts)
     low, high = bootstrap_interval(scores, config.bootstrap_samples, config.seed)
     consistent = sum(
         {"A": "B", "B": "A", "tie": "tie"}[v.forward] == v.backward for v in verdicts
@@ -136,6 +205,7 @@ def evaluate_pairwise(
     by_id = {p.id: p for p in prompts}
     rates = {policy: failure_rates([c for c in completions if c.prompt_id in kept], by_id, judge_verbose_words(judge))
              for policy, completions in (("champion", champion), ("challenger", challenger))}
+    kinds = {policy: rates_by_kind(prompts, completions, unseen_types) for policy, completions in (("champion", champion), ("challenger", challenger))}
     return (
         PairwiseResult(
             n=n,
@@ -157,41 +227,152 @@ def evaluate_pairwise(
             challenger_words=list(words["challenger"].values()),
             champion_failure_rates=rates["champion"],
             challenger_failure_rates=rates["challenger"],
+            n_seen_constraints=len(kinds["champion"]["seen"]),
+            n_unseen_constraints=len(kinds["champion"]["unseen"]),
+            champion_seen_rate=_share(kinds["champion"]["seen"]),
+            challenger_seen_rate=_share(kinds["challenger"]["seen"]),
+            champion_unseen_rate=_share(kinds["champion"]["unseen"]),
+            challenger_unseen_rate=_share(kinds["challenger"]["unseen"]),
         ),
         verdicts,
     )
 
 
+def _quartiles(words: list[int]) -> list[float]:
+    return [float(q) for q in np.quantile(words, [0.25, 0.5, 0.75])] if words else []
+
+
+def evaluate_unconstrained(
+    prompts: list[Prompt],
+    champion: list[Completion],
+    challenger: list[Completion],
+    config: EvalConfig,
+    verbose_words: int = 150,
+    baseline: list[Completion] | None = None,
+    judge: Judge | None = None,
+) -> tuple[UnconstrainedResult, list[PairVerdict]]:
+    """Both policies' answers to requests with nothing to check: length, failure modes, and the
+    verdicts of ``judge`` (a model judge; None: not judged). ``baseline`` holds the round-0
+    policy's answers to the same prompts, whose length the challenger's is measured against."""
+    by_id = {p.id: p for p in prompts}
+    answers = {"champion": champion, "challenger": challenger, "baseline": baseline or []}
+    words = {policy: [len(c.text.split()) for c in completions if c.prompt_id in by_id] for policy, completions in answers.items()}
+    rates = {policy: failure_rates([c for c in completions if c.prompt_id in by_id], by_id, verbose_words)
+             for policy, completions in answers.items() if completions}
+    figures: dict = {}
+    verdicts: list[PairVerdict] = []
+    if judge is not None:
+        verdicts = judge_both_orders(prompts, {c.prompt_id: c.text for c in champion}, {c.prompt_id: c.text for c in challenger}, judge)
+        scores = outcome_scores(verdicts)
+        low, high = bootstrap_interval(scores, config.bootstrap_samples, config.seed)
+        figures = {
+            "judge": judge.name, "wins": sum(v.outcome == "win" for v in verdicts), "ties": sum(v.outcome == "tie" for v in verdicts),
+            "losses": sum(v.outcome == "loss" for v in verdicts), "win_rate": float(scores.mean()) if verdicts else None,
+            "win_rate_low": low if verdicts else None, "win_rate_high": high if verdicts else None,
+        }
+    result = UnconstrainedResult(
+        n=len(prompts),
+        **{f"{policy}_words": words[policy] for policy in ("champion", "challenger", "baseline")},
+        **{f"{policy}_mean_words": _mean(words[policy]) for policy in ("champion", "challenger")},
+        baseline_mean_words=_mean(words["baseline"]) if words["baseline"] else None,
+        **{f"{policy}_quartiles": _quartiles(words[policy]) for policy in ("champion", "challenger")},
+        **{f"{policy}_failure_rates": rates.get(policy, {}) for policy in ("champion", "challenger", "baseline")},
+        **figures,
+    )
+    return result, verdicts
+
+
+MODEL_JUDGES = ("openai", "llm")  # registered judges that ask a model (tasks/judge.py::JUDGES)
+
+
+def model_judge_name(config) -> str | None:
+    """The configured model judge of the FlywheelConfig ``config`` (evaluate.judge first, then
+    judge.name); None when both are offline checkers, whose verdicts on prompts with nothing to
+    check would only restate the failure modes."""
+    return next((name for name in (config.evaluate.judge, config.judge.name) if name in MODEL_JUDGES), None)
+
+
+class PairwiseRun(NamedTuple):
+    """What ``pairwise_between`` measured and the records behind it."""
+
+    completions: dict[str, list[Completion]]  # held-out answers, by policy
+    result: PairwiseResult
+    verdicts: list[PairVerdict]
+    unconstrained: dict[str, list[Completion]]  # answers to the unconstrained prompts, by policy
+    unconstrained_verdicts: list[PairVerdict]
+
+
 def pairwise_between(
-    prompts: list[Prompt], champion_checkpoint: str, challenger_checkpoint: str, config, store=None
-) -> tuple[dict[str, list[Completion]], PairwiseResult, list[PairVerdict]]:
-    """Both checkpoints' answers to ``prompts`` (one model in memory at a time), judged by the
-    eval's judge (``evaluate.judge``, else ``judge.name``) of the FlywheelConfig ``config``."""
+    prompts: list[Prompt],
+    champion_checkpoint: str,
+    challenger_checkpoint: str,
+    config,
+    store=None,
+    unconstrained: list[Prompt] = (),
+    baseline: list[Completion] | None = None,
+) -> PairwiseRun:
+    """Both checkpoints' answers to ``prompts`` and ``unconstrained`` (one model in memory at a
+    time), judged by the eval's judge (``evaluate.judge``, else ``judge.name``) of the
+    FlywheelConfig ``config``; the unconstrained answers by its model judge, if any, and
+    measured against ``baseline`` (the round-0 policy's answers to them)."""
     from infra.models import load_model, load_tokenizer
     from tasks.judge import build_judge
+    from tasks.prompts import unseen_types
 
-    completions = {}
+    completions, answers = {}, {}
     for policy, checkpoint in (("champion", champion_checkpoint), ("challenger", challenger_checkpoint)):
-        model = load_model(checkpoint, config.model)
-        completions[policy] = generate_completions(model, load_tokenizer(checkpoint), prompts, policy, config.evaluate)
+        model, tokenizer = load_model(checkpoint, config.model), load_tokenizer(checkpoint)
+        completions[policy] = generate_completions(model, tokenizer, prompts, policy, config.evaluate)
+        answers[policy] = generate_completions(model, tokenizer, list(unconstrained), policy, config.evaluate) if unconstrained else []
         del model
-    judge = build_judge(config.judge.model_copy(update={"name": config.evaluate.judge or config.judge.name}), store=store)
-    result, verdicts = evaluate_pairwise(prompts, completions["champion"], completions["challenger"], judge, config.evaluate)
-    return completions, result, verdicts
+    eval_judge = config.evaluate.judge or config.judge.name
+    judge = build_judge(config.judge.model_copy(update={"name": eval_judge}), store=store)
+    result, verdicts = evaluate_pairwise(
+        prompts, completions["champion"], completions["challenger"], judge, config.evaluate, unseen_types(config.prompts)
+    )
+    unconstrained_verdicts: list[PairVerdict] = []
+    if unconstrained:
+        name = model_judge_name(config)
+        model_judge = None if name is None else judge if name == eval_judge else build_judge(
+            config.judge.model_copy(update={"name": name}), store=store)
+        found, unconstrained_verdicts = evaluate_unconstrained(
+            list(unconstrained), answers["champion"], answers["challenger"], config.evaluate,
+            judge_verbose_words(judge), baseline, model_judge,
+        )
+        result = result.model_copy(update={"unconstrained": found})
+    return PairwiseRun(completions, result, verdicts, answers, unconstrained_verdicts)
 
 
-def write_pairwise(out, completions: dict[str, list[Completion]], verdicts: list[PairVerdict], result: PairwiseResult) -> None:
-    """``completions.jsonl``, ``verdicts.jsonl`` and ``pairwise.json`` into the staging folder ``out``."""
-    write_jsonl(out / layout.COMPLETIONS, completions["champion"] + completions["challenger"])
-    write_jsonl(out / layout.VERDICTS, verdicts)
-    (out / layout.PAIRWISE).write_text(result.model_dump_json(indent=2))
+def write_pairwise(out, run: PairwiseRun) -> None:
+    """``completions.jsonl``, ``verdicts.jsonl``, ``pairwise.json`` and, when measured,
+    ``unconstrained.jsonl`` (+ ``unconstrained_verdicts.jsonl``) into the staging folder ``out``."""
+    write_jsonl(out / layout.COMPLETIONS, run.completions["champion"] + run.completions["challenger"])
+    write_jsonl(out / layout.VERDICTS, run.verdicts)
+    (out / layout.PAIRWISE).write_text(run.result.model_dump_json(indent=2))
+    if run.unconstrained:
+        write_jsonl(out / layout.UNCONSTRAINED, run.unconstrained["champion"] + run.unconstrained["challenger"])
+    if run.unconstrained_verdicts:
+        write_jsonl(out / layout.UNCONSTRAINED_VERDICTS, run.unconstrained_verdicts)
+
+
+def _figures(record: BaseModel, prefix: str = "") -> dict[str, float]:
+    """A record's numbers and its failure rates ("<policy>_failure/<mode>") as flat metric names."""
+    metrics = {f"{prefix}{k}": v for k, v in record.model_dump().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for name, value in record:
+        if name.endswith("_failure_rates"):
+            metrics.update({f"{prefix}{name.removesuffix('_rates')}/{mode}": rate for mode, rate in value.items()})
+        elif name.endswith("_quartiles") and value:
+            policy = name.removesuffix("_quartiles")
+            metrics.update({f"{prefix}{policy}_words_{q}": v for q, v in zip(("q1", "median", "q3"), value)})
+    return metrics
 
 
 def pairwise_metrics(result: PairwiseResult) -> dict[str, float]:
-    """The result's figures for MLflow, each failure mode's rate per policy among them."""
-    metrics = {k: v for k, v in result.model_dump().items() if isinstance(v, (int, float))}
-    for policy in ("champion", "challenger"):
-        metrics.update({f"{policy}_failure/{mode}": rate for mode, rate in getattr(result, f"{policy}_failure_rates").items()})
+    """The result's figures for MLflow: each failure mode's rate per policy among them, and the
+    unconstrained prompts' figures as ``unconstrained/...``."""
+    metrics = _figures(result)
+    if result.unconstrained is not None:
+        metrics.update(_figures(result.unconstrained, "unconstrained/"))
     return metrics
 
 
@@ -214,3 +395,32 @@ def failure_rates(completions: list[Completion], prompts: dict[str, Prompt], ver
 def _mean(values) -> float:
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
+
+
+class Example(BaseModel):
+    """One held-out prompt answered by both policies: what a reader checks the scores against."""
+
+    prompt_id: str
+    prompt: str
+    outcome: str  # the later policy's, by the judge: "win", "tie" or "loss"
+    before: str  # the earlier policy's answer ("champion" in the records)
+    before_score: float  # share of the prompt's constraints it met
+    after: str
+    after_score: float
+
+
+def telling_examples(prompts: list[Prompt], completions: dict[str, list[Completion]], verdicts: list[PairVerdict],
+                     n: int = 3) -> tuple[list[Example], list[Example]]:
+    """The ``n`` held-out prompts where the later policy gained most on the earlier one, and the ``n``
+    where it lost most: by the change in constraint satisfaction, then the judge's outcome."""
+    before = {c.prompt_id: c for c in completions["champion"]}
+    after = {c.prompt_id: c for c in completions["challenger"]}
+    outcome = {v.prompt_id: v.outcome for v in verdicts}
+    examples = [
+        Example(prompt_id=p.id, prompt=p.text, outcome=outcome[p.id], before=before[p.id].text,
+                before_score=before[p.id].constraint_score, after=after[p.id].text, after_score=after[p.id].constraint_score)
+        for p in prompts if p.id in outcome and p.id in before and p.id in after
+    ]
+    rank = {"loss": 0, "tie": 1, "win": 2}
+    examples.sort(key=lambda e: (e.after_score - e.before_score, rank[e.outcome], e.prompt_id))
+    return examples[::-1][:n], examples[:n]

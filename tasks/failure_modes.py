@@ -12,8 +12,8 @@ need the prompt (without one they are False):
   asked: a <<title>>, a postscript, *highlights*, *** dividers, all-lowercase or all-capital
   text nobody requested; two titles, several "P.S." markers, the end phrase twice or followed
   by more text.
-* ``off_topic``: not one of the request's subject words (a built-in prompt's topic words, or
-  the content words of the request without its constraint instructions).
+* ``off_topic``: not one of the request's subject words (a built-in prompt's topic words, or,
+  for a long enough answer, the content words of the request without its constraint instructions).
 * ``echo``: most of the answer's word 4-grams are the prompt's own.
 * ``too_short``: under ``MIN_CONTENT_WORDS`` content words for a request that asks for prose
   (explain, describe, write, list, ...) and sets no upper length (no "fewer than" limit,
@@ -155,14 +155,17 @@ _WANTS_PROSE = re.compile(
 _ASKS_SHORT = re.compile(
     r"\b(?:(?:one|a single|two|three|few) (?:words?|sentences?|lines?)|brief(?:ly)?|concise(?:ly)?"
     r"|in short|short answer|yes or no|(?:fewer|less) than|at most|no more than|up to \d+|tl;?dr"
-    r"|headline|slogan|tagline|(?:a|the) title for|(?:a|the) name for)\b"
+    r"|headline|slogan|tagline|(?:a|the) title for|(?:a|the) name for|out-of-office"
+    r"|short (?:\w+ )?(?:message|card|caption|poem|toast|reply))\b"
 )
 # Constraints that bound an answer's length from above, or ask for a compact form.
 _SHORT_FORMS = {
     "detectable_format:constrained_response", "detectable_format:json_format",
     "detectable_format:number_bullet_lists", "combination:repeat_prompt",
 }
-MIN_CONTENT_WORDS = 12
+# A real answer to "Explain tides to a beginner" has more; a terse one-liner ("<<my title>>: Checking a
+# car's oil") has 3 to 7. Higher flags good short messages ("Happy birthday, Aunt May! ...").
+MIN_CONTENT_WORDS = 10
 
 
 def _ids(prompt: Prompt) -> dict[str, dict]:
@@ -276,12 +279,15 @@ def is_stuffed(response: str, prompt: Prompt) -> bool:
 
 
 def is_off_topic(response: str, prompt: Prompt) -> bool:
-    """Shares no subject word with the request (an answer of three or more content words in English)."""
+    """Shares no subject word with the request. A built-in topic's words are known, so three content words
+    of English are enough to tell; a user's request ("How do I descale a kettle?") may name its subject in
+    one or two words an answer need not repeat, so it takes three subject words and a 15-word answer."""
+    known = _topic_words(prompt.topic)
     subject = _subject_words(prompt)
-    if not subject or "language:response_language" in _ids(prompt):
+    if "language:response_language" in _ids(prompt) or len(subject) < (1 if known else 3):
         return False
     said = {_stem(w) for w in _content(_words(_without(response, _copied_parts(prompt))))}
-    return len(said) >= 3 and not said & subject
+    return len(said) >= (3 if known else 15) and not said & subject
 
 
 def is_echo(response: str, prompt: Prompt, ngram: int = 4, share: float = 0.5) -> bool:

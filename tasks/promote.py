@@ -1,6 +1,7 @@
 """promote: the gate that decides whether the challenger becomes champion.
 
-Reads: the pairwise result, the regression result and the training alarms.
+Reads: the pairwise result (with the unconstrained prompts' figures), the regression result and
+the training alarms.
 Writes: ``decision.json``. When the challenger is promoted, the flow makes it the
 champion (infra/champion.py); a rejected round leaves the champion untouched.
 """
@@ -34,14 +35,21 @@ class Check(NamedTuple):
 
 
 def wins_pairwise(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
-    """The challenger beats the champion's bar on the raw win rate (ties count half)."""
-    record = f"{pairwise.wins}W/{pairwise.ties}T/{pairwise.losses}L"
-    if pairwise.win_rate > config.min_win_rate:
-        yield Check(True, f"won the pairwise eval: win rate {pairwise.win_rate:.3f} > {config.min_win_rate:.3f} "
-                          f"(95% CI {pairwise.win_rate_low:.3f}-{pairwise.win_rate_high:.3f}; {record})")
+    """The challenger beats the champion's bar (ties count half): by default the whole 95% interval
+    does (``win_rate_bound: lower``), so a coin flip's luck does not promote; else the point estimate."""
+    rate, low, high, bar = pairwise.win_rate, pairwise.win_rate_low, pairwise.win_rate_high, config.min_win_rate
+    figures = f"95% CI {low:.3f}-{high:.3f}; {pairwise.wins}W/{pairwise.ties}T/{pairwise.losses}L"
+    if not rate > bar:  # nan (nothing judged) too
+        yield Check(False, f"did not win the pairwise eval: win rate {rate:.3f} <= {bar:.3f} ({figures})")
+    elif config.win_rate_bound == "point":
+        yield Check(True, f"won the pairwise eval: win rate {rate:.3f} > {bar:.3f} ({figures})")
+    elif low > bar:
+        yield Check(True, f"won the pairwise eval: the 95% interval's lower end {low:.3f} > {bar:.3f} "
+                          f"(win rate {rate:.3f}, {figures})")
     else:
-        yield Check(False, f"did not win the pairwise eval: win rate {pairwise.win_rate:.3f} <= {config.min_win_rate:.3f} "
-                           f"({record})")
+        yield Check(False, f"did not win the pairwise eval clearly: win rate {rate:.3f} > {bar:.3f} but the 95% "
+                           f"interval's lower end {low:.3f} <= {bar:.3f}, so a coin flip cannot be ruled out ({figures}; "
+                           "promotion.win_rate_bound: point accepts the point estimate)")
 
 
 def wins_at_equal_length(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
@@ -62,14 +70,34 @@ def wins_at_equal_length(pairwise: PairwiseResult, config: PromotionConfig) -> I
 
 
 def no_more_failure_modes(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
-    """The share of answers showing any failure mode rises by at most ``max_failure_increase``."""
-    before, after = pairwise.champion_failure_rates.get("any"), pairwise.challenger_failure_rates.get("any")
-    if before is None or after is None or after - before <= config.max_failure_increase:
+    """The share of answers showing any failure mode rises by at most ``max_failure_increase``, on
+    the held-out prompts and, apart, on the unconstrained ones (where gaming a checker shows most)."""
+    sets = [("", pairwise.champion_failure_rates, pairwise.challenger_failure_rates)]
+    if (u := pairwise.unconstrained) is not None:
+        sets.append((" to unconstrained prompts", u.champion_failure_rates, u.challenger_failure_rates))
+    for where, champion_rates, challenger_rates in sets:
+        before, after = champion_rates.get("any"), challenger_rates.get("any")
+        if before is None or after is None or after - before <= config.max_failure_increase:
+            continue
+        worse = [m for m, r in challenger_rates.items() if m != "any" and r > champion_rates.get(m, 0)]
+        yield Check(False, f"more failure modes: {after:.0%} of answers{where} show one, against {before:.0%} for the "
+                           f"champion (allowed rise {config.max_failure_increase:.0%}; worse: {', '.join(worse)})")
+
+
+def keeps_its_length(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
+    """On the unconstrained prompts, the challenger's mean answer length stays within
+    ``max_length_drift`` of the ROUND-0 policy's (not the champion's: drift must not add up)."""
+    u = pairwise.unconstrained
+    if config.max_length_drift is None or u is None or not u.baseline_mean_words:  # None: no round-0 answers
         return
-    champion_rates = pairwise.champion_failure_rates
-    worse = [m for m, r in pairwise.challenger_failure_rates.items() if m != "any" and r > champion_rates.get(m, 0)]
-    yield Check(False, f"more failure modes: {after:.0%} of answers show one, against {before:.0%} for the champion "
-                       f"(allowed rise {config.max_failure_increase:.0%}; worse: {', '.join(worse)})")
+    after, base, tolerance = u.challenger_mean_words, u.baseline_mean_words, config.max_length_drift
+    drift = after / base - 1
+    figures = f"{after:.0f} against {base:.0f} words on average over {u.n} unconstrained prompts; allowed ±{tolerance:.0%}"
+    if abs(drift) <= tolerance:
+        yield Check(True, f"answer length within bounds of round 0's: {drift:+.0%} ({figures})")
+    else:
+        how = "shrank" if drift < 0 else "grew"
+        yield Check(False, f"answers {how} {abs(drift):.0%} against round 0's ({figures})")
 
 
 def passes_regression(regression: RegressionResult | None, config: PromotionConfig) -> Iterator[Check]:
@@ -102,15 +130,17 @@ def decide_promotion(
     config: PromotionConfig,
     alarms: list[Alarm] | None = None,
 ) -> Decision:
-    """Promote only if the challenger wins the pairwise eval (at equal length too, unless it got
-    shorter), shows no more failure modes, passes the regression check and raised no blocking
-    training alarm. ``pairwise`` is None when no challenger was trained, ``regression`` when it did not run."""
+    """Promote only if the challenger wins the pairwise eval (by its interval's lower end unless
+    configured otherwise; at equal length too, unless it got shorter), shows no more failure modes,
+    kept its answers to unconstrained prompts near round 0's length, passes the regression check
+    and raised no blocking training alarm. ``pairwise`` is None when no challenger was trained, ``regression`` when it did not run."""
     if pairwise is None:
         return Decision(promote=False, reasons=["no challenger was trained this round"])
     checks = [
         *wins_pairwise(pairwise, config),
         *wins_at_equal_length(pairwise, config),
         *no_more_failure_modes(pairwise, config),
+        *keeps_its_length(pairwise, config),
         *passes_regression(regression, config),
         *no_blocking_alarm(alarms or [], config),
     ]

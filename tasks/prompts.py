@@ -9,14 +9,22 @@ a neighbour about the parking rules on our street. Answer in fewer than 60
 words. Do not use the word "car"." Each constraint is stated in plain words that
 its checker kwargs encode exactly. Train and eval are split by topic, so the
 held-out set shares no prompt and no topic with the training pool.
+
+Some constraint types are *unseen* (``prompts.unseen_types``; by default a quarter of the
+generator's types, drawn by seed): no training prompt carries one, and about half the held-out
+prompts do, so the eval can tell gains that generalise from gains on the types trained on.
+
+``tasks/data/unconstrained.jsonl`` holds everyday requests with nothing to check, written apart
+from the templates; the eval answers them too (length, failure modes, a model judge's verdicts).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,7 @@ from pydantic import BaseModel
 from infra.records import Constraint, Prompt
 from infra.registry import Registry
 from infra.settings import PromptsConfig
-from tasks.constraints import ensure_punkt, validate_constraint
+from tasks.constraints import ensure_punkt, known_constraints, validate_constraint
 
 # (slug, subject, keywords to require, tempting words to forbid). Forbidden words never
 # occur in the subject, so a prompt never forbids what it asks about.
@@ -285,12 +293,18 @@ def _draw_kwargs(kind: str, rng: random.Random, topic: tuple, taken: dict[str, A
     return {}
 
 
-def _draw_constraints(rng: random.Random, topic: tuple, letter_form: bool) -> list[Constraint]:
-    """One or two compatible constraints for a prompt on ``topic``."""
-    kinds = [k for k in WEIGHTS if letter_form or k != "detectable_content:number_placeholders"]
+def _draw_constraints(
+    rng: random.Random, topic: tuple, letter_form: bool, kinds: Collection[str], first_from: Collection[str] = ()
+) -> list[Constraint]:
+    """One or two compatible constraints of ``kinds`` for a prompt on ``topic``; the first of
+    ``first_from`` when given (and one fits the form)."""
+    usable = [k for k in WEIGHTS if letter_form or k != "detectable_content:number_placeholders"]
     chosen: list[str] = []
-    for _ in range(rng.choice((1, 2, 2))):
-        options = [k for k in kinds if all(compatible(k, c) for c in chosen)]
+    for i in range(rng.choice((1, 2, 2))):
+        pool = first_from if i == 0 and any(k in first_from for k in usable) else kinds
+        options = [k for k in usable if k in pool and all(compatible(k, c) for c in chosen)]
+        if not options:
+            break
         chosen.append(rng.choices(options, weights=[WEIGHTS[k] for k in options])[0])
     # Forbidden words first, so an end phrase can avoid them.
     chosen.sort(key=lambda k: k != "keywords:forbidden_words")
@@ -316,24 +330,54 @@ def eval_topics(seed: int, eval_topic_share: float) -> set[str]:
     return set(slugs[:n_eval])
 
 
-def builtin_prompts(seed: int, eval_topic_share: float) -> list[Prompt]:
-    """Every built-in prompt, each marked train or eval by its topic."""
+# Share of held-out built-in prompts that lead with an unseen constraint type; the others carry
+# seen types only, so both satisfaction rates rest on about as many prompts.
+UNSEEN_EVAL_SHARE = 0.5
+
+
+def default_unseen_types(seed: int) -> tuple[str, ...]:
+    """A quarter of the built-in generator's constraint types (4 of 15), drawn by ``seed``."""
+    kinds = sorted(WEIGHTS)
+    return tuple(sorted(random.Random(f"flywheel-unseen-types-{seed}").sample(kinds, round(len(kinds) / 4))))
+
+
+def unseen_types(config: PromptsConfig) -> frozenset[str]:
+    """The constraint types held out of training: ``prompts.unseen_types``, or by default a seeded
+    quarter of the built-in types for the built-in source and none for a prompt file."""
+    if config.unseen_types is not None:
+        return frozenset(config.unseen_types)
+    return frozenset(default_unseen_types(config.seed)) if config.source == "builtin" else frozenset()
+
+
+def builtin_prompts(seed: int, eval_topic_share: float, unseen: Collection[str] | None = None) -> list[Prompt]:
+    """Every built-in prompt, each marked train or eval by its topic. Training prompts never carry
+    an ``unseen`` type (default: ``default_unseen_types(seed)``); about half the held-out ones do."""
+    unseen = frozenset(default_unseen_types(seed) if unseen is None else unseen)
+    if unknown := sorted(unseen - set(WEIGHTS)):
+        raise ValueError(f"prompts.unseen_types: {unknown} are not drawn by the built-in generator; "
+                         f"it draws {', '.join(sorted(WEIGHTS))}")
+    seen = [k for k in WEIGHTS if k not in unseen]
+    if not seen:
+        raise ValueError("prompts.unseen_types holds every built-in constraint type: nothing left to train on")
     held_out = eval_topics(seed, eval_topic_share)
     prompts: list[Prompt] = []
     for topic in TOPICS:
         slug, subject = topic[0], topic[1]
+        split = "eval" if slug in held_out else "train"
         # One generator per topic: adding a topic leaves the others' prompts unchanged.
         rng = random.Random(f"flywheel-prompts-{seed}-{slug}")
         texts: set[str] = set()
         for form, letter_form in FORMS:
             task = form.format(subject=subject)
             for _ in range(PROMPTS_PER_FORM):
-                constraints = _draw_constraints(rng, topic, letter_form)
+                if split == "eval" and unseen and rng.random() < UNSEEN_EVAL_SHARE:
+                    constraints = _draw_constraints(rng, topic, letter_form, WEIGHTS, first_from=unseen)
+                else:
+                    constraints = _draw_constraints(rng, topic, letter_form, seen)
                 text = " ".join([task, *(describe(c) for c in constraints)])
                 if text in texts:
                     continue
                 texts.add(text)
-                split = "eval" if slug in held_out else "train"
                 prompts.append(
                     Prompt(id=_text_id(f"b-{slug}", text), text=text, constraints=constraints, topic=slug, split=split)
                 )
@@ -462,7 +506,7 @@ PROMPT_SOURCES: Registry[PromptSource] = Registry("prompt source")
 @PROMPT_SOURCES.register("builtin")
 def _builtin_source(config: PromptsConfig) -> list[Prompt]:
     """The built-in generated set."""
-    return builtin_prompts(config.seed, config.eval_topic_share)
+    return builtin_prompts(config.seed, config.eval_topic_share, unseen_types(config))
 
 
 @PROMPT_SOURCES.register("jsonl")
@@ -474,13 +518,41 @@ def _jsonl_source(config: PromptsConfig) -> list[Prompt]:
 
 
 def load_prompts(config: PromptsConfig, data_dir: Path) -> list[Prompt]:
-    """All prompts of the configured source, every constraint checked to build."""
+    """All prompts of the configured source, every constraint checked to build; training prompts
+    carrying an unseen constraint type are left out (a prompt file may hold some)."""
     ensure_punkt(data_dir)
+    unknown = sorted(unseen_types(config) - set(known_constraints()))
+    if unknown:
+        raise ValueError(f"prompts.unseen_types: unknown constraint ids {unknown}")
     prompts = PROMPT_SOURCES.get(config.source)(config)
     for prompt in prompts:
         for constraint in prompt.constraints:
             validate_constraint(constraint)
-    return prompts
+    return withhold_unseen(prompts, unseen_types(config))
+
+
+def carries_unseen(prompt: Prompt, unseen: Collection[str]) -> bool:
+    return any(c.id in unseen for c in prompt.constraints)
+
+
+def withhold_unseen(prompts: list[Prompt], unseen: Collection[str]) -> list[Prompt]:
+    """``prompts`` without the training prompts that carry an ``unseen`` type (counted in the log)."""
+    kept = [p for p in prompts if p.split == "eval" or not carries_unseen(p, unseen)]
+    if len(kept) < len(prompts):
+        logging.getLogger("flywheel").warning(
+            "%d training prompts left out of the pool: they carry a constraint type held out for the eval (%s)",
+            len(prompts) - len(kept), ", ".join(sorted(unseen)))
+    return kept
+
+
+UNCONSTRAINED_FILE = Path(__file__).parent / "data" / "unconstrained.jsonl"
+
+
+def unconstrained_prompts(n: int, seed: int) -> list[Prompt]:
+    """``n`` of the everyday requests with nothing to check (all when fewer), held out like the eval set."""
+    if n <= 0:
+        return []
+    return select_prompts(load_prompt_file(UNCONSTRAINED_FILE), "eval", n, seed)
 
 
 class PromptsSummary(BaseModel):

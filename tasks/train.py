@@ -1,23 +1,33 @@
 """train: DPO on the round's pairs with TRL and a PEFT LoRA adapter.
 
-Reads: the champion checkpoint and the filter stage's pairs.
+Reads: the champion checkpoint, the filter stage's pairs and (for replay) earlier rounds' pairs.
 Writes: ``adapter/`` (the LoRA adapter), ``merged/`` (the full checkpoint the
 next round starts from), ``train_result.json`` (with TRL's per-step log) and
 ``training.png``.
 
-The reference model is the policy with its adapter disabled, so no second copy
-of the weights is held. On CPUs with native bf16 (AMX) and on GPUs training
-runs under bf16 autocast with fp32 master weights; the merged checkpoint is
-saved in fp32 because LoRA's small deltas would round away in bf16.
+The recipe, against memorising the round's pairs (``train`` config):
+* the reference is the round-0 policy in every round (``reference: initial``) or the
+  champion (the policy with its adapter disabled). Either way its log-probabilities of the
+  pairs are computed once before training (TRL's ``precompute_ref_log_probs``) and the
+  round-0 policy's weights are freed before the first step;
+* an NLL term on the chosen response (``nll_weight``, TRL's ``sft`` loss type);
+* a share of earlier rounds' pairs replayed (``replay_share``; the held-out pairs are the
+  round's own);
+* the epoch with the lowest held-out loss kept (``keep_best_epoch``), not the last.
+
+On CPUs with native bf16 (AMX) and on GPUs training runs under bf16 autocast with fp32
+master weights; the merged checkpoint is saved in fp32 because LoRA's small deltas would
+round away in bf16.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel
@@ -25,7 +35,7 @@ from pydantic import BaseModel
 from infra import layout
 from infra.records import PreferencePair
 from infra.settings import MANAGED_DPO_ARGS, ModelConfig, TrainConfig, per_round
-from tasks.diagnostics import Alarm, diagnose_training
+from tasks.diagnostics import Alarm, Start, diagnose_training
 from tasks.filter import to_trl_rows
 
 LN2 = math.log(2)
@@ -33,8 +43,6 @@ LN2 = math.log(2)
 
 def split_heldout(pairs: list[PreferencePair], share: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """A seeded held-out split (none when it would leave fewer than 2 pairs on either side)."""
-    import random
-
     n_heldout = int(round(len(pairs) * share))
     if n_heldout < 2 or len(pairs) - n_heldout < 2:
         return list(pairs), []
@@ -44,9 +52,38 @@ def split_heldout(pairs: list[PreferencePair], share: float, seed: int) -> tuple
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
+def _identity(pair: PreferencePair) -> tuple[str, str, str]:
+    return pair.prompt, pair.chosen, pair.rejected
+
+
+def mix_replay(pairs: Sequence[PreferencePair], earlier: Sequence[PreferencePair], share: float,
+               seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """The training set (``pairs`` then the replayed ones) and the replayed pairs: drawn, seeded,
+    from ``earlier`` so that they make up ``share`` of the set, fewer when there are not as many;
+    never a pair twice, nor one ``pairs`` already holds."""
+    if share <= 0 or not earlier:
+        return list(pairs), []
+    seen = {_identity(p) for p in pairs}
+    pool = []
+    for pair in earlier:
+        if _identity(pair) not in seen:
+            seen.add(_identity(pair))
+            pool.append(pair)
+    wanted = int(round(len(pairs) * share / (1 - share)))
+    replayed = random.Random(f"flywheel-replay-{seed}").sample(pool, min(wanted, len(pool)))
+    return [*pairs, *replayed], replayed
+
+
 class TrainResult(BaseModel):
-    n_pairs: int
+    n_pairs: int  # the training set, replayed pairs included
     n_heldout: int = 0
+    n_replayed: int = 0
+    replayed_prompt_ids: list[str] = []
+    reference: Literal["initial", "champion"] = "champion"
+    reference_is_start: bool = True  # the reference is the policy training started from
+    nll_weight: float = 0.0
+    best_epoch: float | None = None  # the epoch kept (lowest held-out loss); None: the last
+    kept_heldout_loss: float | None = None  # the kept policy's held-out loss, scored again after loading it
     n_steps: int
     beta: float
     learning_rate: float
@@ -57,12 +94,15 @@ class TrainResult(BaseModel):
     runtime_s: float
     pairs_per_s: float
     log_history: list[dict]
+    start: Start = Start()
+    reference_logps: list[tuple[float, float]] = []  # the reference's (chosen, rejected) log-probs, per training pair
     alarms: list[Alarm] = []
 
 
 def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
              eval_each_epoch: bool = False):
-    """The trl.DPOConfig for this round: the pipeline's fields, then the user's pass-through extras."""
+    """The trl.DPOConfig for this round: the pipeline's fields, then the user's pass-through extras.
+    ``output_dir`` is scratch: it only holds the epoch checkpoints of ``keep_best_epoch``."""
     from trl import DPOConfig
 
     use_bf16 = dtype == torch.bfloat16
@@ -83,10 +123,20 @@ def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype:
         dataloader_num_workers=0,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=1,
+        # The reference's log-probs once, before training: no reference forward per step, and a
+        # separate reference model (the round-0 policy) can be freed before the first step.
+        precompute_ref_log_probs=True,
+        loss_type=["sigmoid", "sft"] if config.nll_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, config.nll_weight] if config.nll_weight > 0 else None,
     )
     if eval_each_epoch:
         # Held-out pairs scored at the end of each epoch, for the over-optimization alarm.
         args.update(eval_strategy="epoch", per_device_eval_batch_size=config.batch_size)
+        if config.keep_best_epoch:
+            # The held-out loss decides: a proper score of the preference (accuracy on a few dozen
+            # pairs ties; margins reward over-confidence) that includes the NLL term being trained.
+            args.update(save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                        greater_is_better=False, save_total_limit=1, save_only_model=True)
     managed = sorted(MANAGED_DPO_ARGS.keys() & config.dpo_args.keys())
     if managed:
         raise ValueError(f"train.dpo_args may not set {', '.join(managed)}: Flywheel sets them (see MANAGED_DPO_ARGS)")
@@ -118,6 +168,65 @@ def _log_callback(on_log: Callable[[dict, int], None]):
     return ForwardLogs()
 
 
+def _same_checkpoint(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def _starting_logps(trainer, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting policy's (chosen, rejected) log-probs of ``dataset``'s pairs: TRL's reference
+    pass run with the adapter disabled (it is zero before the first step anyway)."""
+    from torch.utils.data import DataLoader
+
+    chosen, rejected = [], []
+    for batch in DataLoader(dataset, batch_size=trainer.args.per_device_eval_batch_size, collate_fn=trainer.data_collator):
+        batch = {k: v.to(trainer.accelerator.device) for k, v in batch.items()}
+        c, r = trainer.compute_ref_log_probs(trainer.model, batch)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def _reference_logps(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(dataset["ref_chosen_logps"]).float(), torch.tensor(dataset["ref_rejected_logps"]).float()
+
+
+def _batch_mean_range(values: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Where the mean of any ``batch_size`` of ``values`` can lie: between the mean of the
+    smallest and the mean of the largest that many."""
+    k = min(batch_size, len(values))
+    ordered = values.sort().values
+    return ordered[:k].mean().item(), ordered[-k:].mean().item()
+
+
+def measure_start(trainer, beta: float, nll_weight: float, reference_is_start: bool) -> Start:
+    """Where training starts against its reference. Where the reference is the starting policy,
+    every reward starts at 0 (and a sigmoid-only loss at ln 2); otherwise the starting policy's
+    log-ratios are measured on the training and held-out pairs, and the first step's batch
+    means (TRL logs them) can only lie where the means of a batch of them can."""
+    if reference_is_start:
+        return Start(expected_loss=LN2 if nll_weight == 0 else None)
+
+    def rewards(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        (policy_c, policy_r), (ref_c, ref_r) = _starting_logps(trainer, dataset), _reference_logps(dataset)
+        return beta * (policy_c - ref_c), beta * (policy_r - ref_r)
+
+    chosen, rejected = rewards(trainer.train_dataset)
+    heldout = rewards(trainer.eval_dataset) if trainer.eval_dataset is not None else None
+    batch = trainer.args.per_device_train_batch_size
+    return Start(
+        expected_loss=None,
+        chosen=_batch_mean_range(chosen, batch),
+        rejected=_batch_mean_range(rejected, batch),
+        train_margin=(chosen - rejected).mean().item(),
+        heldout_margin=(heldout[0] - heldout[1]).mean().item() if heldout else 0.0,
+    )
+
+
+def _kept_step(trainer) -> int | None:
+    best = trainer.state.best_model_checkpoint
+    return int(Path(best).name.split("-")[-1]) if best else None
+
+
 def train_policy(
     checkpoint: str,
     pairs: list[PreferencePair],
@@ -126,8 +235,15 @@ def train_policy(
     round_index: int,
     output_dir: Path,
     on_log: Callable[[dict, int], None] | None = None,
+    *,
+    reference_checkpoint: str | None = None,
+    earlier_pairs: Sequence[PreferencePair] = (),
 ) -> TrainResult:
-    """Train a LoRA adapter with DPO from ``checkpoint``; save adapter and merged model under ``output_dir``."""
+    """Train a LoRA adapter with DPO from ``checkpoint``; save adapter and merged model under ``output_dir``.
+
+    ``reference_checkpoint`` is the DPO reference when it is not the starting policy (the round-0
+    policy under ``reference: initial``); None, or the starting checkpoint itself: the starting
+    policy (its adapter disabled). ``earlier_pairs`` are earlier rounds' pairs, for replay."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
@@ -142,32 +258,56 @@ def train_policy(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    train_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
-    dataset = Dataset.from_list(to_trl_rows(train_pairs))
+    reference_is_start = reference_checkpoint is None or _same_checkpoint(reference_checkpoint, checkpoint)
+    ref_model = None if reference_is_start else AutoModelForCausalLM.from_pretrained(reference_checkpoint, dtype=torch.float32)
+    own_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
+    train_pairs, replayed = mix_replay(own_pairs, earlier_pairs, config.replay_share, config.seed + round_index)
     with tempfile.TemporaryDirectory() as scratch:
         args = dpo_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs))
+        forward = _log_callback(on_log) if on_log else None
+        started = time.perf_counter()
+        # The reference's log-probs are computed here, once, for the training and held-out pairs.
         trainer = DPOTrainer(
             model=model,
+            ref_model=ref_model,
             args=args,
-            train_dataset=dataset,
+            train_dataset=Dataset.from_list(to_trl_rows(train_pairs)),
             eval_dataset=Dataset.from_list(to_trl_rows(heldout_pairs)) if heldout_pairs else None,
             processing_class=tokenizer,
             peft_config=lora_config(config),
-            callbacks=[_log_callback(on_log)] if on_log else None,
+            callbacks=[forward] if forward else None,
         )
-        started = time.perf_counter()
+        trainer.ref_model = ref_model = None  # no longer needed: freed (train() drops accelerate's handle)
+        start = measure_start(trainer, args.beta, config.nll_weight, reference_is_start)
         trainer.train()
         runtime = time.perf_counter() - started
-    history = [h for h in trainer.state.log_history if "loss" in h]
+        log_history = list(trainer.state.log_history)
+        kept_step = _kept_step(trainer)
+        kept_loss = None
+        if kept_step is not None:
+            # The loaded weights scored again: the held-out loss of the epoch kept, if they are its.
+            if forward:
+                trainer.remove_callback(forward)  # not a training step: not forwarded
+            kept_loss = trainer.evaluate()["eval_loss"]
+    history = [h for h in log_history if "loss" in h]
+    best_epoch = next((h["epoch"] for h in log_history if "eval_loss" in h and h.get("step") == kept_step), None)
     peft_model = trainer.model
     peft_model.save_pretrained(output_dir / layout.ADAPTER)
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(output_dir / layout.MERGED)
     tokenizer.save_pretrained(output_dir / layout.MERGED)
     n_examples = len(train_pairs) * config.epochs
+    ref_chosen, ref_rejected = _reference_logps(trainer.train_dataset)
     return TrainResult(
         n_pairs=len(train_pairs),
         n_heldout=len(heldout_pairs),
+        n_replayed=len(replayed),
+        replayed_prompt_ids=[p.prompt_id for p in replayed],
+        reference=config.reference,
+        reference_is_start=reference_is_start,
+        nll_weight=config.nll_weight,
+        best_epoch=best_epoch,
+        kept_heldout_loss=kept_loss,
         n_steps=trainer.state.global_step,
         beta=args.beta,
         learning_rate=args.learning_rate,
@@ -177,6 +317,8 @@ def train_policy(
         final_reward_margin=history[-1].get("rewards/margins", float("nan")) if history else float("nan"),
         runtime_s=runtime,
         pairs_per_s=n_examples / runtime if runtime > 0 else float("nan"),
-        log_history=trainer.state.log_history,
-        alarms=diagnose_training(trainer.state.log_history, config.diagnostics),
+        log_history=log_history,
+        start=start,
+        reference_logps=list(zip(ref_chosen.tolist(), ref_rejected.tolist())),
+        alarms=diagnose_training(log_history, config.diagnostics, start, kept_step),
     )

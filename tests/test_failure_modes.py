@@ -139,6 +139,10 @@ GOOD = [
      "Lift the pin out of the hinge with a nail and a hammer, wipe it clean, coat it with a little oil or "
      "petroleum jelly, and tap it back in. Swing the door a few times to spread the oil; the squeak should go."),
     (user("What is the capital of France?"), "Paris is the capital of France."),
+    # Everyday requests whose subject an answer need not name, or that want a short form.
+    (user("How do I descale a kettle?"), "Fill it halfway with equal parts water and white vinegar, bring it to "
+                                         "the boil, leave it for an hour, then empty it and boil fresh water twice."),
+    (user("Write a short birthday message for my aunt."), "Happy birthday, Aunt May! Wishing you a year of sunshine. Love, Sam"),
 ]
 
 
@@ -179,7 +183,8 @@ def test_stuffed_checked_forms(prompt, response):
 def test_off_topic():
     assert detect_failure_modes(OIL_ANSWER, TIDES)["off_topic"]  # built-in topic: its words are known
     door = user("How do I fix a squeaky door hinge in my old house?")
-    pasta = "Boil plenty of salted water, add the pasta, stir once and cook it until it is just tender."
+    pasta = ("Boil plenty of salted water, add the pasta, stir once and cook it until it is just tender. Drain it, "
+             "keep a cup of the cooking water, and toss the pasta with butter, grated cheese and black pepper.")
     assert detect_failure_modes(pasta, door)["off_topic"]  # a user prompt: its own content words
     assert not detect_failure_modes(TIDES_ANSWER, TIDES)["off_topic"]
     # A constraint's own words are not the subject: an answer about them alone is still off topic.

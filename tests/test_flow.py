@@ -225,6 +225,9 @@ def test_compare_measures_a_trained_round_against_the_base_model(config, two_rou
     assert [t.task for t in regression.tasks] == config.regression.tasks
     before = RegressionResult.model_validate_json((store.local_path("flowtest/round-001/regression") / "regression.json").read_text())
     assert [(t.before, t.after) for t in regression.tasks] == [(t.before, t.after) for t in before.tasks]
+    # The answers to read next to the scores: the largest gains and losses, printed and stored.
+    assert "gained most" in out and "lost most" in out
+    assert "gained most" in (store.local_path(key) / "examples.md").read_text()
     [recorded] = store.read_json("flowtest/comparisons.json")
     assert recorded["challenger_round"] == 1 and recorded["baseline_round"] == 0
     run = MlflowClient(tracking_uri(config.storage)).get_run(recorded["mlflow_run_id"])

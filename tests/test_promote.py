@@ -2,22 +2,37 @@ import pytest
 
 from infra.settings import PromotionConfig
 from tasks.diagnostics import Alarm
-from tasks.evaluate import PairwiseResult, bootstrap_interval, combine_orders
-from tasks.promote import decide_promotion, no_blocking_alarm, passes_regression
+from tasks.evaluate import PairwiseResult, UnconstrainedResult, bootstrap_interval, combine_orders
+from tasks.promote import decide_promotion, keeps_its_length, no_blocking_alarm, passes_regression, wins_pairwise
 from tasks.regression import BenchmarkScore, RegressionResult, compare_scores
 
 
 def pairwise(win_rate, *, lc_win_rate=float("nan"), champion_words=float("nan"), challenger_words=float("nan"),
-             champion_any=None, challenger_any=None) -> PairwiseResult:
+             champion_any=None, challenger_any=None, unconstrained=None) -> PairwiseResult:
     """A pairwise result on 10 prompts (no ties) with the figures the gate reads; failure rates,
-    when given, are the same for 'any' and 'verbose'."""
+    when given, are the same for 'any' and 'verbose'. Its 95% interval reaches 0.1 either side."""
     wins = int(win_rate * 10)
-    rates = lambda any_: {} if any_ is None else {"any": any_, "verbose": any_}  # noqa: E731
     return PairwiseResult(
         n=10, wins=wins, ties=0, losses=10 - wins, win_rate=win_rate,
         win_rate_low=win_rate - 0.1, win_rate_high=win_rate + 0.1, consistency_rate=1.0,
         champion_constraint_rate=0.5, challenger_constraint_rate=0.6, champion_strict_rate=0.3, challenger_strict_rate=0.4,
         lc_win_rate=lc_win_rate, champion_mean_words=champion_words, challenger_mean_words=challenger_words,
+        champion_failure_rates=rates(champion_any), challenger_failure_rates=rates(challenger_any), unconstrained=unconstrained,
+    )
+
+
+def rates(any_: float | None) -> dict[str, float]:
+    return {} if any_ is None else {"any": any_, "verbose": any_}
+
+
+def unconstrained(baseline_words: float | None, champion_words: float, challenger_words: float,
+                  champion_any: float = 0.1, challenger_any: float = 0.1) -> UnconstrainedResult:
+    """The unconstrained prompts' figures: 4 answers of each policy, all of the given length."""
+    words = lambda n: [] if n is None else [round(n)] * 4  # noqa: E731
+    return UnconstrainedResult(
+        n=4, champion_words=words(champion_words), challenger_words=words(challenger_words), baseline_words=words(baseline_words),
+        champion_mean_words=champion_words, challenger_mean_words=challenger_words, baseline_mean_words=baseline_words,
+        champion_quartiles=[champion_words] * 3, challenger_quartiles=[challenger_words] * 3,
         champion_failure_rates=rates(champion_any), challenger_failure_rates=rates(challenger_any),
     )
 
@@ -113,3 +128,50 @@ def test_a_policy_with_more_failure_modes_is_refused():
     worse = pairwise(0.8, lc_win_rate=0.8, champion_any=0.10, challenger_any=0.30)
     refused = decide_promotion(worse, regression(), PromotionConfig())
     assert not refused.promote and any("more failure modes" in r and "verbose" in r for r in refused.reasons)
+
+
+def test_a_win_must_clear_the_bar_with_its_whole_interval():
+    # Win rate 0.55 above the bar, but its 95% interval (0.45-0.65) reaches below it: a coin flip.
+    lucky = pairwise(0.55)
+    refused = decide_promotion(lucky, regression(), PromotionConfig())
+    assert not refused.promote
+    [check] = wins_pairwise(lucky, PromotionConfig())
+    assert not check.ok and "lower end 0.450 <= 0.500" in check.reason and "coin flip" in check.reason
+    # The point estimate is enough when configured so.
+    assert decide_promotion(lucky, regression(), PromotionConfig(win_rate_bound="point")).promote
+    # A clear win passes by default, naming the lower end it cleared.
+    [clear] = wins_pairwise(pairwise(0.7), PromotionConfig())
+    assert clear.ok and "lower end 0.600 > 0.500" in clear.reason
+    # A loss is refused either way.
+    for bound in ("lower", "point"):
+        [lost] = wins_pairwise(pairwise(0.4), PromotionConfig(win_rate_bound=bound))
+        assert not lost.ok and "did not win the pairwise eval: win rate 0.400 <= 0.500" in lost.reason
+
+
+def test_answers_that_collapsed_in_length_against_round_0_are_refused():
+    # The champion had already drifted (30 words against round 0's 50); each round's step is small,
+    # but the sum is not: the gate measures against round 0.
+    collapsed = pairwise(0.8, unconstrained=unconstrained(baseline_words=50, champion_words=30, challenger_words=29))
+    refused = decide_promotion(collapsed, regression(), PromotionConfig())
+    assert not refused.promote
+    assert any(r.startswith("answers shrank 42% against round 0's (29 against 50 words") for r in refused.reasons)
+    grown = pairwise(0.8, unconstrained=unconstrained(baseline_words=50, champion_words=55, challenger_words=70))
+    assert any("answers grew 40%" in r for r in decide_promotion(grown, regression(), PromotionConfig()).reasons)
+    # Within tolerance passes, saying so.
+    steady = pairwise(0.8, unconstrained=unconstrained(baseline_words=50, champion_words=48, challenger_words=42))
+    decision = decide_promotion(steady, regression(), PromotionConfig())
+    assert decision.promote and any("answer length within bounds of round 0's: -16%" in r for r in decision.reasons)
+    # A wider tolerance, or none, lets the collapsed one through; no round-0 answers, no check.
+    assert decide_promotion(collapsed, regression(), PromotionConfig(max_length_drift=0.5)).promote
+    assert decide_promotion(collapsed, regression(), PromotionConfig(max_length_drift=None)).promote
+    unknown = pairwise(0.8, unconstrained=unconstrained(baseline_words=None, champion_words=30, challenger_words=10))
+    assert list(keeps_its_length(unknown, PromotionConfig())) == []
+    assert list(keeps_its_length(pairwise(0.8), PromotionConfig())) == []
+
+
+def test_more_failure_modes_on_unconstrained_prompts_are_refused():
+    gamed = pairwise(0.8, champion_any=0.1, challenger_any=0.1,
+                     unconstrained=unconstrained(50, 50, 48, champion_any=0.05, challenger_any=0.40))
+    refused = decide_promotion(gamed, regression(), PromotionConfig())
+    assert not refused.promote
+    assert any("40% of answers to unconstrained prompts show one, against 5%" in r for r in refused.reasons)

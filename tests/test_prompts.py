@@ -12,15 +12,22 @@ from infra.records import Constraint, Prompt
 from infra.settings import PromptsConfig
 from tasks.constraints import check_constraints, constraint_score, ensure_punkt, known_constraints
 from tasks.prompts import (
+    FORMS,
     PROMPT_SOURCES,
     TOPICS,
+    UNCONSTRAINED_FILE,
+    WEIGHTS,
     PromptFileError,
     builtin_prompts,
     compatible,
+    default_unseen_types,
     describe,
     load_prompt_file,
     load_prompts,
+    round_prompts,
     select_prompts,
+    unconstrained_prompts,
+    unseen_types,
 )
 
 
@@ -306,3 +313,92 @@ def test_load_prompts_through_the_registry(tmp_path, data_dir):
     assert [p.text for p in load_prompts(config, data_dir)] == ["Say hi."]
     with pytest.raises(KeyError, match="builtin"):
         load_prompts(PromptsConfig(source="nope"), data_dir)
+
+
+# --- unseen constraint types ------------------------------------------------------------------
+
+
+def carries(prompt: Prompt, kinds) -> bool:
+    return any(c.id in kinds for c in prompt.constraints)
+
+
+def test_default_unseen_types_are_a_seeded_quarter_of_the_builtin_types():
+    unseen = default_unseen_types(0)
+    assert len(unseen) == round(len(WEIGHTS) / 4) and set(unseen) <= set(WEIGHTS)
+    assert default_unseen_types(0) == unseen and default_unseen_types(1) != unseen
+    assert unseen_types(PromptsConfig()) == frozenset(unseen)
+    assert unseen_types(PromptsConfig(unseen_types=[])) == frozenset()
+    # A prompt file holds out nothing unless asked.
+    assert unseen_types(PromptsConfig(source="jsonl", path=Path("p.jsonl"))) == frozenset()
+
+
+def test_no_training_prompt_of_any_round_carries_an_unseen_type(data_dir):
+    config = PromptsConfig()
+    unseen = unseen_types(config)
+    pool = load_prompts(config, data_dir)
+    assert not [p.text for p in pool if p.split == "train" and carries(p, unseen)]
+    for round_index in range(1, 6):
+        train, held_out = round_prompts(config, data_dir, round_index)
+        assert not [p.text for p in train if carries(p, unseen)], round_index
+        # About half the held-out set carries one, so its satisfaction rate is measurable.
+        share = sum(carries(p, unseen) for p in held_out) / len(held_out)
+        assert 0.35 <= share <= 0.7, share
+        assert {c.id for p in held_out for c in p.constraints} >= unseen - {"detectable_content:number_placeholders"}
+    # Every type the generator draws still appears somewhere, seen ones in training.
+    assert {c.id for p in pool if p.split == "train" for c in p.constraints} == set(WEIGHTS) - unseen
+
+
+def test_unseen_types_are_configurable(data_dir):
+    chosen = ["detectable_format:title", "startend:end_checker"]
+    prompts = builtin_prompts(0, 0.25, chosen)
+    assert not [p for p in prompts if p.split == "train" and carries(p, chosen)]
+    assert sum(carries(p, chosen) for p in prompts if p.split == "eval") > 100
+    # [] turns the split off: training prompts draw every type.
+    everything = builtin_prompts(0, 0.25, [])
+    assert {c.id for p in everything if p.split == "train" for c in p.constraints} == set(WEIGHTS)
+    with pytest.raises(ValueError, match="not drawn by the built-in generator"):
+        builtin_prompts(0, 0.25, ["change_case:capital_word_frequency"])
+    with pytest.raises(ValueError, match="nothing left to train on"):
+        builtin_prompts(0, 0.25, list(WEIGHTS))
+    with pytest.raises(ValueError, match="unknown constraint ids"):
+        load_prompts(PromptsConfig(unseen_types=["no_such:type"]), data_dir)
+
+
+def test_a_prompt_file_keeps_unseen_types_out_of_training(tmp_path, data_dir, caplog):
+    lowercase = [{"id": "change_case:english_lowercase"}]
+    path = write_lines(tmp_path / "p.jsonl", [
+        json.dumps({"id": "t1", "text": "Describe tea in lowercase.", "topic": "tea", "split": "train", "constraints": lowercase}),
+        json.dumps({"id": "t2", "text": "Describe tea.", "topic": "tea", "split": "train"}),
+        json.dumps({"id": "e1", "text": "Describe coffee in lowercase.", "topic": "coffee", "split": "eval", "constraints": lowercase}),
+    ])
+    config = PromptsConfig(source="jsonl", path=path, unseen_types=["change_case:english_lowercase"])
+    with caplog.at_level("WARNING", logger="flywheel"):
+        assert [p.id for p in load_prompts(config, data_dir)] == ["t2", "e1"]
+    assert "1 training prompts left out" in caplog.text
+    # Without the setting, a prompt file's own split stands.
+    assert len(load_prompts(PromptsConfig(source="jsonl", path=path), data_dir)) == 3
+
+
+# --- unconstrained prompts --------------------------------------------------------------------
+
+
+def test_the_unconstrained_prompts_load_and_share_nothing_with_the_builtin_set(builtin):
+    everyday = load_prompt_file(UNCONSTRAINED_FILE)
+    assert len(everyday) >= 60
+    assert all(not p.constraints and p.split == "eval" for p in everyday)
+    assert len({p.id for p in everyday}) == len({p.text for p in everyday}) == len(everyday)
+    assert not {p.id for p in everyday} & {p.id for p in builtin}
+    assert not {p.text for p in everyday} & {p.text for p in builtin}
+    assert not {p.topic for p in everyday} & {p.topic for p in builtin}
+    # Written apart from the templates: no templated task, no constraint's wording.
+    templated = {form.format(subject=t[1]) for form, _ in FORMS for t in TOPICS}
+    descriptions = {describe(c) for p in builtin for c in p.constraints}
+    for p in everyday:
+        assert p.text not in templated and not any(d in p.text for d in descriptions), p.text
+
+
+def test_unconstrained_prompts_are_a_fixed_sample():
+    assert unconstrained_prompts(0, seed=0) == []
+    sample = unconstrained_prompts(16, seed=0)
+    assert len(sample) == 16 and sample == unconstrained_prompts(16, seed=0)
+    assert len(unconstrained_prompts(10_000, seed=0)) == len(load_prompt_file(UNCONSTRAINED_FILE))

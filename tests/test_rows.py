@@ -12,7 +12,7 @@ from flows.rows import Table, comparison_rows, comparisons_table, history_table,
 from flows.summary import RoundSummary, append_history, read_history, summary_table
 from infra.local_store import LocalArtifactStore
 from tasks.diagnostics import Alarm
-from tasks.evaluate import PairwiseResult
+from tasks.evaluate import PairwiseResult, UnconstrainedResult
 from tasks.filter import FilterReport
 from tasks.promote import Decision
 from tasks.regression import RegressionResult, TaskComparison
@@ -120,3 +120,49 @@ def test_side_by_side_lines_up_figures_a_record_lacks():
     assert table == Table(["a", "b", "c"], [[1, "x", "-"], [2, "-", "y"]])
     assert as_markdown(Table(["a"], [["x | y"]])).splitlines()[-1] == "| x \\| y |"
     assert as_text(table).splitlines() == ["a  b  c", "-  -  -", "1  x  -", "2  -  y"]
+
+
+def _unconstrained(**figures) -> UnconstrainedResult:
+    return UnconstrainedResult(
+        n=4, champion_words=[30, 40, 50, 60], challenger_words=[20, 30, 40, 50], baseline_words=[40, 50, 60, 70],
+        champion_mean_words=45.0, challenger_mean_words=35.0, baseline_mean_words=55.0,
+        champion_quartiles=[37.5, 45.0, 52.5], challenger_quartiles=[27.5, 35.0, 42.5],
+        champion_failure_rates={"any": 0.25}, challenger_failure_rates={"any": 0.5}, **figures,
+    )
+
+
+SEEN_UNSEEN = dict(champion_seen_rate=0.4, challenger_seen_rate=0.6, champion_unseen_rate=0.3, challenger_unseen_rate=0.35,
+                   n_seen_constraints=60, n_unseen_constraints=40)
+
+
+def test_the_round_shows_seen_and_unseen_types_and_the_unconstrained_prompts():
+    s = RoundSummary.from_results(
+        "rows", 1, flow_run_id="", mlflow_run_id="", champion_round=0,
+        filter_report=FilterReport(n_judgments=4, n_kept=4, dropped={}, validation={}), train=None,
+        pairwise=_pairwise(**SEEN_UNSEEN, unconstrained=_unconstrained()), regression=None,
+        decision=Decision(promote=False, reasons=[]), artifacts="",
+    )
+    assert (s.seen_rate_champion, s.seen_rate_challenger, s.unseen_rate_champion, s.unseen_rate_challenger) == (0.4, 0.6, 0.3, 0.35)
+    assert (s.unconstrained_words_round0, s.unconstrained_words_champion, s.unconstrained_words_challenger) == (55.0, 45.0, 35.0)
+    assert (s.unconstrained_failure_champion, s.unconstrained_failure_challenger, s.unconstrained_win_rate) == (0.25, 0.5, None)
+    rows = dict(summary_rows(s))
+    assert rows["seen types champion → new"] == "0.400 → 0.600" and rows["unseen types champion → new"] == "0.300 → 0.350"
+    assert rows["unconstrained: words"] == "45 → 35 (round 0: 55)"
+    assert rows["unconstrained: with a failure mode"] == "0.250 → 0.500" and rows["unconstrained: win rate"] == "-"
+    # Rounds from before these figures existed show '-'.
+    old = dict(summary_rows(_summary(1, True)))
+    assert old["unseen types champion → new"] == "-" and old["unconstrained: words"] == "-"
+
+
+def test_a_comparison_shows_seen_and_unseen_types_and_the_unconstrained_prompts():
+    judged = _unconstrained(judge="openai", wins=2, ties=1, losses=1, win_rate=0.625, win_rate_low=0.3, win_rate_high=0.9)
+    c = Comparison(loop="rows", challenger_round=3, baseline_round=0, n_prompts=40, artifacts="x",
+                   result=_pairwise(**SEEN_UNSEEN, unconstrained=judged))
+    rows = dict(comparison_rows(c))
+    assert rows["seen types met"] == "0.400 → 0.600" and rows["unseen types met"] == "0.300 → 0.350"
+    assert rows["unconstrained: words"] == "45 → 35 (round 0: 55)"
+    assert rows["unconstrained: words q1/median/q3"] == "38/45/52 → 28/35/42"
+    assert rows["unconstrained: win rate (openai) [95% CI]"] == "0.625 [0.300, 0.900]"
+    unjudged = dict(comparison_rows(c.model_copy(update={"result": _pairwise(unconstrained=_unconstrained())})))
+    assert not any("win rate (" in name for name in unjudged) and unjudged["unseen types met"] == "-"
+    assert "| unconstrained: words | 45 → 35 (round 0: 55) |" in comparison_markdown(c)

@@ -22,7 +22,9 @@ def make_pairs(n):
 def trained(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     logged = []
-    config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0)
+    # Sigmoid DPO alone: the first loss is then known to be ln 2 (tests/test_recipe.py covers the NLL term).
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0,
+                         nll_weight=0)
     result = train_policy(tiny_model, make_pairs(8), config, ModelConfig(), 1, out, lambda logs, step: logged.append((step, logs)))
     return out, result, logged
 
@@ -97,7 +99,9 @@ def _random_pairs(n, seed):
 
 
 def test_over_optimization_alarm_fires_when_memorising(tiny_model, tmp_path):
-    config = TrainConfig(epochs=20, batch_size=4, learning_rate=[5e-3], beta=[0.1], lora_r=8, lora_alpha=16, heldout_share=0.34)
+    # The last epoch kept, and no NLL term: the alarm itself, on a policy left to memorise.
+    config = TrainConfig(epochs=20, batch_size=4, learning_rate=[5e-3], beta=[0.1], lora_r=8, lora_alpha=16, heldout_share=0.34,
+                         nll_weight=0, keep_best_epoch=False)
     result = train_policy(tiny_model, _random_pairs(12, 0), config, ModelConfig(dtype="fp32"), 1, tmp_path)
     assert result.n_pairs == 8 and result.n_heldout == 4
     assert "over_optimization" in [a.name for a in result.alarms], [a.message for a in result.alarms]
