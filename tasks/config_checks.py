@@ -17,6 +17,7 @@ from pathlib import Path
 from infra.registry import Registry
 from infra.settings import MANAGED_DPO_ARGS, FlywheelConfig, config_origin, invalid_config, load_config
 from tasks.diagnostics import ALARMS
+from tasks.failure_modes import FAILURE_MODES
 from tasks.judge import JUDGES
 from tasks.prompts import PROMPT_SOURCES, load_prompt_file
 from tasks.regression import BENCHMARKS
@@ -33,6 +34,8 @@ def check_config(config: FlywheelConfig, origin: str = "checked config") -> Flyw
         *_unknown("prompts.source", [config.prompts.source], PROMPT_SOURCES),
         *(f"promotion.blocking_alarms: unknown alarm {name!r}; known: {', '.join(ALARMS)}"
           for name in config.promotion.blocking_alarms if name not in ALARMS),
+        *(f"judge.failure_penalties: unknown failure mode {name!r}; known: {', '.join(FAILURE_MODES)}"
+          for name in config.judge.failure_penalties if name not in FAILURE_MODES),
         *_dpo_args_problems(config.train.dpo_args),
         *_prompt_file_problems(config),
     ]

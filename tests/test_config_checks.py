@@ -83,3 +83,11 @@ def test_thresholds_reach_the_alarms():
     assert _names(with_heldout, over_optimization_ratio=0.5) == ["over_optimization"]
     assert _names(with_heldout, over_optimization_ratio=0.5, over_optimization_min_margin=0.4) == []
 
+
+
+def test_unknown_failure_mode_penalty_is_refused_at_load():
+    from infra.settings import ConfigError, load_config
+    from tasks.config_checks import check_config
+
+    with pytest.raises(ConfigError, match="judge.failure_penalties: unknown failure mode 'stufed'"):
+        check_config(load_config(None, ["judge.failure_penalties={stufed: 1.0}"]))
