@@ -51,12 +51,12 @@ class PromptsConfig(Section):
     )
     n_train: int = Field(128, ge=1, description="Training-pool prompts sampled per round.")
     n_eval: int = Field(
-        192, ge=1,
+        128, ge=1,
         description="Held-out prompts for the pairwise eval (fixed across rounds; the built-in pool holds ~415). "
         "Sized for promotion.win_rate_bound 'lower': a per-prompt score (win 1, tie 0.5, loss 0) has a standard "
         "deviation of at most 0.5, so the 95% interval reaches at most 1.96 x 0.5 / sqrt(n) below the win rate: "
-        "0.071 at 192 prompts (0.087 at 128, 0.141 at 48), less with ties. A challenger winning 57-58% without "
-        "ties, or ~55% with half the pairs tied, clears a 0.5 bar at 192.",
+        "0.087 at 128 prompts (0.071 at 192, 0.141 at 48), less with ties. A challenger winning ~59% without "
+        "ties, or ~56% with half the pairs tied, clears a 0.5 bar at 128.",
     )
     eval_topic_share: float = Field(
         0.25, gt=0, lt=1, description="Share of built-in topics reserved for the held-out set."
@@ -88,16 +88,18 @@ class GenerateConfig(Section):
         "A spread gives the judge real differences to choose between.",
     )
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    # Measured (issue 10): the bundled SmolLM2-135M-Instruct on 48 built-in train prompts x temperatures
+    # Measured: the bundled SmolLM2-135M-Instruct on 48 built-in train prompts x temperatures
     # 0.6/0.8/1.0 (top_p 0.95, bf16 on a 2-core Xeon with AMX), decoded to 256 tokens. Share cut off at a budget
     # of 80/120/160/200/256 tokens: 51.4/40.3/30.6/25.7/24.3%; of the answers that end by 256, 39/23/9/2/0 of 109
     # would be cut; mean tokens 59/77/91/102/116. The other 35 (24%) had not ended by 256 (14 of them loop or
     # degenerate, the rest ramble or list on): no affordable budget makes truncation rare (<= 5%), so the filter
-    # never lets a truncated candidate be chosen; 200 keeps nearly every answer that ends.
+    # never lets a truncated candidate be chosen. 160 keeps 100 of the 109 answers that end at 0.8x the cost of
+    # 200 (which keeps 107): decoding runs to the budget whenever one row of a batch rambles on.
     max_new_tokens: int = Field(
-        200, ge=1,
+        160, ge=1,
         description="Tokens generated per candidate at most; one that hits it is marked truncated and never chosen. "
-        "Base policy, built-in prompts: 51% cut at 80 tokens, 26% at 200, 24% at 256 (answers that do not end).",
+        "Base policy, built-in prompts: 51% cut at 80 tokens, 31% at 160, 26% at 200, 24% at 256 (answers that "
+        "do not end).",
     )
     batch_size: int = Field(64, ge=1, description="Sequences decoded together; batches are grouped by prompt length.")
     seed: int = Field(0, description="Base seed; each round and batch derive their own from it.")
@@ -329,7 +331,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     judge: str | None = Field(None, description="Registered judge for the pairwise eval (default: judge.name).")
     max_new_tokens: int = Field(
-        200, ge=1, description="Tokens per evaluation response at most (as generate.max_new_tokens, measured there)."
+        160, ge=1, description="Tokens per evaluation response at most (as generate.max_new_tokens, measured there)."
     )
     temperature: float = Field(
         0.0, ge=0, description="0 decodes greedily, so both policies are compared on their most likely answer."
@@ -337,7 +339,7 @@ class EvalConfig(Section):
     batch_size: int = Field(48, ge=1, description="Sequences decoded together.")
     bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the win-rate 95% interval.")
     n_unconstrained: int = Field(
-        64, ge=0,
+        48, ge=0,
         description="Everyday requests with nothing to check (tasks/data/unconstrained.jsonl, 80 of them; all "
         "when more are asked) that both policies answer too: their length (mean, quartiles), every failure mode's "
         "rate and, with a model judge (evaluate.judge or judge.name 'openai'), a win rate. The round-0 policy's "
