@@ -262,7 +262,11 @@ class TrainConfig(Section):
         description="Learning rate for round i (last repeats). LoRA wants ~10x a full fine-tune's; "
         "decaying over rounds steadies later ones.",
     )
-    epochs: float = Field(2.0, gt=0, description="Passes over the round's pairs.")
+    epochs: float = Field(
+        1.0, gt=0,
+        description="Passes over the round's pairs. One by default: measured on the default round, a second epoch "
+        "memorised the pairs (training margin +4.4 while the held-out pairs' rose +0.5, reward accuracy 1.0).",
+    )
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (per device).")
     max_length: int = Field(320, ge=16, description="Prompt + response tokens kept per sequence.")
     lora_r: int = Field(16, ge=1, description="LoRA rank; higher ranks overfit small pair sets sooner.")
@@ -398,7 +402,7 @@ class PromotionConfig(Section):
         "on the held-out prompts and, apart, on the unconstrained prompts.",
     )
     blocking_alarms: list[str] = Field(
-        ["reference_mismatch"],
+        ["reference_mismatch", "over_optimization"],
         description="Training alarms that block promotion (of reference_mismatch, not_learning, overfitting, "
         "same_direction_drift, over_optimization; thresholds in train.diagnostics); the others are recorded and shown.",
     )
