@@ -16,10 +16,11 @@ from pathlib import Path
 
 from infra.registry import Registry
 from infra.settings import MANAGED_DPO_ARGS, FlywheelConfig, config_origin, invalid_config, load_config
+from tasks.constraints import known_constraints
 from tasks.diagnostics import ALARMS
 from tasks.failure_modes import FAILURE_MODES
 from tasks.judge import JUDGES
-from tasks.prompts import PROMPT_SOURCES, load_prompt_file
+from tasks.prompts import PROMPT_SOURCES, carries_unseen, split_counts, unseen_types
 from tasks.regression import BENCHMARKS
 
 
@@ -37,7 +38,7 @@ def check_config(config: FlywheelConfig, origin: str = "checked config") -> Flyw
         *(f"judge.failure_penalties: unknown failure mode {name!r}; known: {', '.join(FAILURE_MODES)}"
           for name in config.judge.failure_penalties if name not in FAILURE_MODES),
         *_dpo_args_problems(config.train.dpo_args),
-        *_prompt_file_problems(config),
+        *_prompt_problems(config),
     ]
     if problems:
         raise invalid_config(origin, problems)
@@ -71,11 +72,27 @@ def _dpo_args_problems(extras: dict) -> list[str]:
     return problems
 
 
-def _prompt_file_problems(config: FlywheelConfig) -> list[str]:
-    if config.prompts.source != "jsonl" or config.prompts.path is None:
-        return []
+def _prompt_problems(config: FlywheelConfig) -> list[str]:
+    """The prompt source read whole, as the prompts stage will: every line parses, and each split
+    holds enough prompts for ``n_train`` / ``n_eval`` (a round must not start, convert a model or
+    open an MLflow run only to find it has nothing to train on)."""
+    prompts = config.prompts
+    if prompts.source not in PROMPT_SOURCES:
+        return []  # named above
+    where = str(prompts.path) if prompts.source == "jsonl" else "the built-in prompt set"
     try:
-        load_prompt_file(config.prompts.path, config.prompts.eval_topic_share)
-    except ValueError as err:  # PromptFileError: the message names the file and the line
-        return [f"prompts.path: {err}"]
-    return []
+        loaded = PROMPT_SOURCES.get(prompts.source)(prompts)
+    except ValueError as err:  # PromptFileError names the file and the line
+        message = str(err)
+        return [message if message.startswith("prompts.") else f"prompts.path: {message}"]
+    unseen = unseen_types(prompts)
+    if prompts.source == "jsonl" and (unknown := sorted(unseen - set(known_constraints()))):
+        return [f"prompts.unseen_types: unknown constraint ids {unknown}"]
+    pool = [p for p in loaded if p.split == "eval" or not carries_unseen(p, unseen)]
+    counts = split_counts(pool)
+    withheld = len(loaded) - len(pool)
+    found = (f"{where} holds {counts['train']} training and {counts['eval']} held-out prompts"
+             + (f" ({withheld} training prompts left out: they carry a type in prompts.unseen_types)" if withheld else ""))
+    return [f"prompts.{field}: {found}; {field}={wanted} needs at least {wanted}"
+            for field, wanted, have in (("n_train", prompts.n_train, counts["train"]), ("n_eval", prompts.n_eval, counts["eval"]))
+            if have < wanted]

@@ -441,16 +441,33 @@ def _parse_line(line: str) -> dict[str, Any]:
     return fields
 
 
+def _decode_line(path: Path, number: int, raw: bytes) -> str:
+    """One line of a prompt file as text; a PromptFileError names the line and the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(
+            f"{path}: line {number}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def split_counts(prompts: Collection[Prompt]) -> dict[str, int]:
+    """How many of ``prompts`` fall in each split: ``{"train": n, "eval": m}``."""
+    return {split: sum(p.split == split for p in prompts) for split in ("train", "eval")}
+
+
 def load_prompt_file(path: Path, eval_share: float = 0.25) -> list[Prompt]:
     """Prompts from a JSONL file; lines without a split follow their topic's hash."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except OSError as exc:
         raise PromptFileError(f"{path}: cannot read prompt file: {exc.strerror}") from None
     rows: list[tuple[int, dict[str, Any]]] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        line = _decode_line(path, number, raw)
         if not line.strip():
             continue
         try:

@@ -86,3 +86,40 @@ def test_every_problem_is_listed_at_once(workdir, capsys):
     assert "invalid configuration (defaults + command-line overrides):" in err
     assert "  judge.name: unknown judge" in err and "  promotion.blocking_alarms: unknown alarm 'nope'" in err
     assert _written(workdir) == []
+
+
+def test_prompt_file_not_utf8_names_file_and_line(workdir, capsys):
+    good = json.dumps({"text": "Say hello.", "split": "train"}).encode()
+    (workdir / "prompts.jsonl").write_bytes(good + b"\n" + '{"text": "Caf\u00e9 au lait."}'.encode("latin-1") + b"\n")
+    data_dir = workdir / "data"
+    assert main(["round", "--set", "prompts.source=jsonl", "--set", "prompts.path=prompts.jsonl", "--set", f"storage.data_dir={data_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.jsonl: line 2: not UTF-8 (byte 0xe9 at column 14)" in err and "Traceback" not in err
+    assert not data_dir.exists() and _written(workdir) == []
+
+
+@pytest.mark.parametrize("n_train, n_eval, expected", [
+    (2, 2, ["prompts.n_train: prompts.jsonl holds 0 training and 3 held-out prompts; n_train=2 needs at least 2"]),
+    (1, 5, ["prompts.n_train: prompts.jsonl holds 0 training and 3 held-out prompts; n_train=1 needs at least 1",
+            "prompts.n_eval: prompts.jsonl holds 0 training and 3 held-out prompts; n_eval=5 needs at least 5"]),
+])
+def test_prompt_file_too_small_for_the_round_is_refused_with_counts(workdir, capsys, n_train, n_eval, expected):
+    # Every prompt held out: the round would convert the model, pin a champion and open an MLflow
+    # run before finding nothing to train on. It must stop first, with the counts.
+    lines = [json.dumps({"text": f"Describe colour {i}.", "split": "eval"}) for i in range(3)]
+    (workdir / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    data_dir = workdir / "data"
+    args = ["round", "--set", "prompts.source=jsonl", "--set", "prompts.path=prompts.jsonl", "--set", f"storage.data_dir={data_dir}",
+            "--set", f"prompts.n_train={n_train}", "--set", f"prompts.n_eval={n_eval}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert [line.strip() for line in err.splitlines()[1:]] == expected
+    assert not data_dir.exists() and _written(workdir) == []
+
+
+def test_builtin_prompts_too_few_for_n_eval_is_refused(workdir, capsys):
+    data_dir = workdir / "data"
+    assert main(["loop", "--set", "prompts.n_eval=100000", "--set", f"storage.data_dir={data_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.n_eval: the built-in prompt set holds" in err and "n_eval=100000 needs at least 100000" in err
+    assert not data_dir.exists() and _written(workdir) == []
