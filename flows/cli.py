@@ -22,6 +22,9 @@ def _prepare_environment(config: FlywheelConfig) -> None:
     prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(data_dir / "prefect")))
     prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last folder
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.preflight import EPHEMERAL_STARTUP_TIMEOUT_S  # Prefect reads it once, at import: set it first
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -146,6 +149,8 @@ def _loop(config: FlywheelConfig, args) -> int:
 
 
 # Commands that need a loop's config; those that operate the stack (flows/operate.py) do not.
+# Commands that run flows: Prefect, MLflow and S3 must answer before they start.
+NEEDS_SERVICES = {"round", "loop", "compare"}
 COMMANDS = {"config": _show_config, "history": _history, "report": _report, "compare": _compare, "round": _round, "loop": _loop}
 
 
@@ -164,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command != "config":
         _prepare_environment(config)
+    if args.command in NEEDS_SERVICES:
+        from flows.preflight import ServiceUnavailable, check_services
+
+        try:
+            check_services(config)  # before the round writes anything
+        except ServiceUnavailable as err:
+            print(f"flywheel {args.command}: {err}", file=sys.stderr)
+            return 3
     return COMMANDS[args.command](config, args)
 
 
