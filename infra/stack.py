@@ -1,12 +1,18 @@
-"""The real stack on loopback, without Docker: an S3 server (moto), an MLflow server whose
+"""The real stack on loopback, without Docker: an S3 server (SeaweedFS), an MLflow server whose
 artifacts live in that S3, a Prefect server, and process workers on the ``flywheel`` and
 ``gpu`` work pools.
+
+Everything they keep lies on disk under the stack folder, so a round's work survives
+``down``/``up``, a kill -9 of any of them and a reboot: the S3 objects (``s3/``, SeaweedFS's
+volumes), MLflow's runs and registry (``mlflow.db``), the Prefect server's flow runs,
+deployments and artifacts (``prefect/``). The ports are chosen once and kept in
+``ports.json`` (edit it to choose others), so an exported environment stays valid.
 
 ``up`` starts each as a detached process with its log under the stack folder, waits until
 it answers, and writes ``stack.json`` (pids, addresses, the environment clients need);
 ``down`` stops them in reverse order (workers before the Prefect server), whoever started
-them. The environment printed by ``env`` carries throwaway S3 keys for the local moto
-server only; real keys are never written here.
+them. The environment printed by ``env`` carries throwaway S3 keys for the local server
+only; real keys are never written here.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 LOOP_POOL = "flywheel"
 GPU_POOL = "gpu"
 BUCKET = "flywheel"
-# moto accepts any keys; these exist only for the local S3 server.
+# Throwaway keys for the local S3 only: SeaweedFS takes them from its environment and then
+# accepts no others.
 LOCAL_S3_KEYS = {"AWS_ACCESS_KEY_ID": "flywheel-local", "AWS_SECRET_ACCESS_KEY": "flywheel-local-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -54,6 +62,9 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, what
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status < 500:
                     return
+        except urllib.error.HTTPError as err:
+            if err.code < 500:  # it answers (S3 refuses a request without keys)
+                return
         except OSError:
             pass
         time.sleep(0.5)
@@ -85,14 +96,124 @@ def client_env(state: dict) -> dict[str, str]:
     }
 
 
-def up(folder: Path, repo: Path | None = None, timeout: float = 120) -> dict:
-    """Start the stack under ``folder``; returns its state (also written to stack.json)."""
+# SeaweedFS runs master, volume, filer and S3 gateway in one process, each on a port of its own
+# (and a gRPC one): all chosen here, since its default gRPC port (+10000) can overflow.
+WEED_PORTS = ("s3", "s3_grpc", "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc", "weed_filer", "weed_filer_grpc")
+PORTS = ("mlflow", "prefect", *WEED_PORTS)
+
+
+def stack_ports(folder: Path) -> dict[str, int]:
+    """The stack's ports: those stored in ``ports.json``, else free ones, chosen now and stored."""
+    path = folder / "ports.json"
+    ports = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in PORTS if name not in ports]
+    if missing:
+        ports.update({name: free_port() for name in missing})
+        path.write_text(json.dumps(ports, indent=2))
+    return ports
+
+
+def _wait_ports_free(ports: dict[str, int], folder: Path, timeout: float = 30) -> None:
+    """A stopped server's ports can stay busy a moment; another program on one is an error, not a new port."""
+    deadline = time.monotonic() + timeout
+    while busy := [f"{name} {port}" for name, port in ports.items() if not _port_free(port)]:
+        if time.monotonic() > deadline:
+            raise StackError(f"ports in use: {', '.join(busy)}; stop what holds them, or edit {folder / 'ports.json'} to choose others")
+        time.sleep(0.5)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:  # reap it when it is our own child, else a dead one lingers as a zombie
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _weed_argv(folder: Path, ports: dict[str, int]) -> list[str]:
+    data = folder / "s3"
+    data.mkdir(exist_ok=True)
+    return [
+        _bin("weed"), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-master.port={ports['weed_master']}", f"-master.port.grpc={ports['weed_master_grpc']}",
+        f"-volume.port={ports['weed_volume']}", f"-volume.port.grpc={ports['weed_volume_grpc']}",
+        f"-filer.port={ports['weed_filer']}", f"-filer.port.grpc={ports['weed_filer_grpc']}",
+        # 1 GB volumes, as many as the disk holds (its 30 GB default leaves a small disk none).
+        "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+    ]
+
+
+def _wait_weed(folder: Path, ports: dict[str, int], timeout: float, proc: subprocess.Popen) -> None:
+    """Until S3 answers and the master knows every volume on disk: after a restart, objects in a
+    volume the volume server has not yet reported read as errors."""
+    log = folder / "s3.log"
+    _wait_http(f"http://127.0.0.1:{ports['s3']}/", timeout, proc, log, "S3 server (SeaweedFS)")
+    on_disk = {int(p.stem.rsplit("_", 1)[-1]) for p in (folder / "s3").glob("*.dat")}
+    deadline = time.monotonic() + timeout
+    while on_disk:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['weed_master']}/vol/status", timeout=5) as response:
+                status = json.loads(response.read())
+            known = {v["Id"] for dc in status["Volumes"]["DataCenters"].values() for rack in dc.values()
+                     for node in rack.values() for v in node}
+            if on_disk <= known:
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise StackError(f"SeaweedFS did not load its {len(on_disk)} volumes from {folder / 's3'}; its log {log} ends:\n{_tail(log)}")
+        time.sleep(0.5)
+
+
+def _ensure_bucket(endpoint: str) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    keys = {k.lower(): v for k, v in LOCAL_S3_KEYS.items() if k != "AWS_DEFAULT_REGION"}
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+    try:
+        client.head_bucket(Bucket=BUCKET)
+    except ClientError:
+        client.create_bucket(Bucket=BUCKET)
+
+
+def _clear_stale_state(folder: Path) -> None:
+    """A stack.json whose processes are all gone (kill -9, a reboot) is left over, not a running stack."""
+    path = folder / "stack.json"
+    if not path.exists():
+        return
+    pids = json.loads(path.read_text()).get("pids", {})
+    deadline = time.monotonic() + 10  # processes just killed can take a moment to go
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if any(_alive(pid) for pid in pids.values()):
+        raise StackError(f"a stack already runs from {folder} (stack.json exists): `flywheel stack down` first")
+    path.unlink()
+
+
+def up(folder: Path, repo: Path | None = None, timeout: float = 300) -> dict:
+    """Start the stack under ``folder`` (again: on the data and ports it had); returns its state (also in stack.json)."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "stack.json").exists():
-        raise StackError(f"a stack already runs from {folder} (stack.json exists): `flywheel stack down` first")
+    _clear_stale_state(folder)
     repo = Path(repo or Path(__file__).resolve().parents[1])
-    ports = {"s3": free_port(), "mlflow": free_port(), "prefect": free_port()}
+    ports = stack_ports(folder)
+    _wait_ports_free(ports, folder)
     state: dict = {
         "folder": str(folder),
         "repo": str(repo),
@@ -114,13 +235,9 @@ def up(folder: Path, repo: Path | None = None, timeout: float = 120) -> dict:
         return proc
 
     try:
-        s3 = launch("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])], base)
-        _wait_http(state["s3_endpoint"] + "/moto-api/", timeout, s3, folder / "s3.log", "S3 server (moto)")
-        import boto3
-
-        keys = {k.lower(): v for k, v in LOCAL_S3_KEYS.items() if k != "AWS_DEFAULT_REGION"}
-        s3_client = boto3.client("s3", endpoint_url=state["s3_endpoint"], region_name="us-east-1", **keys)
-        s3_client.create_bucket(Bucket=BUCKET)
+        s3 = launch("s3", _weed_argv(folder, ports), base)
+        _wait_weed(folder, ports, timeout, s3)
+        _ensure_bucket(state["s3_endpoint"])
 
         mlflow_env = {**base, "MLFLOW_S3_ENDPOINT_URL": state["s3_endpoint"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         mlflow = launch(
