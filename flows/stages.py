@@ -13,6 +13,7 @@ on their own, and training is never rerun on a transient error.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from infra import layout
 from infra.champion import crown
 from infra.records import Candidate, Champion, Completion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
 from infra.settings import FlywheelConfig
-from infra.store import ArtifactStore, CorruptArtifactError, hash_json
+from infra.store import ArtifactStore, ArtifactStoreError, CorruptArtifactError, hash_json
 from infra.tracking import Tracker
 
 R = TypeVar("R", bound=BaseModel)
@@ -121,9 +122,16 @@ def run_stage(
         except CorruptArtifactError as err:
             log.warning("%s: %s; running the stage again", key, err)
     started = time.perf_counter()
-    with ctx.store.stage(key, input_hash=input_id, config_hash=config_id) as out:
-        result = compute(out)
-        (out / result_file).write_text(result.model_dump_json(indent=2))
+    try:
+        with ctx.store.stage(key, input_hash=input_id, config_hash=config_id) as out:
+            result = compute(out)
+            (out / result_file).write_text(result.model_dump_json(indent=2))
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise ArtifactStoreError(
+            f"{key}: the disk is full ({err.filename or 'while writing'}): the stage is not marked complete and none of it "
+            "is kept; free some space, then run the round again (it resumes at this stage)") from err
     seconds = time.perf_counter() - started
     figures = {**(metrics(result) if metrics else {}), "seconds": seconds}
     ctx.tracker.log_metrics({f"{stage}/{name}": value for name, value in figures.items()})

@@ -1,13 +1,16 @@
-"""End to end on the real stack, on loopback: `flywheel stack up` (moto S3 server, MLflow server
-with S3 artifacts, Prefect server, process workers on the `flywheel` and `gpu` pools),
+"""End to end on the real stack, on loopback: `flywheel stack up` (SeaweedFS S3 server, MLflow
+server with S3 artifacts, Prefect server, process workers on the `flywheel` and `gpu` pools),
 `flywheel deploy`, then `flywheel trigger` runs a round on the tiny model with training
-dispatched to the `gpu` worker. The stack is stopped by this module, whatever fails."""
+dispatched to the `gpu` worker; then the stack is killed and restarted, and the next round
+continues from what the first left. The stack is stopped by this module, whatever fails."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +47,7 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def triggered(running_stack, tiny_model, tmp_path_factory):
+def config_file(tiny_model, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stackrun")
     config = tiny_round_config(
         tiny_model, LOOP, word_band_prompt_file(root / "prompts.jsonl"), root / "data",
@@ -55,12 +58,21 @@ def triggered(running_stack, tiny_model, tmp_path_factory):
         promotion={"min_win_rate": 0.0, "max_failure_increase": 1.0},
     ).model_dump(mode="json")
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    deployed = _cli("deploy", "--cron", "*/30 * * * *", timeout=300)
-    assert deployed.returncode == 0, deployed.stderr[-3000:]
-    run = _cli("trigger", "--config-file", str(root / "config.yaml"), "--timeout", "900", timeout=1000)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in Path(running_stack["folder"]).glob("*.log"))
+    return root / "config.yaml"
+
+
+def _trigger(config_file: Path, folder: str) -> subprocess.CompletedProcess:
+    run = _cli("trigger", "--config-file", str(config_file), "--timeout", "900", timeout=1000)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in Path(folder).glob("*.log"))
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n{logs}"
     return run
+
+
+@pytest.fixture(scope="module")
+def triggered(running_stack, config_file):
+    deployed = _cli("deploy", "--cron", "*/30 * * * *", timeout=300)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    return _trigger(config_file, running_stack["folder"])
 
 
 def _prefect(call):
@@ -141,3 +153,36 @@ def test_no_secret_leaked(triggered, running_stack):
                 body = s3.get_object(Bucket=stack.BUCKET, Key=obj["Key"])["Body"].read().decode(errors="replace")
                 assert SECRET not in body, obj["Key"]
     assert triggered.stdout.count(SECRET) == 0 and triggered.stderr.count(SECRET) == 0
+
+
+STAGES = ["config", "prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote"]
+
+
+def test_work_survives_a_killed_and_restarted_stack(triggered, running_stack, config_file, tmp_path):
+    """kill -9 of the S3 server, `stack down`, `stack up`: the same addresses, every stage of round 1
+    read back from S3 with its checksums verified, and round 2 starts from round 1's registered champion."""
+    from mlflow import MlflowClient
+
+    from infra.s3_store import S3ArtifactStore
+
+    folder = Path(running_stack["folder"])
+    os.killpg(running_stack["pids"]["s3"], signal.SIGKILL)
+    stack.down(folder)
+    restarted = stack.up(folder)
+    assert stack.client_env(restarted) == stack.client_env(running_stack)  # the exported environment still holds
+
+    store = S3ArtifactStore(f"s3://{stack.BUCKET}/artifacts", tmp_path / "fresh-cache")  # nothing cached: all from S3
+    for stage in STAGES:
+        key = f"{LOOP}/round-001/{stage}"
+        local = store.local_path(key)  # downloads every file and checks it against the manifest
+        assert {entry.path for entry in store.manifest(key).files} <= {str(p.relative_to(local)) for p in local.rglob("*")}, stage
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(f"{LOOP}-policy", "champion")
+
+    shutil.rmtree(config_file.parent / "data" / "s3-cache", ignore_errors=True)  # the worker too reads S3 again
+    second = _trigger(config_file, restarted["folder"])
+    assert f"# {LOOP} round 2:" in second.stdout
+    runs = client.search_runs([client.get_experiment_by_name("flywheel").experiment_id], f"tags.`flywheel.loop` = '{LOOP}'")
+    by_round = {r.data.tags.get("flywheel.round"): r for r in runs}
+    assert by_round["2"].data.tags["flywheel.champion_round"] == "1"
+    assert champion.run_id == by_round["1"].info.run_id

@@ -86,3 +86,34 @@ def test_metrics_are_named_after_the_stage(ctx):
     run(ctx, write_lines([]))
     metrics = ctx.tracker.client.get_run(ctx.tracker.run_id).data.metrics
     assert metrics["filter/n_lines"] == 3 and "filter/seconds" in metrics
+
+
+@pytest.mark.parametrize("full_at", ["lines.txt", layout.MANIFEST])
+def test_disk_full_while_a_stage_writes_leaves_it_incomplete_and_the_rerun_completes(ctx, monkeypatch, full_at):
+    """ENOSPC from a real write, on the stage's own file or on its manifest: the stage is not marked
+    complete, no staging folder is left, the error says what happened, and once space returns the
+    rerun runs the stage and completes it."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from infra.store import ArtifactStoreError
+
+    real_write = Path.write_text
+
+    def write_until_full(self, data, *args, **kwargs):
+        if self.name == full_at:
+            real_write(self, data[: len(data) // 2], *args, **kwargs)  # half of it landed
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write(self, data, *args, **kwargs)
+
+    calls: list[int] = []
+    monkeypatch.setattr(Path, "write_text", write_until_full)
+    with pytest.raises(ArtifactStoreError, match="runner/round-001/filter: the disk is full .*not marked complete"):
+        run(ctx, write_lines(calls))
+    monkeypatch.undo()  # space returns
+    key = ctx.key(layout.FILTER)
+    assert ctx.store.manifest(key) is None and not list(ctx.store.root.glob(".staging-*"))
+    done = run(ctx, write_lines(calls))
+    assert calls == [1, 1] and ctx.store.is_complete(key)
+    assert (ctx.store.local_path(done.key) / "lines.txt").read_text() == "a\nb\nc\n"
