@@ -258,7 +258,8 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         reference = local_checkpoint(base_policy(cfg), ctx.store, ctx.data_dir) if cfg.train.reference == "initial" else None
         result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
                               reference_checkpoint=reference, earlier_pairs=earlier)
-        training_figure(result.log_history, out / layout.TRAINING_FIGURE, f"{ctx.loop} round {ctx.round_index}: DPO training")
+        training_figure(result.log_history, out / layout.TRAINING_FIGURE,
+                        f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)
         return result
 
     def metrics(result: TrainResult) -> dict[str, float]:
@@ -268,6 +269,7 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
             "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
             "alarms": len(result.alarms), "n_pairs": result.n_pairs, "n_replayed": result.n_replayed,
             "nll_weight": result.nll_weight, "reference_initial": float(result.reference == "initial"),
+            "lora_r": result.lora_r or 0, "reference_free": float(result.reference == "none"),
             "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
         }
         if result.best_epoch is not None:

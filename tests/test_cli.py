@@ -71,6 +71,9 @@ def test_config_command_prints_the_merged_config(workdir, capsys):
         ("promotion.blocking_alarms=[overfiting]", "promotion.blocking_alarms: unknown alarm 'overfiting'"),
         ("train.dpo_args={label_smothing: 0.1}", "train.dpo_args.label_smothing: not a field of trl.DPOConfig"),
         ("train.dpo_args={beta: 0.5}", "train.dpo_args.beta: managed by Flywheel; set train.beta"),
+        ("train.dpo_args={loss_type: [ipo]}", "train.dpo_args.loss_type: managed by Flywheel; set train.objective"),
+        ("train.dpo_args={label_smoothing: 0.1}", "train.dpo_args.label_smoothing: managed by Flywheel; set train.robust"),
+        ("train.objective=simpoo", "train.objective: unknown objective 'simpoo'"),
     ],
 )
 def test_unknown_names_stop_the_round_before_anything_is_written(workdir, capsys, override, message):
