@@ -44,6 +44,11 @@ class RoundContext:
     tracker: Tracker
     champion: Champion  # the policy the round started from
     champion_checkpoint: str  # where this machine loads it from
+    # An ablation cell's stages live under its own folder, not the round's (None: the round's).
+    key_prefix: str | None = None
+    # Where the reference's log-probs of the round's pairs are shared (JSON), for cells that
+    # train on the same pairs against the same reference; None: computed by each training.
+    reference_logps_key: str | None = None
 
     @property
     def loop(self) -> str:
@@ -54,6 +59,8 @@ class RoundContext:
         return Path(self.config.storage.data_dir)
 
     def key(self, stage: str) -> str:
+        if self.key_prefix:
+            return f"{self.key_prefix}/{stage}"
         return layout.stage_key(self.loop, self.round_index, stage)
 
 
@@ -243,7 +250,7 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
     rounds', train.replay_share) against the reference train.reference names, merged."""
     from infra.champion import base_policy, local_checkpoint
     from tasks.figures import training_figure
-    from tasks.train import TrainResult, train_policy
+    from tasks.train import TrainResult, shared_reference_logps, train_policy
 
     cfg = ctx.config
     # Earlier rounds' pairs are inputs too: a resumed round replays the same ones.
@@ -256,8 +263,11 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         kept = _records(ctx, pairs, layout.PAIRS, PreferencePair)
         earlier = [pair for stage in replay_from for pair in _records(ctx, stage, layout.PAIRS, PreferencePair)]
         reference = local_checkpoint(base_policy(cfg), ctx.store, ctx.data_dir) if cfg.train.reference == "initial" else None
+        shared = ctx.store.read_json(ctx.reference_logps_key) if ctx.reference_logps_key else None
         result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
-                              reference_checkpoint=reference, earlier_pairs=earlier)
+                              reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
+        if ctx.reference_logps_key and shared is None and shared_reference_logps(result):
+            ctx.store.write_json(ctx.reference_logps_key, shared_reference_logps(result))
         training_figure(result.log_history, out / layout.TRAINING_FIGURE,
                         f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)
         return result

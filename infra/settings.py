@@ -380,6 +380,11 @@ class TrainConfig(Section):
     simpo: SimPOConfig = Field(default_factory=SimPOConfig, description="Settings of the 'simpo' objective.")
     orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="Settings of the 'orpo' objective.")
     kto: KTOConfig = Field(default_factory=KTOConfig, description="Settings of the 'kto' objective.")
+    adopted_ablation: int | None = Field(
+        None,
+        description="Set by `flywheel loop --adopt-ablation N`: the ablation whose recommended cell's objective, LoRA "
+        "rank and beta these settings are (recorded with every round trained on them); None: set by hand.",
+    )
     dpo_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra keyword arguments passed as they are to the objective's TRL config (trl.DPOConfig, or "
