@@ -46,7 +46,7 @@ class AblationSpec(BaseModel):
     round: int = 0  # the finished round whose pairs the cells train on; 0: the latest
     objectives: list[str]
     ranks: list[int]
-    betas: list[float | None]
+    betas: list[float | None] = [None]  # None: each objective's configured beta
     benchmarks: bool = False
     sweep: bool = False
 
