@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -45,13 +46,18 @@ def _children(config, parent_id):
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
-def _prefect_artifact(key):
+def _prefect_table(key):
+    import asyncio
+
     from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    with get_client(sync_client=True) as client:
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    found = asyncio.run(read())
+    return [json.loads(a.data) if isinstance(a.data, str) else a.data for a in found]
 
 
 def test_two_by_two_gives_table_runs_figure_and_recommendation(config, first):
@@ -74,8 +80,8 @@ def test_two_by_two_gives_table_runs_figure_and_recommendation(config, first):
     assert (summary / "margins.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dpo" in (summary / "table.md").read_text() and "Recommendation" in (summary / "table.md").read_text()
     assert read_ablations(store, config.loop)[0].number == 1
-    artifacts = _prefect_artifact("ablatetest-ablation")
-    assert artifacts and len(artifacts[0].data) == 4 and artifacts[0].data[0]["objective"] == "dpo"
+    tables = _prefect_table("ablatetest-ablation")
+    assert tables and len(tables[0]) == 4 and tables[0][0]["objective"] == "dpo"
     # The DPO cells shared one reference pass: the second read the first one's log-probs.
     shared = store.read_json(f"{layout.ablation_key(config.loop, 1)}/reference_logps.json")
     assert shared and len(shared["train"][0]) > 0
@@ -83,7 +89,7 @@ def test_two_by_two_gives_table_runs_figure_and_recommendation(config, first):
 
 def test_a_rerun_redoes_only_the_cell_that_did_not_finish(config, first):
     store = store_from_config(config.storage)
-    cell_root = store.local_path(layout.ablation_key(config.loop, 1))
+    cell_root = Path(store.uri(layout.ablation_key(config.loop, 1)))  # a local store: the folder itself
     killed = "simpo-r2-betadefault"
     # As if killed while evaluating: its evaluate stage never committed, its cell record never written.
     shutil.rmtree(cell_root / killed / "evaluate")
