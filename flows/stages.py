@@ -290,6 +290,7 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
                         reads=[pairs, *replay_from], starts_from=ctx.champion.checkpoint, config_sections=["model", "train"],
                         metrics=metrics)
     ctx.tracker.log_artifact(ctx.store.local_path(trained.key) / layout.TRAINING_FIGURE, layout.FIGURES)
+    ctx.tracker.set_tags({"flywheel.objective": trained.result.objective})
     return trained
 
 

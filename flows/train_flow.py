@@ -71,8 +71,8 @@ def dispatch_training(ctx: RoundContext, pairs: StageResult) -> StageResult:
             "champion": ctx.champion.model_dump(mode="json"),
             "pairs_key": pairs.key,
             "mlflow_run_id": ctx.tracker.run_id,
-            "key_prefix": ctx.key_prefix or "",
-            "reference_logps_key": ctx.reference_logps_key or "",
+            # An ablation cell's (sent only then: a round's parameters stay what older deployments know).
+            **({"key_prefix": ctx.key_prefix, "reference_logps_key": ctx.reference_logps_key or ""} if ctx.key_prefix else {}),
         },
         timeout=config.train.dispatch_timeout_s,
     )

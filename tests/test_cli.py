@@ -89,3 +89,13 @@ def test_every_problem_is_listed_at_once(workdir, capsys):
     assert "invalid configuration (defaults + command-line overrides):" in err
     assert "  judge.name: unknown judge" in err and "  promotion.blocking_alarms: unknown alarm 'nope'" in err
     assert _written(workdir) == []
+
+
+def test_ablation_options_are_checked_before_anything_runs(workdir, capsys):
+    data_dir = workdir / "data"
+    assert main(["ablate", "--objectives", "dpo,simpoo", "--set", f"storage.data_dir={data_dir}"]) == 2
+    assert "unknown objective 'simpoo'" in capsys.readouterr().err
+    assert main(["sweep-beta", "--values", "0.1,lots", "--set", f"storage.data_dir={data_dir}"]) == 2
+    assert "lots" in capsys.readouterr().err
+    assert main(["loop", "--adopt-ablation", "7", "--set", f"storage.data_dir={data_dir}"]) == 2
+    assert "has no ablation 7" in capsys.readouterr().err
