@@ -4,6 +4,9 @@
     flywheel round --config configs/demo.yaml --set train.beta=[0.2]
     flywheel history                         # the loop's rounds so far
     flywheel compare                         # the champion against round 0 (the base model)
+    flywheel ablate                          # DPO vs SimPO at LoRA r16 and r8 on the latest round's pairs
+    flywheel sweep-beta --values 0.01,0.05,0.1,0.3,0.5
+    flywheel loop --adopt-ablation 1         # the next rounds train with ablation 1's recommended cell
 """
 
 from __future__ import annotations
@@ -38,11 +41,20 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ablation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--round", dest="ablate_round", type=int, default=0, metavar="N",
+                        help="the finished round whose pairs, held-out prompts and champion are used (default: the latest)")
+    parser.add_argument("--benchmarks", action="store_true", help="also run the capability benchmarks per cell")
+    _add_config_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description="Iterative self-play DPO as a Prefect workflow.")
     sub = parser.add_subparsers(dest="command", required=True)
     loop = sub.add_parser("loop", help="run N rounds, each from the current champion")
     loop.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
+    loop.add_argument("--adopt-ablation", type=int, metavar="N",
+                      help="train with ablation N's recommended objective, LoRA rank and beta (recorded with each round)")
     _add_config_options(loop)
     rnd = sub.add_parser("round", help="run the next round of the loop")
     _add_config_options(rnd)
@@ -56,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--round", dest="challenger_round", type=int, metavar="ROUND",
                          help="the later policy: this round's trained policy (default: the current champion)")
     _add_config_options(compare)
+    ablate = sub.add_parser("ablate", help="train and evaluate a matrix of objectives x LoRA ranks x betas on one round's pairs")
+    ablate.add_argument("--objectives", default="dpo,simpo", help="comma-separated objectives (default dpo,simpo)")
+    ablate.add_argument("--ranks", default="16,8", help="comma-separated LoRA ranks (default 16,8)")
+    ablate.add_argument("--betas", default="", help="comma-separated betas (default: each objective's configured beta)")
+    _add_ablation_options(ablate)
+    sweep = sub.add_parser("sweep-beta", help="the ablation over beta for one objective: where the policy barely moves, where it degenerates")
+    sweep.add_argument("--values", required=True, help="comma-separated betas, e.g. 0.01,0.05,0.1,0.3,0.5")
+    sweep.add_argument("--objective", help="objective (default: the config's, train.objective)")
+    sweep.add_argument("--rank", type=int, help="LoRA rank (default: train.lora_r)")
+    _add_ablation_options(sweep)
     show = sub.add_parser("config", help="print the merged configuration as YAML")
     _add_config_options(show)
 
@@ -144,14 +166,77 @@ def _round(config: FlywheelConfig, args) -> int:
 def _loop(config: FlywheelConfig, args) -> int:
     from flows.loop import run_loop
 
+    if args.adopt_ablation is not None:
+        from flows.ablate import AblationError, adopt_ablation
+
+        try:
+            config, advice = adopt_ablation(config, args.adopt_ablation)
+        except AblationError as err:
+            print(f"flywheel: {err}", file=sys.stderr)
+            return 2
+        adopted = advice.cell.name if advice.cell else "no change (the current settings stay)"
+        print(f"ablation {args.adopt_ablation}: {adopted}")
     _print_outcome(config, run_loop(config=config, rounds=args.rounds))
     return 0
 
 
+def _split(text: str, kind: type) -> list:
+    return [kind(item) for item in text.split(",") if item.strip()]
+
+
+def _run_ablation(config: FlywheelConfig, spec) -> int:
+    from flows.ablate import AblationError, ablation_table, run_ablation
+    from flows.render import as_text
+
+    try:
+        result = run_ablation(config=config, spec=spec)
+    except AblationError as err:
+        print(f"flywheel: {err}", file=sys.stderr)
+        return 2
+    print(f"\nablation {result.number}: round {result.spec.round}'s pairs, against round {result.champion_round}'s policy")
+    print(as_text(ablation_table(result)))
+    print("\nrecommendation:")
+    for reason in result.recommendation.reasons:
+        print(f"  - {reason}")
+    if result.recommendation.cell is not None:
+        print(f"\nadopt it with: flywheel loop --adopt-ablation {result.number}")
+    print(f"artifacts: {result.artifacts}")
+    return 0 if all(c.status == "done" for c in result.cells) else 1
+
+
+def _ablate(config: FlywheelConfig, args) -> int:
+    from flows.ablate import AblationSpec
+
+    spec = _spec(lambda: AblationSpec(round=args.ablate_round, objectives=_split(args.objectives, str), ranks=_split(args.ranks, int),
+                        betas=_split(args.betas, float) or [None], benchmarks=args.benchmarks))
+    return _run_ablation(config, spec) if spec else 2
+
+
+def _sweep_beta(config: FlywheelConfig, args) -> int:
+    from flows.ablate import AblationSpec
+
+    spec = _spec(lambda: AblationSpec(round=args.ablate_round, objectives=[args.objective or config.train.objective[-1]],
+                                      ranks=[args.rank or config.train.lora_r], betas=_split(args.values, float),
+                                      benchmarks=args.benchmarks, sweep=True))
+    return _run_ablation(config, spec) if spec else 2
+
+
+def _spec(build):
+    """The matrix the options ask for; None (the problem printed) when it is not one."""
+    from pydantic import ValidationError
+
+    try:
+        return build()
+    except (ValueError, ValidationError) as err:  # a value that is no number, an unknown objective, ...
+        print(f"flywheel: {err}", file=sys.stderr)
+        return None
+
+
 # Commands that need a loop's config; those that operate the stack (flows/operate.py) do not.
 # Commands that run flows: Prefect, MLflow and S3 must answer before they start.
-NEEDS_SERVICES = {"round", "loop", "compare"}
-COMMANDS = {"config": _show_config, "history": _history, "report": _report, "compare": _compare, "round": _round, "loop": _loop}
+NEEDS_SERVICES = {"round", "loop", "compare", "ablate", "sweep-beta"}
+COMMANDS = {"config": _show_config, "history": _history, "report": _report, "compare": _compare, "round": _round, "loop": _loop,
+            "ablate": _ablate, "sweep-beta": _sweep_beta}
 
 
 def main(argv: list[str] | None = None) -> int:

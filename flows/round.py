@@ -74,6 +74,8 @@ def open_round(config: FlywheelConfig, round_index: int) -> Iterator[RoundContex
                        champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir))
     tracker.start_round(config.loop, round_index, config)
     tracker.set_tags({"flywheel.champion_round": str(champion.round), "prefect.flow_run_id": str(flow_run.id)})
+    if config.train.adopted_ablation is not None:  # the settings came from `flywheel loop --adopt-ablation N`
+        tracker.set_tags({"flywheel.adopted_ablation": str(config.train.adopted_ablation)})
     try:
         save_effective_config(config, store, tracker, ctx.key(layout.CONFIG))
         yield ctx

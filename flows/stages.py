@@ -45,6 +45,11 @@ class RoundContext:
     tracker: Tracker
     champion: Champion  # the policy the round started from
     champion_checkpoint: str  # where this machine loads it from
+    # An ablation cell's stages live under its own folder, not the round's (None: the round's).
+    key_prefix: str | None = None
+    # Where the reference's log-probs of the round's pairs are shared (JSON), for cells that
+    # train on the same pairs against the same reference; None: computed by each training.
+    reference_logps_key: str | None = None
 
     @property
     def loop(self) -> str:
@@ -55,6 +60,8 @@ class RoundContext:
         return Path(self.config.storage.data_dir)
 
     def key(self, stage: str) -> str:
+        if self.key_prefix:
+            return f"{self.key_prefix}/{stage}"
         return layout.stage_key(self.loop, self.round_index, stage)
 
 
@@ -251,7 +258,7 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
     rounds', train.replay_share) against the reference train.reference names, merged."""
     from infra.champion import base_policy, local_checkpoint
     from tasks.figures import training_figure
-    from tasks.train import TrainResult, train_policy
+    from tasks.train import TrainResult, shared_reference_logps, train_policy
 
     cfg = ctx.config
     # Earlier rounds' pairs are inputs too: a resumed round replays the same ones.
@@ -264,9 +271,13 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         kept = _records(ctx, pairs, layout.PAIRS, PreferencePair)
         earlier = [pair for stage in replay_from for pair in _records(ctx, stage, layout.PAIRS, PreferencePair)]
         reference = local_checkpoint(base_policy(cfg), ctx.store, ctx.data_dir) if cfg.train.reference == "initial" else None
+        shared = ctx.store.read_json(ctx.reference_logps_key) if ctx.reference_logps_key else None
         result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
-                              reference_checkpoint=reference, earlier_pairs=earlier)
-        training_figure(result.log_history, out / layout.TRAINING_FIGURE, f"{ctx.loop} round {ctx.round_index}: DPO training")
+                              reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
+        if ctx.reference_logps_key and shared is None and shared_reference_logps(result):
+            ctx.store.write_json(ctx.reference_logps_key, shared_reference_logps(result))
+        training_figure(result.log_history, out / layout.TRAINING_FIGURE,
+                        f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)
         return result
 
     def metrics(result: TrainResult) -> dict[str, float]:
@@ -276,6 +287,7 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
             "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
             "alarms": len(result.alarms), "n_pairs": result.n_pairs, "n_replayed": result.n_replayed,
             "nll_weight": result.nll_weight, "reference_initial": float(result.reference == "initial"),
+            "lora_r": result.lora_r or 0, "reference_free": float(result.reference == "none"),
             "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
         }
         if result.best_epoch is not None:
@@ -286,6 +298,7 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
                         reads=[pairs, *replay_from], starts_from=ctx.champion.checkpoint, config_sections=["model", "train"],
                         metrics=metrics)
     ctx.tracker.log_artifact(ctx.store.local_path(trained.key) / layout.TRAINING_FIGURE, layout.FIGURES)
+    ctx.tracker.set_tags({"flywheel.objective": trained.result.objective})
     return trained
 
 

@@ -32,15 +32,18 @@ def train_challenger(ctx: RoundContext, pairs: StageResult) -> StageResult | Non
 
 
 @flow(name="flywheel-train", flow_run_name="{config.loop}-round-{round_index:03d}-train")
-def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pairs_key: str, mlflow_run_id: str) -> str:
-    """Train the round's challenger from ``champion`` on the pairs at ``pairs_key``; returns the stage key."""
+def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pairs_key: str, mlflow_run_id: str,
+                key_prefix: str = "", reference_logps_key: str = "") -> str:
+    """Train the round's challenger from ``champion`` on the pairs at ``pairs_key``; returns the stage key.
+    ``key_prefix`` and ``reference_logps_key``: an ablation cell's folder and shared reference log-probs."""
     from tasks.filter import FilterReport
 
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
     tracker.run_id = mlflow_run_id
     ctx = RoundContext(config=config, round_index=round_index, store=store, tracker=tracker, champion=champion,
-                       champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir))
+                       champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir),
+                       key_prefix=key_prefix or None, reference_logps_key=reference_logps_key or None)
     report = FilterReport.model_validate_json((store.local_path(pairs_key) / layout.FILTER_REPORT).read_text())
     trained = train_policy_task(ctx, StageResult(pairs_key, report))
     result = trained.result
@@ -68,6 +71,8 @@ def dispatch_training(ctx: RoundContext, pairs: StageResult) -> StageResult:
             "champion": ctx.champion.model_dump(mode="json"),
             "pairs_key": pairs.key,
             "mlflow_run_id": ctx.tracker.run_id,
+            # An ablation cell's (sent only then: a round's parameters stay what older deployments know).
+            **({"key_prefix": ctx.key_prefix, "reference_logps_key": ctx.reference_logps_key or ""} if ctx.key_prefix else {}),
         },
         timeout=config.train.dispatch_timeout_s,
     )

@@ -8,6 +8,8 @@
     <root>/<loop>/compare/<name>/                  one comparison's artifacts
     <root>/<loop>/round-NNN/champion_before.json   the champion the round started from (pinned)
     <root>/<loop>/round-NNN/<stage>/               a stage's files and its manifest.json
+    <root>/<loop>/ablations.json                   every ablation's result (`flywheel ablate`, `sweep-beta`)
+    <root>/<loop>/ablations/ablation-NNN/          its cells' stages and its summary (flows/ablate.py)
 
 A stage's name is the same everywhere: its Prefect task, its folder here, its config section
 (where it has one) and the prefix of its MLflow metrics.
@@ -106,3 +108,16 @@ def merged_uri(store, train_key: str) -> str:
 def round_run_name(loop: str, round_index: int) -> str:
     """The round's Prefect flow-run name and MLflow run name."""
     return f"{loop}-{round_name(round_index)}"
+
+
+def ablations_key(loop: str) -> str:
+    return f"{loop}/ablations.json"
+
+
+def ablation_numbers_key(loop: str) -> str:
+    """Which number each ablation (matrix, round and config) has: the same one run again keeps it."""
+    return f"{loop}/ablation_numbers.json"
+
+
+def ablation_key(loop: str, number: int) -> str:
+    return f"{loop}/ablations/ablation-{number:03d}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
 
@@ -239,8 +239,10 @@ MANAGED_DPO_ARGS = {
     "save_strategy": "the train stage saves the adapter and merged model in its own folder",
     "logging_steps": "the training alarms read every step's log",
     "report_to": "Flywheel logs the training metrics to MLflow itself",
-    "loss_type": "set train.nll_weight instead (sigmoid DPO, plus TRL's 'sft' NLL term on the chosen response when > 0)",
-    "loss_weights": "set train.nll_weight instead (the weight of the NLL term; the DPO term's is 1)",
+    "loss_type": "set train.objective instead (dpo, dpo_nll, ipo, robust, apo_zero, simpo, orpo, kto), and "
+                 "train.nll_weight for the NLL term of dpo and dpo_nll",
+    "loss_weights": "set train.nll_weight instead (the weight of the NLL term of dpo and dpo_nll; the DPO term's is 1)",
+    "label_smoothing": "set train.robust.label_smoothing instead (objective 'robust')",
     "precompute_ref_log_probs": "set train.reference instead (its log-probabilities are always computed once, before training)",
     "load_best_model_at_end": "set train.keep_best_epoch instead",
     "metric_for_best_model": "set train.keep_best_epoch instead (the held-out loss decides)",
@@ -250,11 +252,69 @@ MANAGED_DPO_ARGS = {
 }
 
 
+class RobustConfig(Section):
+    label_smoothing: float = Field(
+        0.1, ge=0, lt=0.5,
+        description="Objective 'robust' (Chowdhury et al. 2024, TRL loss_type robust): the assumed share of preference "
+        "labels that are flipped, eps; usual 0.05-0.2. 0 is plain sigmoid DPO. Learning rate as DPO's.",
+    )
+
+
+class SimPOConfig(Section):
+    beta: float = Field(
+        2.0, gt=0,
+        description="Objective 'simpo' (Meng et al. 2024): beta scales the length-normalised log-probability (no "
+        "reference), so its range is not DPO's: usual 2-2.5 (used instead of train.beta). SimPO wants a lower learning "
+        "rate than DPO (the paper: 3e-7 to 1e-6 full fine-tune; with LoRA about 10x that, ~5e-6 to 1e-5).",
+    )
+    gamma_beta_ratio: float = Field(
+        0.5, ge=0,
+        description="Target reward margin as a share of beta, gamma/beta; usual 0.3-0.8 (the paper's default 0.5). "
+        "TRL's simpo_gamma is the absolute gamma = gamma_beta_ratio x beta.",
+    )
+
+
+class ORPOConfig(Section):
+    lambda_: float = Field(
+        0.1, gt=0, alias="lambda",
+        description="Objective 'orpo' (Hong et al. 2024, reference-free): weight of the odds-ratio term added to the "
+        "SFT loss on the chosen response (TRL's beta); usual 0.05-0.25, the paper's 0.1. Used instead of train.beta. "
+        "Learning rate ~ SFT's (paper: 8e-6 full fine-tune; LoRA ~5e-5 to 2e-4).",
+    )
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class KTOConfig(Section):
+    desirable_weight: float = Field(
+        1.0, gt=0,
+        description="Objective 'kto' (Ethayarajh et al. 2024, unpaired): weight of desirable rows' loss. Keep "
+        "desirable_weight x n_desirable / (undesirable_weight x n_undesirable) in 1 to 4/3 (the paper's advice); "
+        "the round's pairs give one of each, feedback files may not. beta is train.beta (usual 0.01-0.5, 0.1); "
+        "learning rate as DPO's (paper: 5e-7 to 5e-6 full fine-tune; LoRA ~10x).",
+    )
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of undesirable rows' loss (see desirable_weight).")
+    feedback_files: list[Path] = Field(
+        default_factory=list,
+        description="JSONL files of unpaired user feedback added to KTO's training rows: one object per line with "
+        "'prompt' (text), 'completion' (text) and 'label' (true: desirable, false: undesirable).",
+    )
+
+
 class TrainConfig(Section):
+    objective: list[str] = Field(
+        ["dpo"],
+        min_length=1,
+        description="Preference objective for round i (last repeats; a single name is a one-round schedule), from "
+        "tasks/objectives.py: 'dpo' (sigmoid, plus the NLL term of nll_weight), 'dpo_nll' (the same, nll_weight > 0 "
+        "required), 'ipo' (tau = beta, usual 0.01-0.5), 'robust' (label smoothing, train.robust), 'apo_zero' "
+        "(chosen up, rejected down, for chosen answers better than the policy's), 'simpo' (reference-free, "
+        "train.simpo), 'orpo' (reference-free, train.orpo), 'kto' (unpaired rows, train.kto).",
+    )
     beta: list[float] = Field(
         [0.1],
         min_length=1,
-        description="DPO beta for round i (last repeats); a rising schedule keeps later rounds closer to their reference.",
+        description="DPO beta for round i (last repeats); a rising schedule keeps later rounds closer to their reference. "
+        "Also IPO's tau and KTO's beta (usual 0.01-0.5); SimPO and ORPO use train.simpo.beta and train.orpo.lambda.",
     )
     learning_rate: list[float] = Field(
         [5e-4, 4e-4, 3e-4],
@@ -316,12 +376,27 @@ class TrainConfig(Section):
         "without them the last epoch is kept.",
     )
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig, description="Thresholds of the training alarms.")
+    robust: RobustConfig = Field(default_factory=RobustConfig, description="Settings of the 'robust' objective.")
+    simpo: SimPOConfig = Field(default_factory=SimPOConfig, description="Settings of the 'simpo' objective.")
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig, description="Settings of the 'orpo' objective.")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="Settings of the 'kto' objective.")
+    adopted_ablation: int | None = Field(
+        None,
+        description="Set by `flywheel loop --adopt-ablation N`: the ablation whose recommended cell's objective, LoRA "
+        "rank and beta these settings are (recorded with every round trained on them); None: set by hand.",
+    )
     dpo_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra keyword arguments passed as they are to trl.DPOConfig (e.g. label_smoothing, "
-        "lr_scheduler_type, weight_decay); keys must be DPOConfig fields, and those Flywheel sets from its own fields "
-        "(beta, learning_rate, num_train_epochs, ...: MANAGED_DPO_ARGS) are refused.",
+        description="Extra keyword arguments passed as they are to the objective's TRL config (trl.DPOConfig, or "
+        "CPOConfig/ORPOConfig/KTOConfig; e.g. lr_scheduler_type, weight_decay); keys must be fields of it, and those "
+        "Flywheel sets from its own fields (beta, learning_rate, loss_type, label_smoothing, ...: MANAGED_DPO_ARGS) "
+        "are refused when the config loads.",
     )
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _one_name_is_a_schedule(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _positive_schedules(self) -> "TrainConfig":

@@ -20,6 +20,7 @@ from tasks.constraints import known_constraints
 from tasks.diagnostics import ALARMS
 from tasks.failure_modes import FAILURE_MODES
 from tasks.judge import JUDGES
+from tasks.objectives import OBJECTIVES, FeedbackFileError, load_feedback
 from tasks.prompts import PROMPT_SOURCES, carries_unseen, split_counts, unseen_types
 from tasks.regression import BENCHMARKS
 
@@ -37,7 +38,9 @@ def check_config(config: FlywheelConfig, origin: str = "checked config") -> Flyw
           for name in config.promotion.blocking_alarms if name not in ALARMS),
         *(f"judge.failure_penalties: unknown failure mode {name!r}; known: {', '.join(FAILURE_MODES)}"
           for name in config.judge.failure_penalties if name not in FAILURE_MODES),
-        *_dpo_args_problems(config.train.dpo_args),
+        *_unknown("train.objective", config.train.objective, OBJECTIVES),
+        *_dpo_args_problems(config.train.dpo_args, config.train.objective),
+        *_objective_problems(config),
         *_prompt_problems(config),
     ]
     if problems:
@@ -56,19 +59,38 @@ def _unknown(field: str, names: list[str], registry: Registry) -> list[str]:
     return [f"{field}: unknown {registry.kind} {name!r}; known: {known}" for name in names if name not in registry]
 
 
-def _dpo_args_problems(extras: dict) -> list[str]:
+def _dpo_args_problems(extras: dict, objectives: list[str] = ("dpo",)) -> list[str]:
+    """Keys Flywheel manages, and keys that are not fields of the TRL config of every objective scheduled."""
     if not extras:
         return []  # trl takes seconds to import
-    from trl import DPOConfig
-
-    fields = {f.name for f in dataclasses.fields(DPOConfig)}
+    classes = {OBJECTIVES.get(name)().config_class() for name in objectives if name in OBJECTIVES}
     problems = []
     for key in extras:
         if key in MANAGED_DPO_ARGS:
             problems.append(f"train.dpo_args.{key}: managed by Flywheel; {MANAGED_DPO_ARGS[key]}")
-        elif key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            problems.append(f"train.dpo_args.{key}: not a field of trl.DPOConfig" + (f"; did you mean {close[0]!r}?" if close else ""))
+            continue
+        for cls in sorted(classes, key=lambda c: c.__name__):
+            fields = {f.name for f in dataclasses.fields(cls)}
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                problems.append(f"train.dpo_args.{key}: not a field of trl.{cls.__name__}"
+                                + (f"; did you mean {close[0]!r}?" if close else ""))
+    return problems
+
+
+def _objective_problems(config: FlywheelConfig) -> list[str]:
+    train = config.train
+    problems = []
+    if "dpo_nll" in train.objective and train.nll_weight <= 0:
+        problems.append("train.nll_weight: must be > 0 for objective dpo_nll (the weight of its NLL term)")
+    if "kto" in train.objective:
+        for path in train.kto.feedback_files:
+            try:
+                load_feedback(path)
+            except FeedbackFileError as err:  # the message names the file and the line
+                problems.append(f"train.kto.feedback_files: {err}")
+    elif train.kto.feedback_files:
+        problems.append("train.kto.feedback_files: only objective kto reads feedback files; train.objective has none")
     return problems
 
 

@@ -1,7 +1,8 @@
 """Training diagnostics: what a falling DPO loss hides, read off TRL's per-step log.
 
 * Before the first update the implicit rewards (beta x log-ratio to the reference) are what the
-  reference implies: 0 when it is the starting policy (and then a sigmoid-only loss is ln 2 = 0.693);
+  reference implies: 0 when it is the starting policy (and then the first loss is what the objective
+  says, tasks/objectives.py: ln 2 = 0.693 for sigmoid DPO alone, (1/(2 tau))^2 for IPO, ...);
   with the round-0 policy as reference from round 2 on, within what the starting policy's own
   log-ratios (measured on the pairs before training, ``Start``) allow for a batch's mean. Anything
   else means the reference, or the starting policy, is not what it should be.
@@ -42,6 +43,9 @@ class Start(BaseModel):
     rejected: tuple[float, float] = Field((0.0, 0.0), description="The same for the rejected reward.")
     train_margin: float = Field(0.0, description="Mean starting margin of the training pairs.")
     heldout_margin: float = Field(0.0, description="Mean starting margin of the held-out pairs.")
+    check_rewards: bool = Field(True, description="Whether the first step's rewards are checked against chosen/rejected: "
+                                "False for reference-free objectives (their rewards are the policy's own log-probs) and "
+                                "for unpaired ones measured from a reference other than the starting policy.")
 
 
 def _steps(log_history: list[dict], until_step: int | None = None) -> list[dict]:
@@ -70,8 +74,8 @@ def _outside(value: float, interval: tuple[float, float], tolerance: float) -> b
 def _reference_mismatch(first: dict, start: Start, loss_tolerance: float, reward_tolerance: float) -> str | None:
     """Why the first step does not start where the reference says it should (None: it does)."""
     if start.expected_loss is not None and abs(first["loss"] - start.expected_loss) > loss_tolerance:
-        return f"initial DPO loss {first['loss']:.4f} is not {start.expected_loss:.4f} (+-{loss_tolerance})"
-    for side in ("chosen", "rejected"):
+        return f"initial loss {first['loss']:.4f} is not {start.expected_loss:.4f} (+-{loss_tolerance})"
+    for side in ("chosen", "rejected") if start.check_rewards else ():
         reward, expected = first.get(f"rewards/{side}"), getattr(start, side)
         if reward is not None and _outside(reward, expected, reward_tolerance):
             where = "0" if expected == (0.0, 0.0) else f"in [{expected[0]:+.3f}, {expected[1]:+.3f}]"
@@ -86,15 +90,17 @@ def training_alarms(
     start: Start | None = None,
     reward_tolerance: float = _DEFAULTS.initial_reward_tolerance,
 ) -> list[Alarm]:
-    steps = _steps(log_history)
-    if not steps:
-        return []
     alarms = []
-    mismatch = _reference_mismatch(steps[0], start or Start(), loss_tolerance, reward_tolerance)
+    # KTO logs no reward accuracy: its first loss is still checked.
+    first = next((h for h in log_history if "loss" in h and "train_loss" not in h), None)
+    mismatch = _reference_mismatch(first, start or Start(), loss_tolerance, reward_tolerance) if first else None
     if mismatch:
         alarms.append(Alarm(name="reference_mismatch", message=(
             f"{mismatch}: the reference model is not the one training should be measured from, so rewards are "
             "measured from the wrong place")))
+    steps = _steps(log_history)
+    if not steps:
+        return alarms
     late = steps[len(steps) // 2:]
     accuracy = sum(h["rewards/accuracies"] for h in late) / len(late)
     low, high = accuracy_band

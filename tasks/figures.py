@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 
 
-def training_figure(log_history: list[dict], path: Path, title: str = "") -> Path:
-    """Loss against ln 2, reward margin, chosen and rejected rewards, reward accuracy per step."""
+def training_figure(log_history: list[dict], path: Path, title: str = "", expected_loss: float | None = math.log(2)) -> Path:
+    """Loss against where it should start (``expected_loss``: ln 2 for sigmoid DPO; None: not
+    known), reward margin, chosen and rejected rewards, reward accuracy per step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,15 +19,16 @@ def training_figure(log_history: list[dict], path: Path, title: str = "") -> Pat
     x = [h.get("step", i + 1) for i, h in enumerate(steps)]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     panels = [
-        ("DPO loss", [("loss", "loss")], math.log(2), "ln 2 (reference = policy)"),
+        ("loss", [("loss", "loss")], expected_loss, "expected start" if expected_loss is not None else None),
         ("reward margin", [("rewards/margins", "chosen - rejected")], 0.0, None),
         ("implicit rewards", [("rewards/chosen", "chosen"), ("rewards/rejected", "rejected")], 0.0, None),
         ("reward accuracy", [("rewards/accuracies", "accuracy")], 0.5, "chance"),
     ]
     for ax, (name, series, ref, ref_label) in zip(axes, panels):
         for key, label in series:
-            ax.plot(x, [h[key] for h in steps], marker="o", markersize=3, label=label)
-        ax.axhline(ref, color="grey", linestyle="--", linewidth=1, label=ref_label)
+            ax.plot(x, [h.get(key, math.nan) for h in steps], marker="o", markersize=3, label=label)
+        if ref is not None:
+            ax.axhline(ref, color="grey", linestyle="--", linewidth=1, label=ref_label)
         ax.set_title(name)
         ax.set_xlabel("step")
         if len(series) > 1 or ref_label:

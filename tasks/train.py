@@ -1,4 +1,5 @@
-"""train: DPO on the round's pairs with TRL and a PEFT LoRA adapter.
+"""train: the round's preference objective (DPO by default; tasks/objectives.py) on its pairs with TRL
+and a PEFT LoRA adapter.
 
 Reads: the champion checkpoint, the filter stage's pairs and (for replay) earlier rounds' pairs.
 Writes: ``adapter/`` (the LoRA adapter), ``merged/`` (the full checkpoint the
@@ -36,7 +37,7 @@ from infra import layout
 from infra.records import PreferencePair
 from infra.settings import MANAGED_DPO_ARGS, ModelConfig, TrainConfig, per_round
 from tasks.diagnostics import Alarm, Start, diagnose_training
-from tasks.filter import to_trl_rows
+from tasks.objectives import Objective, load_feedback, objective_for
 
 LN2 = math.log(2)
 
@@ -75,11 +76,13 @@ def mix_replay(pairs: Sequence[PreferencePair], earlier: Sequence[PreferencePair
 
 
 class TrainResult(BaseModel):
+    objective: str = "dpo"  # train.objective's name for the round (tasks/objectives.py)
     n_pairs: int  # the training set, replayed pairs included
     n_heldout: int = 0
     n_replayed: int = 0
+    n_feedback: int = 0  # unpaired feedback rows added (kto)
     replayed_prompt_ids: list[str] = []
-    reference: Literal["initial", "champion"] = "champion"
+    reference: Literal["initial", "champion", "none"] = "champion"  # none: a reference-free objective
     reference_is_start: bool = True  # the reference is the policy training started from
     nll_weight: float = 0.0
     best_epoch: float | None = None  # the epoch kept (lowest held-out loss); None: the last
@@ -87,6 +90,7 @@ class TrainResult(BaseModel):
     n_steps: int
     beta: float
     learning_rate: float
+    lora_r: int | None = None
     initial_loss: float
     final_loss: float
     final_reward_accuracy: float
@@ -96,19 +100,20 @@ class TrainResult(BaseModel):
     log_history: list[dict]
     start: Start = Start()
     reference_logps: list[tuple[float, float]] = []  # the reference's (chosen, rejected) log-probs, per training pair
+    heldout_reference_logps: list[tuple[float, float]] = []  # the same for the held-out pairs
     alarms: list[Alarm] = []
 
 
-def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
-             eval_each_epoch: bool = False):
-    """The trl.DPOConfig for this round: the pipeline's fields, then the user's pass-through extras.
-    ``output_dir`` is scratch: it only holds the epoch checkpoints of ``keep_best_epoch``."""
-    from trl import DPOConfig
-
-    use_bf16 = dtype == torch.bfloat16
+def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
+                 eval_each_epoch: bool = False, objective: Objective | None = None):
+    """The TRL config of the round's objective (trl.DPOConfig for the DPO family): the pipeline's
+    fields, the objective's own, then the user's pass-through extras. ``output_dir`` is scratch:
+    it only holds the epoch checkpoints of ``keep_best_epoch``."""
+    objective = objective or objective_for(config, round_index)
+    beta = objective.beta(config, round_index)
     args = dict(
         output_dir=output_dir,
-        beta=per_round(config.beta, round_index),
+        beta=beta,
         learning_rate=per_round(config.learning_rate, round_index),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
@@ -117,17 +122,13 @@ def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype:
         save_strategy="no",
         report_to="none",
         seed=config.seed,
-        bf16=use_bf16,
+        bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu",
         activation_checkpointing=False,  # recomputation costs more than it saves on small models
         dataloader_num_workers=0,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=1,
-        # The reference's log-probs once, before training: no reference forward per step, and a
-        # separate reference model (the round-0 policy) can be freed before the first step.
-        precompute_ref_log_probs=True,
-        loss_type=["sigmoid", "sft"] if config.nll_weight > 0 else ["sigmoid"],
-        loss_weights=[1.0, config.nll_weight] if config.nll_weight > 0 else None,
+        **objective.trl_args(config, beta),
     )
     if eval_each_epoch:
         # Held-out pairs scored at the end of each epoch, for the over-optimization alarm.
@@ -141,7 +142,13 @@ def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype:
     if managed:
         raise ValueError(f"train.dpo_args may not set {', '.join(managed)}: Flywheel sets them (see MANAGED_DPO_ARGS)")
     args.update(config.dpo_args)
-    return DPOConfig(**args)
+    return objective.config_class()(**args)
+
+
+def dpo_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
+             eval_each_epoch: bool = False):
+    """``trainer_args`` for the round's objective (a trl.DPOConfig for dpo, the default)."""
+    return trainer_args(config, round_index, device, dtype, output_dir, eval_each_epoch)
 
 
 def lora_config(config: TrainConfig):
@@ -190,6 +197,17 @@ def _reference_logps(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(dataset["ref_chosen_logps"]).float(), torch.tensor(dataset["ref_rejected_logps"]).float()
 
 
+def shared_reference_logps(result: "TrainResult") -> dict[str, tuple[list[float], list[float]]] | None:
+    """A run's reference log-probs in the form ``train_policy(reference_logps=...)`` takes; None
+    when it had none (reference-free or unpaired objectives)."""
+    if not result.reference_logps:
+        return None
+    shared = {"train": tuple(map(list, zip(*result.reference_logps)))}
+    if result.heldout_reference_logps:
+        shared["eval"] = tuple(map(list, zip(*result.heldout_reference_logps)))
+    return shared
+
+
 def _batch_mean_range(values: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """Where the mean of any ``batch_size`` of ``values`` can lie: between the mean of the
     smallest and the mean of the largest that many."""
@@ -198,13 +216,19 @@ def _batch_mean_range(values: torch.Tensor, batch_size: int) -> tuple[float, flo
     return ordered[:k].mean().item(), ordered[-k:].mean().item()
 
 
-def measure_start(trainer, beta: float, nll_weight: float, reference_is_start: bool) -> Start:
+def measure_start(trainer, beta: float, objective: Objective, config: TrainConfig, reference_is_start: bool) -> Start:
     """Where training starts against its reference. Where the reference is the starting policy,
-    every reward starts at 0 (and a sigmoid-only loss at ln 2); otherwise the starting policy's
-    log-ratios are measured on the training and held-out pairs, and the first step's batch
-    means (TRL logs them) can only lie where the means of a batch of them can."""
+    every reward starts at 0 and the objective says what the first loss is (ln 2 for sigmoid DPO
+    alone); otherwise the starting policy's log-ratios are measured on the training and held-out
+    pairs, and the first step's batch means (TRL logs them) can only lie where the means of a
+    batch of them can. Reference-free objectives' rewards are the policy's own log-probs: only
+    their first loss, when known, is checked."""
+    if not objective.uses_reference:
+        return Start(expected_loss=objective.expected_initial_loss(config, beta), check_rewards=False)
     if reference_is_start:
-        return Start(expected_loss=LN2 if nll_weight == 0 else None)
+        return Start(expected_loss=objective.expected_initial_loss(config, beta))
+    if not objective.paired:
+        return Start(expected_loss=None, check_rewards=False)
 
     def rewards(dataset) -> tuple[torch.Tensor, torch.Tensor]:
         (policy_c, policy_r), (ref_c, ref_r) = _starting_logps(trainer, dataset), _reference_logps(dataset)
@@ -227,6 +251,12 @@ def _kept_step(trainer) -> int | None:
     return int(Path(best).name.split("-")[-1]) if best else None
 
 
+def _feedback_rows(config: TrainConfig, objective: Objective) -> list[dict]:
+    if objective.paired:
+        return []
+    return [row for path in config.kto.feedback_files for row in load_feedback(path)]
+
+
 def train_policy(
     checkpoint: str,
     pairs: list[PreferencePair],
@@ -238,20 +268,26 @@ def train_policy(
     *,
     reference_checkpoint: str | None = None,
     earlier_pairs: Sequence[PreferencePair] = (),
+    reference_logps: dict[str, tuple[list[float], list[float]]] | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter with DPO from ``checkpoint``; save adapter and merged model under ``output_dir``.
+    """Train a LoRA adapter with the round's objective from ``checkpoint``; save adapter and merged
+    model under ``output_dir``.
 
-    ``reference_checkpoint`` is the DPO reference when it is not the starting policy (the round-0
+    ``reference_checkpoint`` is the reference when it is not the starting policy (the round-0
     policy under ``reference: initial``); None, or the starting checkpoint itself: the starting
-    policy (its adapter disabled). ``earlier_pairs`` are earlier rounds' pairs, for replay."""
+    policy (its adapter disabled); reference-free objectives load none. ``earlier_pairs`` are
+    earlier rounds' pairs, for replay. ``reference_logps`` ({"train"|"eval": (chosen, rejected)})
+    are the reference's log-probs of these very pairs, computed by an earlier run (the ablation's
+    cells share them); the DPO family uses them instead of its own reference pass."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOTrainer
 
     from infra.models import pick_device, pick_dtype
+    from tasks.trainers import flywheel_dpo_trainer
 
     if len(pairs) < 1:
         raise ValueError("no preference pairs to train on")
+    objective = objective_for(config, round_index)
     device = pick_device(model_config)
     dtype = pick_dtype(model_config, device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -259,26 +295,35 @@ def train_policy(
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     reference_is_start = reference_checkpoint is None or _same_checkpoint(reference_checkpoint, checkpoint)
-    ref_model = None if reference_is_start else AutoModelForCausalLM.from_pretrained(reference_checkpoint, dtype=torch.float32)
+    trainer_class = objective.trainer_class()
+    shared = reference_logps if issubclass(trainer_class, flywheel_dpo_trainer()) and reference_logps else None
+    needs_ref_model = objective.uses_reference and not reference_is_start and shared is None
+    ref_model = AutoModelForCausalLM.from_pretrained(reference_checkpoint, dtype=torch.float32) if needs_ref_model else None
     own_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
     train_pairs, replayed = mix_replay(own_pairs, earlier_pairs, config.replay_share, config.seed + round_index)
+    train_rows = objective.rows(train_pairs, _feedback_rows(config, objective))
     with tempfile.TemporaryDirectory() as scratch:
-        args = dpo_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs))
+        args = trainer_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs), objective=objective)
         forward = _log_callback(on_log) if on_log else None
         started = time.perf_counter()
-        # The reference's log-probs are computed here, once, for the training and held-out pairs.
-        trainer = DPOTrainer(
+        extra = {"reference_logps": shared} if issubclass(trainer_class, flywheel_dpo_trainer()) else {}
+        if objective.uses_reference:
+            extra["ref_model"] = ref_model
+        # The reference's log-probs (objectives that have one) are computed here, once, for the
+        # training and held-out pairs, unless they were handed in.
+        trainer = trainer_class(
             model=model,
-            ref_model=ref_model,
             args=args,
-            train_dataset=Dataset.from_list(to_trl_rows(train_pairs)),
-            eval_dataset=Dataset.from_list(to_trl_rows(heldout_pairs)) if heldout_pairs else None,
+            train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(objective.rows(heldout_pairs)) if heldout_pairs else None,
             processing_class=tokenizer,
             peft_config=lora_config(config),
             callbacks=[forward] if forward else None,
+            **extra,
         )
-        trainer.ref_model = ref_model = None  # no longer needed: freed (train() drops accelerate's handle)
-        start = measure_start(trainer, args.beta, config.nll_weight, reference_is_start)
+        if objective.uses_reference:
+            trainer.ref_model = ref_model = None  # no longer needed: freed (train() drops accelerate's handle)
+        start = measure_start(trainer, args.beta, objective, config, reference_is_start)
         trainer.train()
         runtime = time.perf_counter() - started
         log_history = list(trainer.state.log_history)
@@ -297,20 +342,25 @@ def train_policy(
     merged.save_pretrained(output_dir / layout.MERGED)
     tokenizer.save_pretrained(output_dir / layout.MERGED)
     n_examples = len(train_pairs) * config.epochs
-    ref_chosen, ref_rejected = _reference_logps(trainer.train_dataset)
+    has_ref_columns = "ref_chosen_logps" in (trainer.train_dataset.column_names or [])
+    ref_train = _reference_logps(trainer.train_dataset) if has_ref_columns else None
+    ref_heldout = _reference_logps(trainer.eval_dataset) if has_ref_columns and trainer.eval_dataset is not None else None
     return TrainResult(
+        objective=objective.name,
         n_pairs=len(train_pairs),
         n_heldout=len(heldout_pairs),
         n_replayed=len(replayed),
+        n_feedback=len(train_rows) - 2 * len(train_pairs) if not objective.paired else 0,
         replayed_prompt_ids=[p.prompt_id for p in replayed],
-        reference=config.reference,
+        reference=config.reference if objective.uses_reference else "none",
         reference_is_start=reference_is_start,
-        nll_weight=config.nll_weight,
+        nll_weight=objective.nll_weight(config),
         best_epoch=best_epoch,
         kept_heldout_loss=kept_loss,
         n_steps=trainer.state.global_step,
         beta=args.beta,
         learning_rate=args.learning_rate,
+        lora_r=config.lora_r,
         initial_loss=history[0]["loss"] if history else float("nan"),
         final_loss=history[-1]["loss"] if history else float("nan"),
         final_reward_accuracy=history[-1].get("rewards/accuracies", float("nan")) if history else float("nan"),
@@ -319,6 +369,7 @@ def train_policy(
         pairs_per_s=n_examples / runtime if runtime > 0 else float("nan"),
         log_history=log_history,
         start=start,
-        reference_logps=list(zip(ref_chosen.tolist(), ref_rejected.tolist())),
+        reference_logps=list(zip(*ref_train)) if ref_train else [],
+        heldout_reference_logps=list(zip(*ref_heldout)) if ref_heldout else [],
         alarms=diagnose_training(log_history, config.diagnostics, start, kept_step),
     )

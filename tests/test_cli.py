@@ -71,6 +71,9 @@ def test_config_command_prints_the_merged_config(workdir, capsys):
         ("promotion.blocking_alarms=[overfiting]", "promotion.blocking_alarms: unknown alarm 'overfiting'"),
         ("train.dpo_args={label_smothing: 0.1}", "train.dpo_args.label_smothing: not a field of trl.DPOConfig"),
         ("train.dpo_args={beta: 0.5}", "train.dpo_args.beta: managed by Flywheel; set train.beta"),
+        ("train.dpo_args={loss_type: [ipo]}", "train.dpo_args.loss_type: managed by Flywheel; set train.objective"),
+        ("train.dpo_args={label_smoothing: 0.1}", "train.dpo_args.label_smoothing: managed by Flywheel; set train.robust"),
+        ("train.objective=simpoo", "train.objective: unknown objective 'simpoo'"),
     ],
 )
 def test_unknown_names_stop_the_round_before_anything_is_written(workdir, capsys, override, message):
@@ -123,3 +126,13 @@ def test_builtin_prompts_too_few_for_n_eval_is_refused(workdir, capsys):
     err = capsys.readouterr().err
     assert "prompts.n_eval: the built-in prompt set holds" in err and "n_eval=100000 needs at least 100000" in err
     assert not data_dir.exists() and _written(workdir) == []
+
+
+def test_ablation_options_are_checked_before_anything_runs(workdir, capsys):
+    data_dir = workdir / "data"
+    assert main(["ablate", "--objectives", "dpo,simpoo", "--set", f"storage.data_dir={data_dir}"]) == 2
+    assert "unknown objective 'simpoo'" in capsys.readouterr().err
+    assert main(["sweep-beta", "--values", "0.1,lots", "--set", f"storage.data_dir={data_dir}"]) == 2
+    assert "lots" in capsys.readouterr().err
+    assert main(["loop", "--adopt-ablation", "7", "--set", f"storage.data_dir={data_dir}"]) == 2
+    assert "has no ablation 7" in capsys.readouterr().err

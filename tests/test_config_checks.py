@@ -10,7 +10,7 @@ from tasks.diagnostics import ALARMS, diagnose_training
 
 
 def test_good_configs_pass_unchanged():
-    config = load_config(None, ["judge.compare_with=[ifeval]", "evaluate.judge=verifier", "train.dpo_args={label_smoothing: 0.1}",
+    config = load_config(None, ["judge.compare_with=[ifeval]", "evaluate.judge=verifier", "train.dpo_args={weight_decay: 0.01}",
                                 "promotion.blocking_alarms=[reference_mismatch, over_optimization]"])
     assert check_config(config) is config
     assert load_checked_config("configs/demo.yaml").loop == load_config("configs/demo.yaml").loop
@@ -45,9 +45,9 @@ def test_dpo_args_cannot_override_managed_keys():
 
     from tasks.train import dpo_args
 
-    config = TrainConfig(dpo_args={"label_smoothing": 0.1})
+    config = TrainConfig(dpo_args={"weight_decay": 0.01})
     args = dpo_args(config, 1, torch.device("cpu"), torch.float32, "out")
-    assert args.label_smoothing == 0.1 and args.beta == config.beta[0]
+    assert args.weight_decay == 0.01 and args.beta == config.beta[0]
     with pytest.raises(ValueError, match="beta"):
         dpo_args(TrainConfig(dpo_args={"beta": 0.5}), 1, torch.device("cpu"), torch.float32, "out")
 
