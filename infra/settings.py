@@ -92,7 +92,7 @@ class OpenAIGenerateConfig(Section):
     api_key_block: str | None = Field(None, description="Prefect Secret block holding the API key (used when set).")
     use_n: bool = Field(
         True, description="Ask for a prompt's samples at one temperature in one request (`n`; vLLM and OpenAI share the "
-        "prompt's prefill). `transformers serve` refuses `n`: false sends one request per sample.",
+        "prompt's prefill). `transformers serve` ignores `n`: false sends one request per sample.",
     )
     max_in_flight: int = Field(8, ge=1, description="Requests running at once.")
     timeout_s: float = Field(600, gt=0, description="Per-request timeout.")

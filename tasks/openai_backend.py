@@ -2,7 +2,7 @@
 ``transformers serve``, ...) through the openai client the judge uses.
 
 A prompt's samples at one temperature are one request with ``n`` samples (the server encodes the
-prompt once for all of them); servers that refuse ``n`` (``transformers serve``) take one request
+prompt once for all of them); servers that ignore or refuse ``n`` (``transformers serve``) take one request
 per sample with ``generate.openai.use_n: false``. Requests run concurrently
 (``generate.openai.max_in_flight``); the client retries 429, 5xx and timeouts with backoff. The
 API key comes from ``api_key_block`` or ``api_key_env`` and is never logged.
@@ -63,13 +63,13 @@ class OpenAIBackend(SamplingBackend):
 
         greedy = group.temperature <= 0
         extra = {"n": n} if n > 1 else {}
+        hint = " (a server that ignores or refuses `n`, such as transformers serve, needs generate.openai.use_n: false)" if extra else ""
         try:
             response = await client.chat.completions.create(
                 model=self.model_name, messages=[{"role": "user", "content": group.prompt}], max_tokens=max_new_tokens,
                 temperature=0.0 if greedy else group.temperature, top_p=1.0 if greedy else top_p, seed=seed, **extra,
             )
         except openai.APIStatusError as exc:
-            hint = " (a server that refuses `n`, such as transformers serve, needs generate.openai.use_n: false)" if extra else ""
             raise GenerationServerError(
                 f"generation server {self.settings.base_url or 'OpenAI'} refused a request for model {self.model_name!r}: "
                 f"HTTP {exc.status_code}: {exc.message}{hint}") from exc
@@ -77,7 +77,7 @@ class OpenAIBackend(SamplingBackend):
             raise GenerationServerError(f"generation server {self.settings.base_url or 'OpenAI'} failed: {exc}") from exc
         if len(response.choices) != n:
             raise GenerationServerError(f"generation server {self.settings.base_url or 'OpenAI'} answered "
-                                        f"{len(response.choices)} samples where {n} were asked")
+                                        f"{len(response.choices)} samples where {n} were asked{hint}")
         choices = sorted(response.choices, key=lambda c: c.index)
         return [self._decoded(c.message.content or "", c.finish_reason, max_new_tokens) for c in choices]
 
