@@ -31,7 +31,11 @@ class VLLMBackend(SamplingBackend):
 
         settings = config.vllm
         dtype = {"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[model.dtype]
+        from transformers import GenerationConfig
+
         self.tokenizer = load_tokenizer(checkpoint)
+        configured = GenerationConfig.from_pretrained(checkpoint).eos_token_id
+        self.eos_ids = {self.tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
         self.engine = LLM(model=checkpoint, dtype=dtype, seed=config.seed, enable_prefix_caching=settings.enable_prefix_caching,
                           gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
                           tensor_parallel_size=settings.tensor_parallel_size)
@@ -51,7 +55,9 @@ class VLLMBackend(SamplingBackend):
         results: dict[tuple, Decoded] = {}
         for group, output in zip(groups, outputs):
             for key, sample in zip(group.keys, sorted(output.outputs, key=lambda o: o.index)):
-                results[key] = Decoded(sample.text.strip(), len(sample.token_ids), truncated=sample.finish_reason == "length")
+                ids = list(sample.token_ids)
+                n = len(ids) - (1 if ids and ids[-1] in self.eos_ids else 0)  # new tokens before EOS, as the hf backend counts
+                results[key] = Decoded(sample.text.strip(), n, truncated=sample.finish_reason == "length")
         return results
 
     def close(self) -> None:
