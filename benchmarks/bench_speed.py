@@ -3,15 +3,17 @@
 Same model (the bundled SmolLM2-135M-Instruct unless --model), same prompts, same
 token budget, one process, one run:
 
-* generation: ``tasks.generate.sample_batched`` (chat template, length-grouped
-  batches, bf16 where the CPU/GPU supports it) against the guide's recipe: one
-  ``model.generate`` call per prompt and candidate on the model as loaded (fp32).
-  Both count only the new tokens they produced, up to EOS.
+* generation: the hf backend, ``tasks.generate.sample_batched`` (chat template,
+  length-grouped batches, the k samples of a prompt sharing one prefill, bf16 where
+  the CPU/GPU supports it unless --dtype), and the same without the shared prefill,
+  against the guide's recipe: one ``model.generate`` call per prompt and candidate
+  on the model as loaded (fp32). All count only the new tokens they produced, up to EOS.
 * training: ``tasks.train.train_policy`` (TRL DPOTrainer + LoRA, batched, bf16
   autocast, no activation checkpointing) against ``DPOTrainer`` with the guide's
   settings (batch 1, fp32 on CPU, TRL's defaults otherwise), on the same pairs.
 
 Usage:  .venv/bin/python benchmarks/bench_speed.py [--prompts 32] [--tokens 64] [--pairs 32]
+        .venv/bin/python benchmarks/bench_speed.py --generation-only --dtype fp32   (generation alone, fp32)
 Writes the figures as JSON to benchmarks/results/<host>-speed.json and prints a table.
 """
 
@@ -55,20 +57,27 @@ def guide_generate(model, tokenizer, rendered: list[str], temperatures: list[flo
     return n_tokens
 
 
-def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int, batch_size: int) -> dict:
+def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int, batch_size: int, dtype: str = "auto") -> dict:
+    """The hf backend (shared prefill, then without it) and the guide's loop on the same prompts, side by side."""
+    from infra.memory import peak_rss
     from infra.models import load_model, load_tokenizer
     from infra.settings import ModelConfig
     from tasks.generate import SampleRequest, _eos_ids, render_chat, sample_batched
 
     tokenizer = load_tokenizer(checkpoint)
     # Warm-up on both models, so one-off costs (kernel selection, allocations) count for neither.
-    fast = load_model(checkpoint, ModelConfig())
+    fast = load_model(checkpoint, ModelConfig(dtype=dtype))
     requests = [SampleRequest(key=(p.id, j), prompt=p.text, temperature=t) for p in prompts for j, t in enumerate(temperatures)]
     sample_batched(fast, tokenizer, requests[:2], max_new_tokens=4, batch_size=2, seed=1)
-    started = time.perf_counter()
-    decoded = sample_batched(fast, tokenizer, requests, max_new_tokens, batch_size, seed=0, top_p=0.95, progress="flywheel generate")
-    ours_s = time.perf_counter() - started
-    ours_tokens = sum(d.n_tokens for d in decoded.values())
+    runs = {}
+    for name, share in (("shared_prefill", True), ("no_sharing", False)):
+        with peak_rss() as memory:
+            started = time.perf_counter()
+            decoded = sample_batched(fast, tokenizer, requests, max_new_tokens, batch_size, seed=0, top_p=0.95,
+                                     progress=f"flywheel generate ({name})", share_prefill=share)
+            seconds = time.perf_counter() - started
+        tokens = sum(d.n_tokens for d in decoded.values())
+        runs[name] = {"tokens": tokens, "s": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mb": memory.peak_mb}
     del fast
 
     from transformers import AutoModelForCausalLM
@@ -81,12 +90,16 @@ def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int
     started = time.perf_counter()
     guide_tokens = guide_generate(plain, tokenizer, rendered, temperatures, max_new_tokens, eos_ids)
     guide_s = time.perf_counter() - started
-    ours_rate, guide_rate = ours_tokens / ours_s, guide_tokens / guide_s
+    ours, unshared, guide_rate = runs["shared_prefill"], runs["no_sharing"], guide_tokens / guide_s
     return {
-        "sequences": len(requests), "max_new_tokens": max_new_tokens,
-        "flywheel_tokens": ours_tokens, "flywheel_s": ours_s, "flywheel_tokens_per_s": ours_rate,
+        "sequences": len(requests), "samples_per_prompt": len(temperatures), "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size, "dtype": dtype,
+        "flywheel_tokens": ours["tokens"], "flywheel_s": ours["s"], "flywheel_tokens_per_s": ours["tokens_per_s"],
+        "flywheel_peak_rss_mb": ours["peak_rss_mb"],
+        "no_sharing_tokens": unshared["tokens"], "no_sharing_s": unshared["s"], "no_sharing_tokens_per_s": unshared["tokens_per_s"],
         "guide_tokens": guide_tokens, "guide_s": guide_s, "guide_tokens_per_s": guide_rate,
-        "speedup": ours_rate / guide_rate,
+        "speedup": ours["tokens_per_s"] / guide_rate, "no_sharing_speedup": unshared["tokens_per_s"] / guide_rate,
+        "shared_prefill_gain": ours["tokens_per_s"] / unshared["tokens_per_s"],
     }
 
 
@@ -156,10 +169,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (default: the bundled model)")
     parser.add_argument("--data-dir", type=Path, default=Path(".flywheel"))
-    parser.add_argument("--prompts", type=int, default=16, help="prompts for generation (x4 temperatures)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts for generation (x --samples)")
+    parser.add_argument("--samples", type=int, default=4, help="samples per prompt (temperatures 0.5/0.7/0.9/1.0, cycled)")
     parser.add_argument("--tokens", type=int, default=64, help="max new tokens per sequence")
     parser.add_argument("--pairs", type=int, default=32, help="preference pairs for training")
     parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--gen-batch", type=int, default=64, help="sequences decoded together (generate.batch_size)")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="Flywheel's generation dtype (auto: bf16 where the CPU has it); the guide loop stays fp32")
+    parser.add_argument("--generation-only", action="store_true", help="skip the training comparison")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     args = parser.parse_args()
 
@@ -168,22 +186,27 @@ def main() -> None:
 
     checkpoint = resolve_checkpoint(args.model, args.data_dir)
     train = [p for p in builtin_prompts(0, 0.25) if p.split == "train"]
-    temperatures = [0.5, 0.7, 0.9, 1.0]
-    generation = bench_generation(checkpoint, train[: args.prompts], temperatures, args.tokens, batch_size=64)
-    pairs = make_pairs(checkpoint, train[args.prompts : args.prompts + args.pairs], args.tokens)
-    training = bench_training(checkpoint, pairs, args.train_batch)
+    temperatures = [(0.5, 0.7, 0.9, 1.0)[i % 4] for i in range(args.samples)]
+    generation = bench_generation(checkpoint, train[: args.prompts], temperatures, args.tokens, args.gen_batch, args.dtype)
+    training = None
+    if not args.generation_only:
+        pairs = make_pairs(checkpoint, train[args.prompts : args.prompts + args.pairs], args.tokens)
+        training = bench_training(checkpoint, pairs, args.train_batch)
     result = {
         "machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "bf16_native": cpu_supports_bf16(),
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "model": args.model, "generation": generation, "training": training,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{platform.node() or 'host'}-speed.json"
+    path = args.out / f"{platform.node() or 'host'}-speed{'-generation' if args.generation_only else ''}.json"
     path.write_text(json.dumps(result, indent=2))
     g, t = generation, training
     print(f"\nmachine: {result['machine']}")
-    print(f"generation  flywheel {g['flywheel_tokens_per_s']:8.1f} tok/s   guide loop {g['guide_tokens_per_s']:7.1f} tok/s   ratio {g['speedup']:5.1f}x")
-    print(f"training    flywheel {t['flywheel_pairs_per_s']:8.2f} pairs/s guide DPO  {t['guide_pairs_per_s']:7.2f} pairs/s ratio {t['speedup']:5.1f}x")
+    print(f"generation  flywheel {g['flywheel_tokens_per_s']:8.1f} tok/s   guide loop {g['guide_tokens_per_s']:7.1f} tok/s   ratio {g['speedup']:5.1f}x"
+          f"   (without shared prefill {g['no_sharing_tokens_per_s']:.1f} tok/s, {g['no_sharing_speedup']:.1f}x;"
+          f" sharing gains {g['shared_prefill_gain']:.2f}x; peak RSS {g['flywheel_peak_rss_mb']:.0f} MB)")
+    if t is not None:
+        print(f"training    flywheel {t['flywheel_pairs_per_s']:8.2f} pairs/s guide DPO  {t['guide_pairs_per_s']:7.2f} pairs/s ratio {t['speedup']:5.1f}x")
     print(f"written to {path}")
 
 

@@ -4,8 +4,9 @@ and hands the rest to one runner.
 ``run_stage`` owns what every stage repeats: the stage key, the identity of its inputs (the
 checksums of the upstream stages it reads) and of its config sections, resuming past a stage
 already complete with the same identity, staging its files so they are committed whole or not
-at all, reloading its typed result, logging its metrics as ``<stage>/<name>``, and one summary
-line in the Prefect log. Every stage task returns the same shape: ``StageResult(key, result)``.
+at all, reloading its typed result, logging its metrics as ``<stage>/<name>`` (with its wall
+time, ``seconds``, and its peak resident memory, ``peak_rss_mb``; what it loaded is released
+after it), and one summary line in the Prefect log. Every stage task returns the same shape: ``StageResult(key, result)``.
 
 No stage is retried as a whole: the network calls inside (S3, MLflow, the judge's API) retry
 on their own, and training is never rerun on a transient error.
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 
 from infra import layout
 from infra.champion import crown
+from infra.memory import peak_rss, release_memory
 from infra.records import Candidate, Champion, Completion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
 from infra.settings import FlywheelConfig
 from infra.store import ArtifactStore, ArtifactStoreError, CorruptArtifactError, hash_json
@@ -129,21 +131,23 @@ def run_stage(
         except CorruptArtifactError as err:
             log.warning("%s: %s; running the stage again", key, err)
     started = time.perf_counter()
-    try:
-        with ctx.store.stage(key, input_hash=input_id, config_hash=config_id) as out:
-            result = compute(out)
-            (out / result_file).write_text(result.model_dump_json(indent=2))
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        raise ArtifactStoreError(
-            f"{key}: the disk is full ({err.filename or 'while writing'}): the stage is not marked complete and none of it "
-            "is kept; free some space, then run the round again (it resumes at this stage)") from err
+    with peak_rss() as memory:
+        try:
+            with ctx.store.stage(key, input_hash=input_id, config_hash=config_id) as out:
+                result = compute(out)
+                (out / result_file).write_text(result.model_dump_json(indent=2))
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise ArtifactStoreError(
+                f"{key}: the disk is full ({err.filename or 'while writing'}): the stage is not marked complete and none of it "
+                "is kept; free some space, then run the round again (it resumes at this stage)") from err
+        release_memory()  # what the stage loaded (models, datasets) is not held into the next one
     seconds = time.perf_counter() - started
-    figures = {**(metrics(result) if metrics else {}), "seconds": seconds}
+    figures = {**(metrics(result) if metrics else {}), "seconds": seconds, "peak_rss_mb": memory.peak_mb, "rss_after_mb": memory.end_mb}
     ctx.tracker.log_metrics({f"{stage}/{name}": value for name, value in figures.items()})
     shown = ", ".join(f"{name} {value:.4g}" for name, value in list(figures.items())[:6] if isinstance(value, (int, float)))
-    log.info("%s: done in %.1f s (%s)", stage, seconds, shown)
+    log.info("%s: done in %.1f s, peak RSS %.0f MB (%s)", stage, seconds, memory.peak_mb, shown)
     return StageResult(key, result)
 
 
@@ -172,16 +176,16 @@ def select_prompts_task(ctx: RoundContext) -> StageResult:
 @task(name=layout.GENERATE, cache_policy=NO_CACHE)
 def generate_candidates_task(ctx: RoundContext, prompts: StageResult) -> StageResult:
     """k candidates per training prompt, sampled from the champion."""
-    from infra.models import load_model, load_tokenizer
+    from tasks.backends import open_backend
     from tasks.generate import GenerateSummary, generate_candidates, summarize_candidates
 
     def compute(out: Path) -> GenerateSummary:
         train = _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
-        model = load_model(ctx.champion_checkpoint, ctx.config.model)
-        started = time.perf_counter()
-        seed = ctx.config.generate.seed * 1000 + ctx.round_index
-        candidates = generate_candidates(model, load_tokenizer(ctx.champion_checkpoint), train, ctx.config.generate, seed)
-        seconds = time.perf_counter() - started
+        with open_backend(ctx.champion_checkpoint, ctx.config.generate, ctx.config.model) as backend:
+            started = time.perf_counter()
+            seed = ctx.config.generate.seed * 1000 + ctx.round_index
+            candidates = generate_candidates(backend, train, ctx.config.generate, seed)
+            seconds = time.perf_counter() - started
         write_jsonl(out / layout.CANDIDATES, candidates)
         return summarize_candidates(candidates, seconds)
 
@@ -330,7 +334,7 @@ def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list
     the store beside the loop (keyed by the base model and the eval's settings), so every round's
     length is measured against the same answers."""
     from infra.champion import base_policy, local_checkpoint
-    from infra.models import load_model, load_tokenizer
+    from tasks.backends import open_backend
     from tasks.evaluate import generate_completions
 
     if not prompts:
@@ -342,9 +346,9 @@ def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list
     if cached is not None:
         return [Completion.model_validate(c) for c in cached]
     checkpoint = local_checkpoint(base_policy(config), store, config.storage.data_dir)
-    model = load_model(checkpoint, config.model)
-    # Recorded as the champion's: the round-0 policy is the champion the first round meets.
-    answers = generate_completions(model, load_tokenizer(checkpoint), prompts, "champion", config.evaluate)
+    with open_backend(checkpoint, config.generate, config.model) as backend:
+        # Recorded as the champion's: the round-0 policy is the champion the first round meets.
+        answers = generate_completions(backend, prompts, "champion", config.evaluate)
     store.write_json(cache_key, [a.model_dump(mode="json") for a in answers])
     return answers
 

@@ -79,6 +79,38 @@ class PromptsConfig(Section):
         return self
 
 
+class OpenAIGenerateConfig(Section):
+    """Sampling from an OpenAI-compatible server (generate.backend 'openai')."""
+
+    base_url: str | None = Field(None, description="Server base URL, e.g. http://127.0.0.1:8000/v1 for `vllm serve`; None: OpenAI.")
+    model: str | None = Field(
+        None, description="Model name sent to the server; None: the policy's checkpoint path (`transformers serve` loads any "
+        "local path it is sent; `vllm serve` serves the one model it started with, so the champion and challenger of the "
+        "pairwise eval would be the same model there: use backend 'vllm' for the eval).",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (local servers need none).")
+    api_key_block: str | None = Field(None, description="Prefect Secret block holding the API key (used when set).")
+    use_n: bool = Field(
+        True, description="Ask for a prompt's samples at one temperature in one request (`n`; vLLM and OpenAI share the "
+        "prompt's prefill). `transformers serve` ignores `n`: false sends one request per sample.",
+    )
+    max_in_flight: int = Field(8, ge=1, description="Requests running at once.")
+    timeout_s: float = Field(600, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(3, ge=0, description="Retries of 429, 5xx and timeouts (the openai client's backoff).")
+
+
+class VLLMGenerateConfig(Section):
+    """vLLM's offline engine (generate.backend 'vllm'), on a CUDA machine with vllm installed."""
+
+    gpu_memory_utilization: float = Field(
+        0.6, gt=0, le=1, description="Share of GPU memory the engine takes for weights and KV cache; the rest stays free "
+        "for the stages after it in the same process (training).",
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse a prompt's KV cache across its samples and requests.")
+    max_model_len: int = Field(2048, ge=64, description="Longest prompt + answer, in tokens (sizes the KV cache).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over.")
+
+
 class GenerateConfig(Section):
     n_candidates: int = Field(6, ge=2, description="k samples per prompt; the judge compares them.")
     temperatures: list[float] = Field(
@@ -103,6 +135,17 @@ class GenerateConfig(Section):
     )
     batch_size: int = Field(64, ge=1, description="Sequences decoded together; batches are grouped by prompt length.")
     seed: int = Field(0, description="Base seed; each round and batch derive their own from it.")
+    backend: str = Field(
+        "hf", description="Registered generation backend (tasks/backends.py) of every stage that samples (candidates, "
+        "pairwise eval, compare): 'hf' (transformers, in process), 'openai' (an OpenAI-compatible server, generate.openai) "
+        "or 'vllm' (vLLM's offline engine on a GPU, generate.vllm).",
+    )
+    share_prefill: bool = Field(
+        True, description="Backend 'hf': the k candidates of a prompt share one prefill (the prompt's KV cache is "
+        "computed once and copied to each row). Same samples either way; off only to measure it.",
+    )
+    openai: OpenAIGenerateConfig = Field(default_factory=OpenAIGenerateConfig, description="Backend 'openai' settings.")
+    vllm: VLLMGenerateConfig = Field(default_factory=VLLMGenerateConfig, description="Backend 'vllm' settings.")
 
     @model_validator(mode="after")
     def _positive_temperatures(self) -> "GenerateConfig":
@@ -443,7 +486,13 @@ class RegressionConfig(Section):
     per_task_tolerance: dict[str, float] = Field(
         default_factory=dict, description="Per-benchmark tolerance, replacing `tolerance` for those named."
     )
-    batch_size: int = Field(32, ge=1, description="Log-likelihood requests scored together.")
+    # Measured (tiny model with the real 49k vocabulary, arc_easy+hellaswag+piqa x 40 items, fp32): lm-eval holds
+    # the batch's full-vocabulary logits and their log-softmax, so the stage's peak rose 1,760 MB over its start at
+    # batch 32 and 460 MB at batch 8.
+    batch_size: int = Field(
+        8, ge=1, description="Log-likelihood requests scored together. Each holds its full-vocabulary logits twice "
+        "(about 60 MB at 150 tokens and 49k tokens of vocabulary): batch 32 added 1.8 GB to a round's peak, 8 adds 0.5.",
+    )
 
 
 class PromotionConfig(Section):

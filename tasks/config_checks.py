@@ -16,6 +16,7 @@ from pathlib import Path
 
 from infra.registry import Registry
 from infra.settings import MANAGED_DPO_ARGS, FlywheelConfig, config_origin, invalid_config, load_config
+from tasks.backends import BACKENDS
 from tasks.constraints import known_constraints
 from tasks.diagnostics import ALARMS
 from tasks.failure_modes import FAILURE_MODES
@@ -34,6 +35,7 @@ def check_config(config: FlywheelConfig, origin: str = "checked config") -> Flyw
         *_unknown("regression.tasks", config.regression.tasks, BENCHMARKS),
         *_unknown("regression.per_task_tolerance", list(config.regression.per_task_tolerance), BENCHMARKS),
         *_unknown("prompts.source", [config.prompts.source], PROMPT_SOURCES),
+        *_unknown("generate.backend", [config.generate.backend], BACKENDS),
         *(f"promotion.blocking_alarms: unknown alarm {name!r}; known: {', '.join(ALARMS)}"
           for name in config.promotion.blocking_alarms if name not in ALARMS),
         *(f"judge.failure_penalties: unknown failure mode {name!r}; known: {', '.join(FAILURE_MODES)}"

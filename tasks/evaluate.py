@@ -25,7 +25,7 @@ from infra import layout
 from infra.records import Completion, Prompt, Verdict, write_jsonl
 from infra.settings import EvalConfig
 from tasks.constraints import check_constraints
-from tasks.generate import SampleRequest, sample_batched
+from tasks.generate import SampleRequest
 from tasks.judge import Judge
 
 
@@ -115,12 +115,11 @@ def length_controlled_win_rate(outcomes: list[float], length_diffs: list[float],
     return float(1 / (1 + np.exp(-w[0])))
 
 
-def generate_completions(model, tokenizer, prompts: list[Prompt], policy: str, config: EvalConfig) -> list[Completion]:
-    """One response per held-out prompt, scored against the prompt's constraints."""
+def generate_completions(backend, prompts: list[Prompt], policy: str, config: EvalConfig) -> list[Completion]:
+    """One response per held-out prompt from ``backend`` (a tasks.backends.SamplingBackend), scored
+    against the prompt's constraints."""
     requests = [SampleRequest(key=(p.id,), prompt=p.text, temperature=config.temperature) for p in prompts]
-    decoded = sample_batched(
-        model, tokenizer, requests, config.max_new_tokens, config.batch_size, config.seed, progress=f"eval {policy}"
-    )
+    decoded = backend.sample(requests, config.max_new_tokens, config.batch_size, config.seed, progress=f"eval {policy}")
     completions = []
     for p in prompts:
         text, _, truncated = decoded[(p.id,)]
@@ -311,20 +310,19 @@ def pairwise_between(
     unconstrained: list[Prompt] = (),
     baseline: list[Completion] | None = None,
 ) -> PairwiseRun:
-    """Both checkpoints' answers to ``prompts`` and ``unconstrained`` (one model in memory at a
-    time), judged by the eval's judge (``evaluate.judge``, else ``judge.name``) of the
+    """Both checkpoints' answers to ``prompts`` and ``unconstrained`` (sampled by the backend
+    ``generate.backend``, one model in memory at a time), judged by the eval's judge (``evaluate.judge``, else ``judge.name``) of the
     FlywheelConfig ``config``; the unconstrained answers by its model judge, if any, and
     measured against ``baseline`` (the round-0 policy's answers to them)."""
-    from infra.models import load_model, load_tokenizer
+    from tasks.backends import open_backend
     from tasks.judge import build_judge
     from tasks.prompts import unseen_types
 
     completions, answers = {}, {}
     for policy, checkpoint in (("champion", champion_checkpoint), ("challenger", challenger_checkpoint)):
-        model, tokenizer = load_model(checkpoint, config.model), load_tokenizer(checkpoint)
-        completions[policy] = generate_completions(model, tokenizer, prompts, policy, config.evaluate)
-        answers[policy] = generate_completions(model, tokenizer, list(unconstrained), policy, config.evaluate) if unconstrained else []
-        del model
+        with open_backend(checkpoint, config.generate, config.model) as backend:  # closed (model freed) before the next
+            completions[policy] = generate_completions(backend, prompts, policy, config.evaluate)
+            answers[policy] = generate_completions(backend, list(unconstrained), policy, config.evaluate) if unconstrained else []
     eval_judge = config.evaluate.judge or config.judge.name
     judge = build_judge(config.judge.model_copy(update={"name": eval_judge}), store=store)
     result, verdicts = evaluate_pairwise(

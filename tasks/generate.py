@@ -4,7 +4,10 @@ Reads: the champion checkpoint and the round's training prompts.
 Writes: ``candidates.jsonl`` (one Candidate a line).
 
 Decoding is batched: prompts are rendered with the tokenizer's chat template,
-left-padded, and grouped by token length so a batch wastes little on padding.
+left-padded, and grouped by token length so a batch wastes little on padding; the k
+candidates of a prompt share one prefill (its KV cache is computed once and copied to
+each of its rows). The backends that sample (this one, ``hf``, and servers or engines) are
+in ``tasks/backends.py``.
 Each candidate index has its own temperature; one batch mixes temperatures, since
 ``RowTemperatureNucleus`` applies a temperature per row and nucleus (top-p)
 sampling from a top-k shortlist, exactly, without the full-vocabulary sort that
@@ -99,8 +102,14 @@ def sample_batched(
     seed: int,
     top_p: float = 1.0,
     progress: str | None = None,
+    share_prefill: bool = True,
 ) -> dict[tuple, Decoded]:
-    """Decode every request; returns key -> Decoded (text, new tokens, cut at the budget). Temperature 0 is greedy."""
+    """Decode every request; returns key -> Decoded (text, new tokens, cut at the budget). Temperature 0 is greedy.
+
+    With ``share_prefill`` the rows of a batch that ask the same prompt (the k candidates of a
+    prompt) share one prefill: the batch's distinct prompts are encoded once and their KV cache is
+    copied to every row that asks them, instead of each row encoding its prompt again. The rows,
+    their order and their random numbers are the same either way, so are the samples."""
     rendered = [render_chat(tokenizer, r.prompt) for r in requests]
     lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
     device = next(model.parameters()).device
@@ -109,9 +118,9 @@ def sample_batched(
     bar = tqdm(total=len(requests), desc=progress, unit="seq", disable=progress is None)
     for batch_no, batch in enumerate(length_grouped_batches(requests, lengths, batch_size)):
         temperatures = torch.tensor([requests[i].temperature for i in batch])
-        enc = tokenizer(
-            [rendered[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(device)
+        texts = [rendered[i] for i in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        cache = shared_prefill(model, tokenizer, texts, device) if share_prefill else None
         # A seed per batch: results do not depend on what ran before in the process.
         torch.manual_seed(seed * 100_003 + batch_no)
         if temperatures[0] > 0:
@@ -123,6 +132,7 @@ def sample_batched(
             sampling = dict(do_sample=False)
         out = model.generate(
             **enc,
+            **({"cache": cache} if cache is not None else {}),
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos_ids,
@@ -130,6 +140,7 @@ def sample_batched(
             **sampling,
         )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
+        del out, cache
         for row, i in enumerate(batch):
             ids = new_tokens[row].tolist()
             n = _count_until_eos(ids, eos_ids, tokenizer.pad_token_id)
@@ -139,6 +150,29 @@ def sample_batched(
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def shared_prefill(model, tokenizer, texts: list[str], device):
+    """The KV cache of ``texts`` (a batch's rows, left-padded as ``model.generate`` will see them)
+    with each distinct text encoded once, or None when no text repeats.
+
+    The cache holds every prompt token but the last, so ``generate`` (handed the full rows and
+    this cache) starts by feeding the last one, exactly as it would continue its own prefill.
+    Positions follow the attention mask as ``generate`` computes them for left-padded rows."""
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) == len(texts):
+        return None
+    from transformers import DynamicCache
+
+    enc = tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    mask = enc["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=enc["input_ids"][:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+          cache=cache, use_cache=True, logits_to_keep=1)
+    row_of = {text: row for row, text in enumerate(distinct)}
+    cache.batch_select_indices(torch.tensor([row_of[t] for t in texts], device=device))
+    return cache
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -156,26 +190,17 @@ def _count_until_eos(ids: list[int], eos_ids: list[int], pad_id: int | None) -> 
     return len(ids)
 
 
-def generate_candidates(
-    model, tokenizer, prompts: list[Prompt], config: GenerateConfig, seed: int, progress: bool = True
-) -> list[Candidate]:
-    """k candidates per prompt, candidate i sampled at temperature i (cycled)."""
+def generate_candidates(backend, prompts: list[Prompt], config: GenerateConfig, seed: int, progress: bool = True) -> list[Candidate]:
+    """k candidates per prompt from ``backend`` (a tasks.backends.SamplingBackend), candidate i
+    sampled at temperature i (cycled)."""
     temps = [config.temperatures[i % len(config.temperatures)] for i in range(config.n_candidates)]
     requests = [
         SampleRequest(key=(p.id, i), prompt=p.text, temperature=temps[i])
         for p in prompts
         for i in range(config.n_candidates)
     ]
-    decoded = sample_batched(
-        model,
-        tokenizer,
-        requests,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        seed=seed,
-        top_p=config.top_p,
-        progress="generate-candidates" if progress else None,
-    )
+    decoded = backend.sample(requests, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=seed,
+                             top_p=config.top_p, progress="generate-candidates" if progress else None)
     return [
         Candidate(prompt_id=r.key[0], index=r.key[1], text=decoded[r.key].text, temperature=r.temperature,
                   n_tokens=decoded[r.key].n_tokens, truncated=decoded[r.key].truncated)

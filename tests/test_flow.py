@@ -84,6 +84,8 @@ def test_every_stage_logged_its_figures_to_the_round_run(config, two_rounds):
     assert run.info.run_name == "flowtest-round-001"
     missing = [m for m in STAGE_METRICS if m not in run.data.metrics]
     assert not missing, f"metrics not logged: {missing}"
+    stages = ("prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote")
+    assert all(run.data.metrics[f"{stage}/peak_rss_mb"] > 0 for stage in stages)
     assert run.data.params["train.lora_r"] == "4"
     steps = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(steps) >= 1

@@ -1,6 +1,7 @@
 from infra.models import load_model, load_tokenizer
 from infra.records import Prompt
 from infra.settings import GenerateConfig, ModelConfig
+from tasks.backends import HFBackend
 from tasks.generate import SampleRequest, generate_candidates, length_grouped_batches
 
 PROMPTS = [Prompt(id=f"p{i}", text="Tell me about cats. " * (i + 1)) for i in range(5)]
@@ -9,7 +10,7 @@ PROMPTS = [Prompt(id=f"p{i}", text="Tell me about cats. " * (i + 1)) for i in ra
 def test_candidates_per_prompt_with_their_temperatures(tiny_model):
     model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
     config = GenerateConfig(n_candidates=3, temperatures=[0.7, 1.0], max_new_tokens=8, batch_size=4)
-    candidates = generate_candidates(model, tokenizer, PROMPTS, config, seed=1, progress=False)
+    candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=1, progress=False)
     assert len(candidates) == 15
     assert {(c.prompt_id, c.index) for c in candidates} == {(p.id, i) for p in PROMPTS for i in range(3)}
     assert [c.temperature for c in candidates if c.prompt_id == "p0"] == [0.7, 1.0, 0.7]
@@ -20,9 +21,9 @@ def test_candidates_per_prompt_with_their_temperatures(tiny_model):
 def test_generation_is_seeded(tiny_model):
     model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
     config = GenerateConfig(n_candidates=2, max_new_tokens=6, batch_size=8)
-    first = generate_candidates(model, tokenizer, PROMPTS, config, seed=3, progress=False)
-    second = generate_candidates(model, tokenizer, PROMPTS, config, seed=3, progress=False)
-    other = generate_candidates(model, tokenizer, PROMPTS, config, seed=4, progress=False)
+    first = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=3, progress=False)
+    second = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=3, progress=False)
+    other = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=4, progress=False)
     assert first == second
     assert first != other
 
@@ -75,7 +76,80 @@ def test_truncated_flag_tells_a_cut_off_answer_from_one_that_ended(tiny_model):
     assert not ended.truncated and ended.n_tokens <= 2
 
     config = GenerateConfig(n_candidates=2, max_new_tokens=5, batch_size=4)
-    candidates = generate_candidates(model, tokenizer, PROMPTS, config, seed=1, progress=False)
+    candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=1, progress=False)
     assert all(c.truncated == (c.n_tokens == 5) for c in candidates)
     share = summarize_candidates(candidates, seconds=1.0).truncated_share
     assert share == sum(c.truncated for c in candidates) / len(candidates)
+
+
+def test_shared_prefill_gives_the_same_samples_as_plain_sampling(tiny_model):
+    """The k rows of a prompt share one prefill (a forward over the distinct prompts only), and the
+    samples are those of plain batched sampling at the same seed: same rows, same random numbers."""
+    from tasks.generate import sample_batched
+
+    model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
+    requests = [SampleRequest(key=(p.id, i), prompt=p.text, temperature=(0.6, 1.0, 1.4)[i % 3]) for p in PROMPTS for i in range(4)]
+    first_forward_rows = []
+
+    def record(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:  # a prefill (decoding steps feed one token a row)
+            first_forward_rows.append(ids.shape[0])
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        shared = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=True)
+        shared_prefills, first_forward_rows[:] = list(first_forward_rows), []
+        plain = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=False)
+        plain_prefills = list(first_forward_rows)
+    finally:
+        handle.remove()
+    assert shared == plain and len(shared) == len(requests) == 20
+    assert plain_prefills == [8, 8, 4]  # every row encodes its prompt
+    assert shared_prefills == [2, 2, 1]  # each batch's distinct prompts, once (rows of a prompt sort together)
+
+    config = GenerateConfig(n_candidates=4, temperatures=[0.6, 1.0], max_new_tokens=6, batch_size=8)
+    plain_backend = HFBackend.from_loaded(model, tokenizer, config.model_copy(update={"share_prefill": False}))
+    shared_candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer, config), PROMPTS, config, seed=2, progress=False)
+    assert shared_candidates == generate_candidates(plain_backend, PROMPTS, config, seed=2, progress=False)
+    assert [sum(c.prompt_id == p.id for c in shared_candidates) for p in PROMPTS] == [4] * 5
+
+
+def test_shared_prefill_samples_each_row_at_its_temperature(tiny_model):
+    """Token statistics: the first tokens sampled with a shared prefill, rows at 0.8 and 1.6 in the
+    same batches, are distributed as transformers' own sampling at that temperature, and not as at
+    the other one. (The tiny model's head is scaled up so its distribution has a shape to compare.)"""
+    from collections import Counter
+
+    import torch
+
+    from tasks.generate import render_chat, sample_batched
+
+    model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # tied to the embeddings: the whole model is rescaled, still a fixed model
+    prompt, n = "Tell me about cats.", 256
+    enc = tokenizer([render_chat(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        top = {tokenizer.decode([i], skip_special_tokens=True).strip() for i in model(**enc).logits[0, -1].topk(20).indices.tolist()}
+
+    def shares(texts: list[str]) -> dict[str, float]:  # the 20 likeliest tokens, the rest pooled
+        counts = Counter(t if t in top else "other" for t in texts)
+        return {token: c / len(texts) for token, c in counts.items()}
+
+    def distance(p: dict, q: dict) -> float:  # total variation
+        return 0.5 * sum(abs(p.get(k, 0) - q.get(k, 0)) for k in set(p) | set(q))
+
+    requests = [SampleRequest(key=(j,), prompt=prompt, temperature=(0.8, 1.6)[j % 2]) for j in range(2 * n)]
+    ours = sample_batched(model, tokenizer, requests, max_new_tokens=1, batch_size=64, seed=1)
+    at = {t: shares([ours[(j,)].text for j in range(2 * n) if requests[j].temperature == t]) for t in (0.8, 1.6)}
+
+    def reference(temperature: float, seed: int) -> dict[str, float]:
+        torch.manual_seed(seed)
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=1.0, max_new_tokens=1,
+                             num_return_sequences=n, pad_token_id=tokenizer.pad_token_id)
+        return shares([tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out])
+
+    plain = {0.8: reference(0.8, 2), 1.6: reference(1.6, 3)}
+    assert distance(at[0.8], plain[0.8]) < 0.2 and distance(at[1.6], plain[1.6]) < 0.2
+    assert distance(at[0.8], plain[1.6]) > 0.5 and distance(at[1.6], plain[0.8]) > 0.5
