@@ -318,9 +318,9 @@ class SimPOConfig(Section):
 
 
 class ORPOConfig(Section):
-    lambda_: float = Field(
-        0.1, gt=0, alias="lambda",
-        description="Objective 'orpo' (Hong et al. 2024, reference-free): weight of the odds-ratio term added to the "
+    weight: float = Field(
+        0.1, gt=0,
+        description="Objective 'orpo' (Hong et al. 2024, reference-free): the paper's lambda, weight of the odds-ratio term added to the "
         "SFT loss on the chosen response (TRL's beta); usual 0.05-0.25, the paper's 0.1. Used instead of train.beta. "
         "Learning rate ~ SFT's (paper: 8e-6 full fine-tune; LoRA ~5e-5 to 2e-4).",
     )
@@ -357,7 +357,7 @@ class TrainConfig(Section):
         [0.1],
         min_length=1,
         description="DPO beta for round i (last repeats); a rising schedule keeps later rounds closer to their reference. "
-        "Also IPO's tau and KTO's beta (usual 0.01-0.5); SimPO and ORPO use train.simpo.beta and train.orpo.lambda.",
+        "Also IPO's tau and KTO's beta (usual 0.01-0.5); SimPO and ORPO use train.simpo.beta and train.orpo.weight.",
     )
     learning_rate: list[float] = Field(
         [5e-4, 4e-4, 3e-4],

@@ -28,7 +28,7 @@ LENGTH_COLLAPSE = 0.5
 class AblationCell(BaseModel):
     objective: str
     lora_r: int
-    beta: float | None = None  # None: the objective's configured beta (train.beta, train.simpo.beta, train.orpo.lambda)
+    beta: float | None = None  # None: the objective's configured beta (train.beta, train.simpo.beta, train.orpo.weight)
 
     @property
     def name(self) -> str:

@@ -184,10 +184,10 @@ class ORPO(Objective):
     uses_reference = False
 
     def beta(self, config: TrainConfig, round_index: int) -> float:
-        return config.orpo.lambda_
+        return config.orpo.weight
 
     def with_beta(self, config: TrainConfig, beta: float) -> TrainConfig:
-        return config.model_copy(update={"orpo": config.orpo.model_copy(update={"lambda_": beta})})
+        return config.model_copy(update={"orpo": config.orpo.model_copy(update={"weight": beta})})
 
     def config_class(self) -> type:
         from trl.experimental.orpo import ORPOConfig

@@ -32,7 +32,7 @@ def test_matrix_puts_reference_objectives_first_and_scales_alpha():
     config = cells[3].train_config(TrainConfig(lora_r=16, lora_alpha=32))
     assert (config.objective, config.lora_r, config.lora_alpha, config.simpo.beta) == (["simpo"], 8, 16, 2.0)
     swept = AblationCell(objective="orpo", lora_r=8, beta=0.2).train_config(TrainConfig())
-    assert swept.orpo.lambda_ == 0.2 and swept.beta == TrainConfig().beta
+    assert swept.orpo.weight == 0.2 and swept.beta == TrainConfig().beta
 
 
 def test_epoch_margins_split_the_steps_at_each_evaluation():

@@ -85,3 +85,9 @@ def test_import_has_no_side_effects(tmp_path):
     subprocess.run([sys.executable, "-c", "import infra.settings"], cwd=tmp_path, check=True,
                    env={**os.environ, "PYTHONPATH": str(root)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dumped_config_loads_back_as_it_was():
+    # Rounds send their config to training workers as Prefect parameters, which are JSON dumps.
+    config = load_config(None, ["train.objective=[dpo, orpo]", "train.orpo.weight=0.2"])
+    assert FlywheelConfig.model_validate(config.model_dump(mode="json")) == config
