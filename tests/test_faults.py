@@ -70,7 +70,7 @@ def test_non_finite_loss_stops_training_and_rejects_the_round(tiny_model, prefec
                                train={"learning_rate": [1e30], "batch_size": 1, "epochs": 2})
     summary = run_next_round(config)
 
-    assert summary.round == 1 and not summary.promoted and summary.train is None
+    assert summary.round == 1 and not summary.promoted and summary.train_final_loss is None
     [reason] = summary.reasons
     assert "training stopped at step" in reason and "the loss diverged" in reason, reason
     store = store_from_config(config.storage)
