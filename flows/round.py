@@ -52,10 +52,10 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
         # One loop at a time trains and promotes: two promotions racing would each
         # believe they beat the champion the other one replaced.
         with exclusive(EXCLUSIVE_LIMIT):
-            challenger = train_challenger(ctx, pairs)
+            challenger, not_trained = train_challenger(ctx, pairs)
             pairwise = evaluate_pairwise_task(ctx, challenger, prompts) if challenger else None
             regression = check_regression_task(ctx, challenger) if challenger else None
-            decision = promote_task(ctx, challenger, pairwise, regression)
+            decision = promote_task(ctx, challenger, pairwise, regression, not_trained)
         summary = summarize_round(ctx, pairs, challenger, pairwise, regression, decision, candidates=candidates)
         history = append_history(ctx.store, summary)
         figures = write_figures_task(ctx, challenger, history)

@@ -130,6 +130,7 @@ def run_stage(
             return StageResult(key, result)
         except CorruptArtifactError as err:
             log.warning("%s: %s; running the stage again", key, err)
+    log.info("%s: running", key)
     started = time.perf_counter()
     with peak_rss() as memory:
         try:
@@ -407,22 +408,24 @@ def check_regression_task(ctx: RoundContext, challenger: StageResult) -> StageRe
 
 @task(name=layout.PROMOTE, cache_policy=NO_CACHE)
 def promote_task(ctx: RoundContext, challenger: StageResult | None, pairwise: StageResult | None,
-                 regression: StageResult | None) -> StageResult:
-    """The gate; a challenger that passes it becomes the champion (registry version, alias, pointer)."""
+                 regression: StageResult | None, not_trained: str | None = None) -> StageResult:
+    """The gate; a challenger that passes it becomes the champion (registry version, alias, pointer).
+    ``not_trained``: why there is no challenger, when there is none."""
     from tasks.promote import Decision, decide_promotion
 
     def compute(out: Path) -> Decision:
         train = challenger.result if challenger else None
         decision = decide_promotion(pairwise.result if pairwise else None, regression.result if regression else None,
-                                    ctx.config.promotion, train.alarms if train else None)
+                                    ctx.config.promotion, train.alarms if train else None, not_trained=not_trained)
         if decision.promote and challenger is not None:
             crown(ctx.store, ctx.tracker, ctx.config, challenger.key, ctx.round_index, started_from=ctx.champion.checkpoint)
         return decision
 
     decided = run_stage(ctx, layout.PROMOTE, compute, result_type=Decision, result_file=layout.DECISION,
                         reads=[s for s in (challenger, pairwise, regression) if s is not None],
-                        starts_from=ctx.champion.checkpoint, config_sections=["promotion"],
-                        metrics=lambda d: {"promoted": float(d.promote)})
+                        # Why nothing was trained is an input too: a decision for another cause is not reused.
+                        starts_from=ctx.champion.checkpoint + (f"|{not_trained}" if not_trained else ""),
+                        config_sections=["promotion"], metrics=lambda d: {"promoted": float(d.promote)})
     ctx.tracker.set_tags({"flywheel.decision": "promoted" if decided.result.promote else "rejected"})
     return decided
 

@@ -17,18 +17,23 @@ from infra.records import Champion
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
 from infra.tracking import Tracker
-from tasks.train import TrainResult
+from tasks.train import NonFiniteLoss, TrainResult
 
 
-def train_challenger(ctx: RoundContext, pairs: StageResult) -> StageResult | None:
-    """The round's challenger, or None when too few pairs were kept to train on."""
+def train_challenger(ctx: RoundContext, pairs: StageResult) -> tuple[StageResult | None, str | None]:
+    """The round's challenger, or None and why: too few pairs were kept to train on, or the loss
+    diverged (NaN or infinite), which stops training and leaves the train stage incomplete."""
     if pairs.result.n_kept < ctx.config.train.min_pairs:
-        get_run_logger().warning("only %d pairs kept (< train.min_pairs = %d): no training this round",
-                                 pairs.result.n_kept, ctx.config.train.min_pairs)
-        return None
+        why = f"only {pairs.result.n_kept} pairs kept (< train.min_pairs = {ctx.config.train.min_pairs}): no training this round"
+        get_run_logger().warning(why)
+        return None, why
     if ctx.config.train.deployment:
-        return dispatch_training(ctx, pairs)
-    return train_policy_task(ctx, pairs)
+        return dispatch_training(ctx, pairs), None
+    try:
+        return train_policy_task(ctx, pairs), None
+    except NonFiniteLoss as err:
+        get_run_logger().error("%s", err)
+        return None, f"no challenger: {err}"
 
 
 @flow(name="flywheel-train", flow_run_name="{config.loop}-round-{round_index:03d}-train")

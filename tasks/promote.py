@@ -129,13 +129,15 @@ def decide_promotion(
     regression: RegressionResult | None,
     config: PromotionConfig,
     alarms: list[Alarm] | None = None,
+    not_trained: str | None = None,
 ) -> Decision:
     """Promote only if the challenger wins the pairwise eval (by its interval's lower end unless
     configured otherwise; at equal length too, unless it got shorter), shows no more failure modes,
     kept its answers to unconstrained prompts near round 0's length, passes the regression check
-    and raised no blocking training alarm. ``pairwise`` is None when no challenger was trained, ``regression`` when it did not run."""
+    and raised no blocking training alarm. ``pairwise`` is None when no challenger was trained
+    (``not_trained`` says why), ``regression`` when it did not run."""
     if pairwise is None:
-        return Decision(promote=False, reasons=["no challenger was trained this round"])
+        return Decision(promote=False, reasons=[not_trained or "no challenger was trained this round"])
     checks = [
         *wins_pairwise(pairwise, config),
         *wins_at_equal_length(pairwise, config),

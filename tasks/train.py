@@ -175,6 +175,30 @@ def _log_callback(on_log: Callable[[dict, int], None]):
     return ForwardLogs()
 
 
+class NonFiniteLoss(ArithmeticError):
+    """Training diverged: a figure of a logged step (its loss, gradient norm, log-probs) is NaN or infinite."""
+
+    def __init__(self, step: int, names: list[str]):
+        self.step, self.names = step, names
+        # The Trainer logs a NaN loss as a finite average (logging_nan_inf_filter): the other figures show it.
+        super().__init__(f"training stopped at step {step}: the loss diverged ({', '.join(names)} not finite); "
+                         "lower train.learning_rate or check the pairs")
+
+
+def _finite_guard():
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        """Stop training at the first logged step with a NaN or infinite figure: its weights are lost."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            bad = sorted(k for k, v in (logs or {}).items() if isinstance(v, float) and not math.isfinite(v))
+            if bad:
+                raise NonFiniteLoss(state.global_step, bad)
+
+    return StopOnNonFiniteLoss()
+
+
 def _same_checkpoint(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
@@ -318,7 +342,8 @@ def train_policy(
             eval_dataset=Dataset.from_list(objective.rows(heldout_pairs)) if heldout_pairs else None,
             processing_class=tokenizer,
             peft_config=lora_config(config),
-            callbacks=[forward] if forward else None,
+            # The guard after the forwarder: the diverged step's finite figures still reach the tracker.
+            callbacks=[c for c in (forward, _finite_guard()) if c],
             **extra,
         )
         if objective.uses_reference:

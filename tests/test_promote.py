@@ -175,3 +175,9 @@ def test_more_failure_modes_on_unconstrained_prompts_are_refused():
     refused = decide_promotion(gamed, regression(), PromotionConfig())
     assert not refused.promote
     assert any("40% of answers to unconstrained prompts show one, against 5%" in r for r in refused.reasons)
+
+
+def test_without_a_challenger_the_decision_says_why():
+    why = "no challenger: training stopped at step 3: the loss diverged (grad_norm not finite)"
+    decision = decide_promotion(None, None, PromotionConfig(), not_trained=why)
+    assert not decision.promote and decision.reasons == [why]

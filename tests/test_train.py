@@ -112,3 +112,16 @@ def test_over_optimization_alarm_stays_quiet_when_the_preference_generalises(tin
     result = train_policy(tiny_model, make_pairs(12), config, ModelConfig(dtype="fp32"), 1, tmp_path)
     assert result.n_heldout == 4
     assert "over_optimization" not in [a.name for a in result.alarms], [a.message for a in result.alarms]
+
+
+def test_a_non_finite_logged_figure_stops_training():
+    """The guard raises at the first logged step with a NaN or infinite figure, naming them; the
+    Trainer logs a NaN loss as a finite average, so the other figures must be looked at too."""
+    from transformers import TrainerControl, TrainerState
+
+    from tasks.train import NonFiniteLoss, _finite_guard
+
+    guard, state = _finite_guard(), TrainerState(global_step=3)
+    guard.on_log(None, state, TrainerControl(), logs={"loss": 0.69, "grad_norm": 0.4, "epoch": 1.0})
+    with pytest.raises(NonFiniteLoss, match=r"step 3: the loss diverged \(grad_norm, logps/chosen not finite\)"):
+        guard.on_log(None, state, TrainerControl(), logs={"loss": 0.0, "grad_norm": float("nan"), "logps/chosen": float("-inf")})
