@@ -136,9 +136,9 @@ def run_cell(config: FlywheelConfig, round_index: int, cell: AblationCell, prefi
     pairs = StageResult(pairs_key, _reload(store, pairs_key, layout.FILTER_REPORT, FilterReport))
     prompts = StageResult(prompts_key, _reload(store, prompts_key, layout.STAGE_SUMMARY, PromptsSummary))
     try:
-        challenger = train_challenger(ctx, pairs)
+        challenger, not_trained = train_challenger(ctx, pairs)
         if challenger is None:
-            raise AblationError(f"round {round_index} kept {pairs.result.n_kept} pairs, under train.min_pairs")
+            raise AblationError(f"cell {cell.name}: {not_trained}")
         pairwise = evaluate_pairwise_task(ctx, challenger, prompts)
         regression = check_regression_task(ctx, challenger) if benchmarks else None
     except BaseException:
