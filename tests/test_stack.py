@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 
@@ -35,11 +36,15 @@ def running_stack(tmp_path_factory):
     try:
         state = stack.up(folder)
         os.environ.update(stack.client_env(state))
+        # boto3's default session keeps the credentials it first resolved (an earlier module's
+        # moto keys): drop it so clients made here read the stack's keys from the environment.
+        boto3.DEFAULT_SESSION = None
         yield state
     finally:
         stack.down(folder)
         os.environ.clear()
         os.environ.update(saved)
+        boto3.DEFAULT_SESSION = None
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
