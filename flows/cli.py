@@ -235,6 +235,7 @@ def _spec(build):
 # Commands that need a loop's config; those that operate the stack (flows/operate.py) do not.
 # Commands that run flows: Prefect, MLflow and S3 must answer before they start.
 NEEDS_SERVICES = {"round", "loop", "compare", "ablate", "sweep-beta"}
+HOLD_THE_LOOP = {"round", "loop"}  # they choose and write the loop's next round numbers
 COMMANDS = {"config": _show_config, "history": _history, "report": _report, "compare": _compare, "round": _round, "loop": _loop,
             "ablate": _ablate, "sweep-beta": _sweep_beta}
 
@@ -262,7 +263,22 @@ def main(argv: list[str] | None = None) -> int:
         except ServiceUnavailable as err:
             print(f"flywheel {args.command}: {err}", file=sys.stderr)
             return 3
+    if args.command in HOLD_THE_LOOP:
+        return _holding_the_loop(config, args)
     return COMMANDS[args.command](config, args)
+
+
+def _holding_the_loop(config: FlywheelConfig, args) -> int:
+    """Run the command holding the loop's lease: a second process on the same loop waits or is refused (exit 4)."""
+    from infra.lease import LoopBusyError, hold_loop
+    from infra.store import store_from_config
+
+    try:
+        with hold_loop(store_from_config(config.storage), config.loop, config.storage.loop_wait_s, config.storage.loop_lease_s):
+            return COMMANDS[args.command](config, args)
+    except LoopBusyError as err:
+        print(f"flywheel {args.command}: {err}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

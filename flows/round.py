@@ -31,6 +31,7 @@ from flows.train_flow import train_challenger
 from infra import layout
 from infra.champion import local_checkpoint, starting_champion
 from infra.effective_config import save_effective_config
+from infra.lease import hold_loop
 from infra.retries import call_with_retries
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
@@ -123,7 +124,10 @@ def next_round_index(store, loop: str) -> int:
 
 
 def run_next_round(config: FlywheelConfig) -> RoundSummary:
-    """The loop's next round as its own flow run, named ``<loop>-round-NNN``."""
-    index = next_round_index(store_from_config(config.storage), config.loop)
-    return run_round.with_options(flow_run_name=layout.round_run_name(config.loop, index))(config=config, round_index=index)
+    """The loop's next round as its own flow run, named ``<loop>-round-NNN``. The loop's lease is
+    held from choosing the number to the end, so two processes never run the same round."""
+    store = store_from_config(config.storage)
+    with hold_loop(store, config.loop, config.storage.loop_wait_s, config.storage.loop_lease_s):
+        index = next_round_index(store, config.loop)
+        return run_round.with_options(flow_run_name=layout.round_run_name(config.loop, index))(config=config, round_index=index)
 

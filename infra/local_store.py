@@ -49,6 +49,12 @@ class LocalArtifactStore(StagingStore):
             self._verified.add((key, manifest.created_at))
         return folder
 
+    def lease(self, key: str, ttl_s: float):
+        """An exclusive hold on ``key`` for one process (infra/lease.py); the kernel ends it with the process."""
+        from infra.lease import LocalLease
+
+        return LocalLease(self.root / key)
+
     def read_json(self, key: str) -> Any | None:
         path = self.root / key
         return json.loads(path.read_text()) if path.exists() else None

@@ -130,6 +130,12 @@ class S3ArtifactStore(StagingStore):
             self._cache(key, Path(tmp), manifest)
         return target
 
+    def lease(self, key: str, ttl_s: float):
+        """An exclusive hold on ``key``, renewed while held and expiring ``ttl_s`` after the last renewal (infra/lease.py)."""
+        from infra.lease import S3Lease
+
+        return S3Lease(self.client, self.bucket, self._object(key), ttl_s)
+
     def read_json(self, key: str) -> Any | None:
         data = self._get_bytes(key)
         return json.loads(data) if data is not None else None

@@ -551,6 +551,17 @@ class StorageConfig(Section):
         "marking the current one (default: '<loop>-policy').",
     )
 
+    loop_wait_s: float = Field(
+        0.0, ge=0,
+        description="How long a round waits for another process's round of the same loop to finish before it is "
+        "refused (0: refused at once). Two processes never run rounds of one loop at the same time.",
+    )
+    loop_lease_s: float = Field(
+        120.0, ge=10,
+        description="On S3, how long a round's hold on its loop outlives the last renewal (renewed every third of it), "
+        "so a holder whose machine died frees the loop after this long.",
+    )
+
     def resolved_artifact_root(self) -> str:
         # FLYWHEEL_ARTIFACT_ROOT lets a deployment point every run at S3 without a config change.
         return self.artifact_root or os.environ.get("FLYWHEEL_ARTIFACT_ROOT") or str(self.data_dir / "artifacts")

@@ -67,6 +67,9 @@ class ArtifactStore(Protocol):
     def local_path(self, key: str) -> Path:
         """A local folder holding a complete stage's files, checked against its manifest."""
 
+    def lease(self, key: str, ttl_s: float) -> Any:
+        """An exclusive hold on ``key`` across processes and machines (infra/lease.py)."""
+
     def read_json(self, key: str) -> Any | None: ...
 
     def write_json(self, key: str, value: Any) -> None: ...
