@@ -9,6 +9,7 @@ waits; the worker reads the pairs from the artifact store, trains, writes the tr
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as this_run
 
 from flows.stages import RoundContext, StageResult, train_policy_task
 from infra import layout
@@ -19,6 +20,8 @@ from infra.store import store_from_config
 from infra.tracking import Tracker
 from tasks.train import NonFiniteLoss, TrainResult
 
+NOT_TRAINED = "train_not_trained.json"  # a worker's word that its training diverged (no train stage)
+
 
 def train_challenger(ctx: RoundContext, pairs: StageResult) -> tuple[StageResult | None, str | None]:
     """The round's challenger, or None and why: too few pairs were kept to train on, or the loss
@@ -28,7 +31,7 @@ def train_challenger(ctx: RoundContext, pairs: StageResult) -> tuple[StageResult
         get_run_logger().warning(why)
         return None, why
     if ctx.config.train.deployment:
-        return dispatch_training(ctx, pairs), None
+        return dispatch_training(ctx, pairs)
     try:
         return train_policy_task(ctx, pairs), None
     except NonFiniteLoss as err:
@@ -50,9 +53,17 @@ def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pa
                        champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir),
                        key_prefix=key_prefix or None, reference_logps_key=reference_logps_key or None)
     report = FilterReport.model_validate_json((store.local_path(pairs_key) / layout.FILTER_REPORT).read_text())
-    trained = train_policy_task(ctx, StageResult(pairs_key, report))
-    result = trained.result
     log = get_run_logger()
+    try:
+        trained = train_policy_task(ctx, StageResult(pairs_key, report))
+    except NonFiniteLoss as err:
+        # A diverged loss is the round's verdict, not the worker's failure: the run ends
+        # Completed and tells the round why there is no challenger (the train stage stays incomplete).
+        log.error("%s", err)
+        store.write_json(ctx.key(NOT_TRAINED), {"flow_run_id": str(this_run.id), "reason": f"no challenger: {err}"})
+        tracker.flush_pending()
+        return ""
+    result = trained.result
     log.info("trained %d pairs in %.0f s; final loss %.4f", result.n_pairs, result.runtime_s, result.final_loss)
     # The round's process owns the MLflow run; what this worker queued during an outage is sent now.
     if not tracker.flush_pending():
@@ -60,8 +71,9 @@ def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pa
     return trained.key
 
 
-def dispatch_training(ctx: RoundContext, pairs: StageResult) -> StageResult:
-    """Run training on the configured deployment (e.g. a GPU work pool) and wait for it."""
+def dispatch_training(ctx: RoundContext, pairs: StageResult) -> tuple[StageResult | None, str | None]:
+    """Run training on the configured deployment (e.g. a GPU work pool) and wait for it: the
+    challenger, or None and why (the worker's loss diverged)."""
     from prefect.deployments import run_deployment
 
     config = ctx.config
@@ -90,4 +102,11 @@ def dispatch_training(ctx: RoundContext, pairs: StageResult) -> StageResult:
             + " (is a worker polling its work pool?)"
         )
     key = ctx.key(layout.TRAIN)
-    return StageResult(key, TrainResult.model_validate_json((ctx.store.local_path(key) / layout.TRAIN_RESULT).read_text()))
+    if not ctx.store.is_complete(key):
+        verdict = ctx.store.read_json(ctx.key(NOT_TRAINED)) or {}
+        if verdict.get("flow_run_id") == str(flow_run.id):  # this run's verdict, not an earlier attempt's
+            get_run_logger().error("%s", verdict["reason"])
+            return None, verdict["reason"]
+        raise RuntimeError(f"training run {flow_run.name} on deployment {config.train.deployment} completed "
+                           f"without writing the train stage {ctx.store.uri(key)}")
+    return StageResult(key, TrainResult.model_validate_json((ctx.store.local_path(key) / layout.TRAIN_RESULT).read_text())), None

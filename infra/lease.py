@@ -45,9 +45,12 @@ def _holder() -> dict[str, Any]:
 
 
 def _process_gone(record: dict) -> bool:
-    """True when the record names a process on this machine that no longer runs."""
+    """True when the record names a process on this machine that no longer runs, or this very
+    process, which does not hold it (hold_loop knows what it holds): a release that failed."""
     if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
         return False
+    if record["pid"] == os.getpid():
+        return True
     try:
         os.kill(record["pid"], 0)
     except ProcessLookupError:
@@ -165,9 +168,12 @@ class S3Lease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=30)
-        current = self._read() if self._etag else None
-        if current is not None and current[0].get("holder") == (self._record or {}).get("holder"):
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        try:
+            current = self._read() if self._etag else None
+            if current is not None and current[0].get("holder") == (self._record or {}).get("holder"):
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        except Exception as exc:  # S3 away: the lease expires, or this machine sees its process gone
+            logger.warning("loop lease %s: could not release it (%s); it frees itself", self.key, exc)
         self._etag = None
 
 

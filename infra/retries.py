@@ -171,25 +171,34 @@ def backoff_delays(attempts: int, first_delay: float, max_delay: float) -> list[
 
 
 def call_with_retries(what: str, fn: Callable[..., T], *args: Any, attempts: int = 5, first_delay: float = 0.5,
-                      max_delay: float = 8.0, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)``, tried up to ``attempts`` times while it fails transiently.
+                      max_delay: float = 8.0, within_s: float | None = None, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, tried up to ``attempts`` times while it fails transiently, or,
+    with ``within_s``, for as long as the next try would start within ``within_s`` seconds of
+    the first (an outage of a known length is ridden out, however many tries it takes).
 
     ``what`` names the call in the warning logged before each retry ("S3 put", "MLflow
     log_batch"); the warning carries the error's type and message, never the arguments.
     A non-transient error, or the last attempt's error, is raised as is.
     """
+    started = time.monotonic()
     delays = backoff_delays(attempts, first_delay, max_delay)
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
+            if within_s is None:
+                delay = delays[attempt - 1] if attempt < attempts else None
+                budget = f"attempt {attempt} of {attempts}"
+            else:
+                delay = backoff_delays(attempt + 1, first_delay, max_delay)[-1]
+                delay = delay if time.monotonic() + delay - started <= within_s else None
+                budget = f"attempt {attempt}, for up to {within_s:.0f} s"
+            if delay is None or not is_transient(exc):
                 raise
-            delay = delays[attempt - 1]
-            logger.warning("%s failed (attempt %d of %d), retrying in %.1f s: %s: %s",
-                           what, attempt, attempts, delay, type(exc).__name__, _short(exc))
+            logger.warning("%s failed (%s), retrying in %.1f s: %s: %s", what, budget, delay, type(exc).__name__, _short(exc))
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def retrying(what: str, attempts: int = 5, first_delay: float = 0.5, max_delay: float = 8.0):

@@ -36,18 +36,20 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 class S3ArtifactStore(StagingStore):
-    def __init__(self, root: str, cache_dir: str | Path, endpoint_url: str | None = None, client: Any = None):
+    def __init__(self, root: str, cache_dir: str | Path, endpoint_url: str | None = None, client: Any = None,
+                 retry_s: float = 120.0):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket, self.prefix = parse_s3_uri(root)
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-        # boto3 makes one quick retry; our own backoff (infra/retries.py) rides out longer outages.
+        # boto3 makes one quick retry; our own backoff (infra/retries.py) rides out outages of up to retry_s.
         config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60)
         self.client = client or boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
         self.cache_dir = Path(cache_dir).expanduser().resolve() / self.bucket / (self.prefix or "_")
+        self.retry_s = retry_s  # how long one request is retried through an outage
 
     # --- addressing ------------------------------------------------------------------------
 
@@ -62,7 +64,7 @@ class S3ArtifactStore(StagingStore):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return call_with_retries(f"S3 {action} of {self.uri(key)}", fn, *args, **kwargs)
+            return call_with_retries(f"S3 {action} of {self.uri(key)}", fn, *args, within_s=self.retry_s, max_delay=15.0, **kwargs)
         except (BotoCoreError, ClientError) as exc:
             where = f" at {self.endpoint_url}" if self.endpoint_url else ""
             raise ArtifactStoreError(f"S3 {action} of {self.uri(key)}{where} failed: {exc}") from exc

@@ -541,6 +541,11 @@ class StorageConfig(Section):
     s3_endpoint_url: str | None = Field(
         None, description="S3 endpoint for s3:// roots (MinIO, moto); default: env AWS_ENDPOINT_URL, else AWS."
     )
+    s3_retry_s: float = Field(
+        120.0, ge=0,
+        description="How long an S3 request that fails transiently (refused or reset connection, timeout, 5xx, "
+        "throttling) is retried before its stage fails: an S3 outage shorter than this does not stop the round.",
+    )
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: env MLFLOW_TRACKING_URI, else sqlite under data_dir)."
     )

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class CuttingProxy:
     """Forwards TCP to ``target_port``; goes down the first time client bytes contain ``marker``.
 
     While down, new connections are closed at once and a connection that sends anything is
-    cut; ``refused`` counts both. ``restore()`` brings it back for good (the marker cuts once).
+    cut; ``refused`` counts both. ``restore()`` brings it back for good (the marker cuts once);
+    with ``outage_s`` it comes back by itself that long after the cut.
     """
 
-    def __init__(self, target_port: int, marker: bytes):
+    def __init__(self, target_port: int, marker: bytes, outage_s: float | None = None):
         self.target_port = target_port
         self.marker = marker
+        self.outage_s = outage_s  # given: the server comes back by itself this long after the cut
+        self.down_at: float | None = None
+        self.restored_at: float | None = None
         self.down = threading.Event()
         self.cut_seen = threading.Event()
         self.refused = 0
@@ -49,6 +54,10 @@ class CuttingProxy:
             while data := src.recv(65536):
                 armed = not self.cut_seen.is_set()
                 if from_client and (self.down.is_set() or (armed and self.marker in data)):
+                    if not self.cut_seen.is_set():
+                        self.down_at = time.monotonic()
+                        if self.outage_s is not None:
+                            threading.Timer(self.outage_s, self.restore).start()
                     self.cut_seen.set()  # the server goes away once; after restore() it stays
                     self.down.set()
                     self._refuse()
@@ -65,6 +74,7 @@ class CuttingProxy:
                 sock.close()
 
     def restore(self) -> None:
+        self.restored_at = time.monotonic()
         self.down.clear()
 
     def close(self) -> None:

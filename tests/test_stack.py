@@ -2,7 +2,7 @@
 server with S3 artifacts, Prefect server, process workers on the `flywheel` and `gpu` pools),
 `flywheel deploy`, then `flywheel trigger` runs a round on the tiny model with training
 dispatched to the `gpu` worker; then the stack is killed and restarted, and the next round
-continues from what the first left. The stack is stopped by this module, whatever fails."""
+continues from what the first left (its training diverges on the worker: the round is rejected). The stack is stopped by this module, whatever fails."""
 
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ STAGES = ["config", "prompts", "generate", "judge", "filter", "train", "evaluate
 
 def test_work_survives_a_killed_and_restarted_stack(triggered, running_stack, config_file, tmp_path):
     """kill -9 of the S3 server, `stack down`, `stack up`: the same addresses, every stage of round 1
-    read back from S3 with its checksums verified, and round 2 starts from round 1's registered champion."""
+    read back from S3 with its checksums verified, and round 2 starts from round 1's registered
+    champion; its training, diverging on the gpu worker, rejects the round and leaves the champion."""
     from mlflow import MlflowClient
 
     from infra.s3_store import S3ArtifactStore
@@ -185,9 +186,21 @@ def test_work_survives_a_killed_and_restarted_stack(triggered, running_stack, co
     champion = client.get_model_version_by_alias(f"{LOOP}-policy", "champion")
 
     shutil.rmtree(config_file.parent / "data" / "s3-cache", ignore_errors=True)  # the worker too reads S3 again
-    second = _trigger(config_file, restarted["folder"])
-    assert f"# {LOOP} round 2:" in second.stdout
+    # Round 2 diverges on the gpu worker (warm-up, then a step of 1e30: NaN from step 3): the
+    # worker's run completes, the round is rejected with the reason, the champion stays.
+    diverging = yaml.safe_load(config_file.read_text())
+    diverging["train"].update(learning_rate=[1e30], batch_size=1, epochs=2)
+    (config_file.parent / "diverging.yaml").write_text(yaml.safe_dump(diverging))
+    second = _trigger(config_file.parent / "diverging.yaml", restarted["folder"])
+    assert f"# {LOOP} round 2:" in second.stdout and "the loss diverged" in second.stdout, second.stdout[-3000:]
     runs = client.search_runs([client.get_experiment_by_name("flywheel").experiment_id], f"tags.`flywheel.loop` = '{LOOP}'")
     by_round = {r.data.tags.get("flywheel.round"): r for r in runs}
     assert by_round["2"].data.tags["flywheel.champion_round"] == "1"
+    assert by_round["2"].data.tags["flywheel.decision"] == "rejected"
+    assert client.get_model_version_by_alias(f"{LOOP}-policy", "champion").version == champion.version
     assert champion.run_id == by_round["1"].info.run_id
+    assert store.manifest(f"{LOOP}/round-002/train") is None, "a diverged training was kept"
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    [train_run] = _prefect(lambda c: c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{LOOP}-round-002-train"]))))
+    assert train_run.state.is_completed() and train_run.work_pool_name == stack.GPU_POOL
