@@ -4,7 +4,8 @@ held-out evidence.
 Every cell (objective x rank x beta) trains on the same finished round's pairs (and replay), from
 that round's champion, and is evaluated on that round's held-out prompts against that champion:
 each cell is its own Prefect flow run (``flywheel-ablation-cell``), its training dispatched to
-``train.deployment`` when one is configured, and its MLflow run a child of the ablation's run. A
+``train.deployment`` when one is configured (then the cells run at once), and its MLflow run a
+child of the ablation's run. A
 cell that fails is reported and the others go on; a rerun of the same ablation skips the cells
 done from the same inputs (``cell.json`` carries their identity; the train and evaluate stages
 resume as a round's do). Cells with a reference share its log-probs of the pairs, computed by the
@@ -16,6 +17,10 @@ first of them (``reference_logps.json``).
 """
 
 from __future__ import annotations
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, model_validator
@@ -49,6 +54,7 @@ class AblationSpec(BaseModel):
     betas: list[float | None] = [None]  # None: each objective's configured beta
     benchmarks: bool = False
     sweep: bool = False
+    parallel: int = 0  # cells run at once; 0: all of them when training goes to train.deployment, else one
 
     @model_validator(mode="after")
     def _known_and_positive(self) -> "AblationSpec":
@@ -90,7 +96,7 @@ def read_ablation(store: ArtifactStore, loop: str, number: int) -> AblationResul
 def _number_for(store: ArtifactStore, loop: str, spec: AblationSpec, config_id: str) -> int:
     """The same ablation run again keeps its number (and so its finished cells)."""
     earlier = store.read_json(layout.ablation_numbers_key(loop)) or {}
-    identity = hash_json({"spec": spec.model_dump(mode="json"), "config": config_id})
+    identity = hash_json({"spec": spec.model_dump(mode="json", exclude={"parallel"}), "config": config_id})
     if identity not in earlier:
         earlier[identity] = max(earlier.values(), default=0) + 1
         store.write_json(layout.ablation_numbers_key(loop), earlier)
@@ -179,6 +185,26 @@ def _run_or_reuse(store: ArtifactStore, config: FlywheelConfig, spec: AblationSp
         return CellResult(cell=cell, status="failed", error=f"{type(err).__name__}: {err}", identity=identity)
 
 
+def _run_cells(cells: list[AblationCell], parallel: int, run: Callable[[AblationCell], CellResult]) -> list[CellResult]:
+    """Every cell's result, in the matrix's order. With ``parallel`` > 1 (training on a work pool)
+    up to that many cells run at once, each in a thread with its own copy of the flow's context,
+    so each stays a child flow run of the ablation. The first cell with a reference computes the
+    reference log-probs the others reuse: it runs with the reference-free cells, the other
+    cells with a reference after it."""
+    from tasks.objectives import OBJECTIVES
+
+    if parallel <= 1 or len(cells) <= 1:
+        return [run(cell) for cell in cells]
+    with_reference = [c for c in cells if OBJECTIVES.get(c.objective).uses_reference]
+    first_wave = with_reference[:1] + [c for c in cells if c not in with_reference]
+    done: dict[str, CellResult] = {}
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="ablation-cell") as pool:
+        for wave in (first_wave, with_reference[1:]):
+            futures = {c.name: pool.submit(contextvars.copy_context().run, run, c) for c in wave}
+            done.update({name: future.result() for name, future in futures.items()})
+    return [done[c.name] for c in cells]
+
+
 def current_cell(config: FlywheelConfig, round_index: int) -> AblationCell:
     """The settings the loop's config trains with, as a cell (to compare the others against)."""
     from tasks.objectives import objective_for
@@ -202,8 +228,8 @@ def run_ablation(config: FlywheelConfig, spec: AblationSpec) -> AblationResult:
     tracker = Tracker.from_config(config)
     tracker.start_run(f"{config.loop}-ablation-{number:03d}", {"flywheel.loop": config.loop, "flywheel.ablation": str(number),
                                                              "flywheel.round": str(spec.round)}, config)
-    cells = [_run_or_reuse(store, config, spec, cell, prefix, champion, tracker.run_id or "")
-             for cell in matrix(spec.objectives, spec.ranks, spec.betas)]
+    cells = _run_cells(matrix(spec.objectives, spec.ranks, spec.betas), spec.parallel or (99 if config.train.deployment else 1),
+                       lambda cell: _run_or_reuse(store, config, spec, cell, prefix, champion, tracker.run_id or ""))
     current = current_cell(config, spec.round)
     advice = recommend(cells, current)
     result = AblationResult(number=number, loop=config.loop, spec=spec, champion_round=champion.round, cells=cells,

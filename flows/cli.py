@@ -45,6 +45,8 @@ def _add_ablation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round", dest="ablate_round", type=int, default=0, metavar="N",
                         help="the finished round whose pairs, held-out prompts and champion are used (default: the latest)")
     parser.add_argument("--benchmarks", action="store_true", help="also run the capability benchmarks per cell")
+    parser.add_argument("--parallel", type=int, default=0, metavar="N",
+                        help="cells run at once (default: all when training goes to train.deployment, else one at a time)")
     _add_config_options(parser)
 
 
@@ -208,7 +210,7 @@ def _ablate(config: FlywheelConfig, args) -> int:
     from flows.ablate import AblationSpec
 
     spec = _spec(lambda: AblationSpec(round=args.ablate_round, objectives=_split(args.objectives, str), ranks=_split(args.ranks, int),
-                        betas=_split(args.betas, float) or [None], benchmarks=args.benchmarks))
+                        betas=_split(args.betas, float) or [None], benchmarks=args.benchmarks, parallel=args.parallel))
     return _run_ablation(config, spec) if spec else 2
 
 
@@ -217,7 +219,7 @@ def _sweep_beta(config: FlywheelConfig, args) -> int:
 
     spec = _spec(lambda: AblationSpec(round=args.ablate_round, objectives=[args.objective or config.train.objective[-1]],
                                       ranks=[args.rank or config.train.lora_r], betas=_split(args.values, float),
-                                      benchmarks=args.benchmarks, sweep=True))
+                                      benchmarks=args.benchmarks, sweep=True, parallel=args.parallel))
     return _run_ablation(config, spec) if spec else 2
 
 
