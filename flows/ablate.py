@@ -124,7 +124,7 @@ def _reload(store: ArtifactStore, key: str, file: str, model):
 
 @flow(name="flywheel-ablation-cell")
 def run_cell(config: FlywheelConfig, round_index: int, cell: AblationCell, prefix: str, champion: Champion,
-             parent_run_id: str, identity: str, benchmarks: bool = False) -> CellResult:
+             parent_run_id: str, identity: str, benchmarks: bool = False, kl: bool = False) -> CellResult:
     """One cell: train (here, or on train.deployment) and evaluate against the round's champion."""
     from tasks.filter import FilterReport
     from tasks.prompts import PromptsSummary
@@ -147,15 +147,32 @@ def run_cell(config: FlywheelConfig, round_index: int, cell: AblationCell, prefi
             raise AblationError(f"cell {cell.name}: {not_trained}")
         pairwise = evaluate_pairwise_task(ctx, challenger, prompts)
         regression = check_regression_task(ctx, challenger) if benchmarks else None
+        moved = _kl_to_start(ctx, challenger, prompts) if kl else None
     except BaseException:
         tracker.end_round("FAILED")
         raise
     result = cell_figures(cell, challenger.result, pairwise.result, regression.result if regression else None)
-    result = result.model_copy(update={"identity": identity, "mlflow_run_id": tracker.run_id or "",
+    result = result.model_copy(update={"identity": identity, "mlflow_run_id": tracker.run_id or "", "kl_to_start": moved,
                                        "artifacts": store.uri(f"{prefix}/{cell.name}")})
+    if moved is not None:
+        tracker.log_metrics({"ablation/kl_to_start": moved})
     tracker.end_round("FINISHED")
     store.write_json(f"{prefix}/{cell.name}/{CELL_FILE}", result.model_dump(mode="json"))
     return result
+
+
+KL_PROMPTS = 32  # held-out prompts sampled for the KL estimate: enough to rank betas, cheap next to the eval
+
+
+def _kl_to_start(ctx: RoundContext, challenger: StageResult, prompts: StageResult) -> float:
+    """KL(trained policy || the champion it started from), on the policy's samples (tasks/divergence.py)."""
+    from flows.stages import _records
+    from infra.records import Prompt
+    from tasks.divergence import sampled_kl
+
+    held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)[:KL_PROMPTS]
+    policy = str(ctx.store.local_path(challenger.key) / layout.MERGED)
+    return sampled_kl(policy, ctx.champion_checkpoint, held_out, ctx.config.generate, ctx.config.model, ctx.config.evaluate)
 
 
 def _cell_identity(store: ArtifactStore, config: FlywheelConfig, round_index: int, cell: AblationCell,
@@ -179,7 +196,7 @@ def _run_or_reuse(store: ArtifactStore, config: FlywheelConfig, spec: AblationSp
     try:
         return run_cell.with_options(flow_run_name=name)(
             config=config, round_index=spec.round, cell=cell, prefix=prefix, champion=champion,
-            parent_run_id=parent_run_id, identity=identity, benchmarks=spec.benchmarks)
+            parent_run_id=parent_run_id, identity=identity, benchmarks=spec.benchmarks, kl=spec.sweep)
     except Exception as err:  # reported, not fatal: the other cells go on
         log.warning("cell %s failed: %s", cell.name, err)
         return CellResult(cell=cell, status="failed", error=f"{type(err).__name__}: {err}", identity=identity)

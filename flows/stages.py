@@ -318,9 +318,10 @@ def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: 
         held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)
         everyday = unconstrained_prompts(ctx.config.evaluate.n_unconstrained, ctx.config.evaluate.seed)
         baseline = baseline_answers(ctx.store, ctx.config, everyday)
+        champion = champion_answers(ctx, held_out, everyday)
         challenger_checkpoint = str(ctx.store.local_path(challenger.key) / layout.MERGED)
         run = pairwise_between(held_out, ctx.champion_checkpoint, challenger_checkpoint, ctx.config, ctx.store,
-                               unconstrained=everyday, baseline=baseline)
+                               unconstrained=everyday, baseline=baseline, champion_answers=champion)
         write_pairwise(out, run)
         return run.result
 
@@ -328,6 +329,30 @@ def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: 
     return run_stage(ctx, layout.EVALUATE, compute, result_type=PairwiseResult, result_file=layout.PAIRWISE,
                      reads=[challenger, prompts], starts_from=ctx.champion.checkpoint,
                      config_sections=["model", "prompts", "evaluate", "judge"], metrics=pairwise_metrics)
+
+
+def champion_answers(ctx: RoundContext, held_out: list[Prompt], everyday: list[Prompt]) -> tuple[list[Completion], list[Completion]]:
+    """The champion's answers to the held-out and everyday prompts, generated once per champion
+    (its weights' checksums), sampling settings and prompts, and cached beside the loop: every
+    ablation cell, and an evaluate stage run again, meets the same answers without regenerating them."""
+    from tasks.backends import open_backend
+    from tasks.evaluate import generate_completions
+
+    config, champion = ctx.config, ctx.champion
+    manifest = ctx.store.manifest(champion.train_key) if champion.train_key else None
+    weights = sorted((f.path, f.sha256) for f in manifest.files if f.path.startswith(layout.MERGED)) if manifest else None
+    digest = hash_json({"checkpoint": champion.checkpoint, "weights": weights, "model": config.model.model_dump(mode="json"),
+                        "generate": config.generate.model_dump(mode="json"), "evaluate": config.evaluate.model_dump(mode="json"),
+                        "prompts": [p.model_dump(mode="json") for p in [*held_out, *everyday]]})
+    key = layout.champion_answers_key(config.loop, digest)
+    cached = ctx.store.read_json(key)
+    if cached is not None:
+        return tuple([Completion.model_validate(c) for c in cached[part]] for part in ("held_out", "unconstrained"))
+    with open_backend(ctx.champion_checkpoint, config.generate, config.model) as backend:
+        answers = (generate_completions(backend, held_out, "champion", config.evaluate),
+                   generate_completions(backend, everyday, "champion", config.evaluate) if everyday else [])
+    ctx.store.write_json(key, {part: [a.model_dump(mode="json") for a in found] for part, found in zip(("held_out", "unconstrained"), answers)})
+    return answers
 
 
 def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list[Prompt]) -> list[Completion]:

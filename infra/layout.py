@@ -5,6 +5,7 @@
     <root>/<loop>/comparisons.json                 `flywheel compare` results
     <root>/<loop>/benchmark_scores/<hash>.json     benchmark scores cached per policy
     <root>/<loop>/baseline_answers/<hash>.json     the round-0 policy's answers to the unconstrained prompts
+    <root>/<loop>/champion_answers/<hash>.json     a champion's answers in the pairwise eval (rounds and ablation cells share them)
     <root>/<loop>/compare/<name>/                  one comparison's artifacts
     <root>/<loop>/round-NNN/champion_before.json   the champion the round started from (pinned)
     <root>/<loop>/round-NNN/<stage>/               a stage's files and its manifest.json
@@ -93,6 +94,11 @@ def comparison_key(loop: str, challenger_round: int, baseline_round: int) -> str
 
 def benchmark_scores_key(loop: str, digest: str) -> str:
     return f"{loop}/benchmark_scores/{digest}.json"
+
+
+def champion_answers_key(loop: str, digest: str) -> str:
+    """A champion's answers to a round's held-out and unconstrained prompts, cached per policy weights and eval config."""
+    return f"{loop}/champion_answers/{digest}.json"
 
 
 def baseline_answers_key(loop: str, digest: str) -> str:

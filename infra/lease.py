@@ -32,7 +32,7 @@ logger = logging.getLogger("flywheel.lease")
 
 LEASE_FILE = "loop.lease"
 POLL_S = 2.0  # how often a waiting process looks again
-_HELD: set[str] = set()  # the leases this process holds, by where they live
+_HELD: dict[str, int] = {}  # the leases this process holds, by where they live: the holding thread
 
 
 class LoopBusyError(RuntimeError):
@@ -44,13 +44,13 @@ def _holder() -> dict[str, Any]:
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def _process_gone(record: dict) -> bool:
+def _process_gone(record: dict, where: str) -> bool:
     """True when the record names a process on this machine that no longer runs, or this very
-    process, which does not hold it (hold_loop knows what it holds): a release that failed."""
+    process while none of its threads holds the lease (a release that failed)."""
     if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
         return False
     if record["pid"] == os.getpid():
-        return True
+        return where not in _HELD
     try:
         os.kill(record["pid"], 0)
     except ProcessLookupError:
@@ -96,6 +96,7 @@ class S3Lease:
 
     def __init__(self, client: Any, bucket: str, key: str, ttl_s: float):
         self.client, self.bucket, self.key, self.ttl_s = client, bucket, key, ttl_s
+        self.where = f"s3://{bucket}/{key}"
         self._etag: str | None = None
         self._record: dict | None = None
         self._stop = threading.Event()
@@ -138,7 +139,7 @@ class S3Lease:
                 held, held_etag = current
                 if held.get("holder") == record["holder"]:
                     etag = held_etag  # our own put, answered late
-                elif held.get("expires_at", 0) < time.time() or _process_gone(held):
+                elif held.get("expires_at", 0) < time.time() or _process_gone(held, self.where):
                     logger.warning("loop lease %s: taking over the stale lease of pid %s on %s", self.key,
                                    held.get("pid"), held.get("host"))
                     etag = self._put(record, IfMatch=held_etag)
@@ -186,9 +187,9 @@ def describe(record: dict) -> str:
 @contextlib.contextmanager
 def hold_loop(store: Any, loop: str, wait_s: float = 0.0, ttl_s: float = 120.0) -> Iterator[None]:
     """Hold the loop's lease for the block; wait up to ``wait_s`` for it, then raise LoopBusyError.
-    Reentrant: inside a block that holds it already (``flywheel loop`` around its rounds) it does nothing."""
+    Reentrant: in the thread that holds it already (``flywheel round`` around its round) it does nothing."""
     where = store.uri(f"{loop}/{LEASE_FILE}")
-    if where in _HELD:
+    if _HELD.get(where) == threading.get_ident():
         yield
         return
     lease = store.lease(f"{loop}/{LEASE_FILE}", ttl_s)
@@ -201,9 +202,9 @@ def hold_loop(store: Any, loop: str, wait_s: float = 0.0, ttl_s: float = 120.0) 
                 f"loop {loop!r} is busy{waited}: {describe(held)} holds its lease ({where}), "
                 "running a round. Wait for it to finish, or set storage.loop_wait_s to wait for it.")
         time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
-    _HELD.add(where)
+    _HELD[where] = threading.get_ident()
     try:
         yield
     finally:
-        _HELD.discard(where)
+        del _HELD[where]
         lease.release()

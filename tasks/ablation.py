@@ -71,6 +71,7 @@ class CellResult(BaseModel):
     train_margin_gain: float | None = None
     epochs: list[EpochMargins] = []
     mean_logratio: float | None = None  # held-out pairs, chosen and rejected, to the reference (nats)
+    kl_to_start: float | None = None  # KL(policy || the champion it trained from) on its samples, nats per answer (sweeps)
     win_rate: float | None = None
     win_rate_low: float | None = None
     win_rate_high: float | None = None
@@ -238,7 +239,7 @@ def table_rows(cells: list[CellResult], sweep: bool = False) -> tuple[list[str],
               "win rate [95% CI]", "LC win rate", "constraints", "failure rate", "mean words", "benchmark deltas",
               "train s", "pairs/s", "status"]
     if sweep:
-        header[-1:-1] = ["mean log-ratio", "degeneration"]
+        header[-1:-1] = ["mean log-ratio", "KL to start", "degeneration"]
     rows = []
     for c in cells:
         win = "-" if c.win_rate is None else f"{c.win_rate:.3f} [{c.win_rate_low:.3f}, {c.win_rate_high:.3f}]"
@@ -250,6 +251,7 @@ def table_rows(cells: list[CellResult], sweep: bool = False) -> tuple[list[str],
                "done" if c.status == "done" else f"FAILED: {c.error[:80]}"]
         if sweep:
             moved = "barely moves" if c.mean_logratio is not None and abs(c.mean_logratio) < BARELY_MOVES else ""
-            row[-1:-1] = [_fmt(c.mean_logratio) + (f" ({moved})" if moved else ""), "; ".join(c.degeneration()) or "-"]
+            row[-1:-1] = [_fmt(c.mean_logratio) + (f" ({moved})" if moved else ""), _fmt(c.kl_to_start),
+                          "; ".join(c.degeneration()) or "-"]
         rows.append(row)
     return header, rows

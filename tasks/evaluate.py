@@ -309,17 +309,23 @@ def pairwise_between(
     store=None,
     unconstrained: list[Prompt] = (),
     baseline: list[Completion] | None = None,
+    champion_answers: tuple[list[Completion], list[Completion]] | None = None,
 ) -> PairwiseRun:
     """Both checkpoints' answers to ``prompts`` and ``unconstrained`` (sampled by the backend
     ``generate.backend``, one model in memory at a time), judged by the eval's judge (``evaluate.judge``, else ``judge.name``) of the
     FlywheelConfig ``config``; the unconstrained answers by its model judge, if any, and
-    measured against ``baseline`` (the round-0 policy's answers to them)."""
+    measured against ``baseline`` (the round-0 policy's answers to them). ``champion_answers``
+    (to ``prompts``, to ``unconstrained``): the champion's, already generated, so it is not loaded."""
     from tasks.backends import open_backend
     from tasks.judge import build_judge
     from tasks.prompts import unseen_types
 
     completions, answers = {}, {}
-    for policy, checkpoint in (("champion", champion_checkpoint), ("challenger", challenger_checkpoint)):
+    policies = (("champion", champion_checkpoint), ("challenger", challenger_checkpoint))
+    if champion_answers is not None:
+        completions["champion"], answers["champion"] = champion_answers
+        policies = policies[1:]
+    for policy, checkpoint in policies:
         with open_backend(checkpoint, config.generate, config.model) as backend:  # closed (model freed) before the next
             completions[policy] = generate_completions(backend, prompts, policy, config.evaluate)
             answers[policy] = generate_completions(backend, list(unconstrained), policy, config.evaluate) if unconstrained else []

@@ -96,11 +96,22 @@ def test_a_rerun_redoes_only_the_cell_that_did_not_finish(config, first):
     (cell_root / killed / "cell.json").unlink()
     trained = (cell_root / killed / "train" / "train_result.json").read_text()
     before = {c: (cell_root / c / "cell.json").read_text() for c in ("dpo-r4-betadefault", "dpo-r2-betadefault", "simpo-r4-betadefault")}
+    # Every cell met the same champion answers, generated once: mark the cached copy, and the
+    # redone cell's eval must show the mark (it read the answers, it did not generate them).
+    [cache] = (Path(store.uri(config.loop)) / "champion_answers").iterdir()
+    cached = json.loads(cache.read_text())
+    first_champion = next(json.loads(line) for line in (cell_root / "dpo-r4-betadefault" / "evaluate" / "completions.jsonl").open()
+                          if json.loads(line)["policy"] == "champion")
+    assert cached["held_out"][0]["text"] == first_champion["text"]
+    cached["held_out"][0]["text"] = "ANSWER FROM THE CACHE"
+    cache.write_text(json.dumps(cached))
     again = run_ablation(config=config, spec=AblationSpec(objectives=["dpo", "simpo"], ranks=[4, 2]))
     assert again.number == 1 and all(c.status == "done" for c in again.cells)
     assert {c: (cell_root / c / "cell.json").read_text() for c in before} == before  # not run again
     assert (cell_root / killed / "train" / "train_result.json").read_text() == trained  # its training resumed past
     assert (cell_root / killed / "cell.json").exists()
+    redone = [json.loads(line) for line in (cell_root / killed / "evaluate" / "completions.jsonl").open()]
+    assert [r["text"] for r in redone if r["policy"] == "champion"][0] == "ANSWER FROM THE CACHE"
     assert len(_children(config, again.mlflow_run_id)) == 1  # one cell ran
 
 
@@ -123,10 +134,11 @@ def test_beta_sweep_reports_drift_and_degeneration(config):
     result = run_ablation(config=config, spec=AblationSpec(objectives=["dpo"], ranks=[4], betas=[0.05, 0.5], sweep=True))
     assert [c.beta for c in result.cells] == [0.05, 0.5] and all(c.status == "done" for c in result.cells)
     assert all(c.mean_logratio is not None for c in result.cells)
+    assert all(c.kl_to_start is not None and c.kl_to_start == c.kl_to_start for c in result.cells)  # measured, not NaN
     from flows.ablate import ablation_table
 
     table = ablation_table(result)
-    assert "mean log-ratio" in table.header and "degeneration" in table.header
+    assert "mean log-ratio" in table.header and "KL to start" in table.header and "degeneration" in table.header
 
 
 def test_loop_adopts_the_recommended_cell(config):
