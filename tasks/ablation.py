@@ -70,6 +70,7 @@ class CellResult(BaseModel):
     heldout_margin_gain: float | None = None  # over the margin before training
     train_margin_gain: float | None = None
     epochs: list[EpochMargins] = []
+    step_margins: list[tuple[float, float]] = []  # (epoch, training margin) of every logged step
     mean_logratio: float | None = None  # held-out pairs, chosen and rejected, to the reference (nats)
     kl_to_start: float | None = None  # KL(policy || the champion it trained from) on its samples, nats per answer (sweeps)
     win_rate: float | None = None
@@ -143,6 +144,7 @@ def cell_figures(cell: AblationCell, train, pairwise, regression=None) -> CellRe
         train_margin_gain=train_margin - train.start.train_margin if train_margin is not None else None,
         heldout_margin_gain=heldout_margin - train.start.heldout_margin if heldout_margin is not None else None,
         epochs=epoch_margins(history), mean_logratio=logratio,
+        step_margins=[(h.get("epoch", 0.0), h["rewards/margins"]) for h in steps if math.isfinite(h["rewards/margins"])],
         win_rate=pairwise.win_rate, win_rate_low=pairwise.win_rate_low, win_rate_high=pairwise.win_rate_high,
         lc_win_rate=_finite(pairwise.lc_win_rate),
         constraint_rate=pairwise.challenger_constraint_rate, champion_constraint_rate=pairwise.champion_constraint_rate,
@@ -201,7 +203,8 @@ def recommend(cells: list[CellResult], current: AblationCell | None = None) -> R
 
 
 def ablation_figure(cells: list[CellResult]) -> bytes:
-    """PNG: per cell, the training margin and the held-out margin at each epoch's end."""
+    """PNG: per cell, the training margin (each logged step, and each epoch's mean) and the
+    held-out margin at each epoch's end."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,8 +216,11 @@ def ablation_figure(cells: list[CellResult]) -> bytes:
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, c in zip(axes.flat, shown):
         epochs = [e.epoch for e in c.epochs]
-        ax.plot(epochs, [e.train_margin for e in c.epochs], marker="o", label="training")
-        ax.plot(epochs, [e.heldout_margin if e.heldout_margin is not None else math.nan for e in c.epochs], marker="s", label="held-out")
+        if c.step_margins:
+            ax.plot(*zip(*c.step_margins), color="tab:blue", alpha=0.35, linewidth=1, label="training, per step")
+        ax.plot(epochs, [e.train_margin for e in c.epochs], marker="o", color="tab:blue", label="training, epoch mean")
+        ax.plot(epochs, [e.heldout_margin if e.heldout_margin is not None else math.nan for e in c.epochs], marker="s",
+                color="tab:orange", label="held-out")
         ax.axhline(0, color="grey", linestyle="--", linewidth=1)
         ax.set_title(c.cell.name + ("" if c.status == "done" else " (failed)"), fontsize=9)
         ax.set_xlabel("epoch")
