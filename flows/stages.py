@@ -295,6 +295,8 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
             "lora_r": result.lora_r or 0, "reference_free": float(result.reference == "none"),
             "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
         }
+        if result.mfu is not None:
+            figures.update(achieved_tflops=result.achieved_tflops, mfu=result.mfu, trained_tokens=result.trained_tokens)
         if result.best_epoch is not None:
             figures.update(best_epoch=result.best_epoch, kept_heldout_loss=result.kept_heldout_loss)
         return figures

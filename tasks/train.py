@@ -97,11 +97,25 @@ class TrainResult(BaseModel):
     final_reward_margin: float
     runtime_s: float
     pairs_per_s: float
+    trained_tokens: int = 0  # useful (unpadded) tokens through the model over all epochs
+    achieved_tflops: float | None = None  # useful training FLOP/s (tasks/flops.py), in TFLOP/s
+    mfu: float | None = None  # achieved_tflops as a share of the device's measured matmul peak
     log_history: list[dict]
     start: Start = Start()
     reference_logps: list[tuple[float, float]] = []  # the reference's (chosen, rejected) log-probs, per training pair
     heldout_reference_logps: list[tuple[float, float]] = []  # the same for the held-out pairs
     alarms: list[Alarm] = []
+
+
+def _utilisation(trainer, config: TrainConfig, device: torch.device, dtype: torch.dtype, runtime: float) -> tuple[float, float, int]:
+    """(achieved FLOP/s, MFU, tokens) of the optimisation itself (TRL's train_runtime, without the
+    set-up and reference pass before it)."""
+    from tasks.flops import matmul_params, measured_peak_flops, trained_tokens, utilisation
+
+    seconds = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), runtime)
+    tokens = round(trained_tokens(trainer.train_dataset, config.max_length) * config.epochs)
+    achieved, mfu = utilisation(matmul_params(trainer.model), tokens, seconds, measured_peak_flops(str(device), dtype))
+    return achieved, mfu, tokens
 
 
 def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
@@ -360,6 +374,7 @@ def train_policy(
                 trainer.remove_callback(forward)  # not a training step: not forwarded
             kept_loss = trainer.evaluate()["eval_loss"]
     history = [h for h in log_history if "loss" in h]
+    achieved, mfu, tokens = _utilisation(trainer, config, device, dtype, runtime)
     best_epoch = next((h["epoch"] for h in log_history if "eval_loss" in h and h.get("step") == kept_step), None)
     peft_model = trainer.model
     peft_model.save_pretrained(output_dir / layout.ADAPTER)
@@ -392,6 +407,9 @@ def train_policy(
         final_reward_margin=history[-1].get("rewards/margins", float("nan")) if history else float("nan"),
         runtime_s=runtime,
         pairs_per_s=n_examples / runtime if runtime > 0 else float("nan"),
+        trained_tokens=tokens,
+        achieved_tflops=achieved / 1e12,
+        mfu=mfu,
         log_history=log_history,
         start=start,
         reference_logps=list(zip(*ref_train)) if ref_train else [],

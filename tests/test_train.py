@@ -35,6 +35,8 @@ def test_loss_starts_at_ln2_and_stays_finite(trained):
     assert result.initial_loss == pytest.approx(math.log(2), abs=1e-3)
     assert all(math.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
     assert result.n_steps == 4 and result.n_pairs == 8
+    # Useful FLOP/s of the run and its share of the measured peak (tasks/flops.py).
+    assert result.trained_tokens > 0 and result.achieved_tflops > 0 and 0 < result.mfu < 10
 
 
 def test_trl_metrics_are_forwarded(trained):
