@@ -35,6 +35,7 @@ def test_each_objective_trains_and_starts_where_it_says(name, tiny_model, tmp_pa
     assert result.objective == name and result.n_steps == n_steps and len(losses) == n_steps
     assert all(math.isfinite(loss) for loss in losses)
     assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert result.trained_tokens > 0 and result.mfu > 0  # every trainer's tokenised columns are counted
     if name in EXPECTED_FIRST_LOSS:  # a zero-initialised adapter: the policy is its own reference
         assert losses[0] == pytest.approx(EXPECTED_FIRST_LOSS[name], rel=1e-3)
         assert result.start.expected_loss == pytest.approx(EXPECTED_FIRST_LOSS[name])
