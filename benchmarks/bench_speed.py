@@ -142,6 +142,7 @@ def bench_training(checkpoint: str, pairs, batch_size: int) -> dict:
         "pairs": len(pairs), "flywheel_batch_size": batch_size,
         "flywheel_s": ours.runtime_s, "flywheel_pairs_per_s": ours.pairs_per_s,
         "guide_s": guide_s, "guide_pairs_per_s": guide_rate, "speedup": ours.pairs_per_s / guide_rate,
+        "flywheel_achieved_tflops": ours.achieved_tflops, "flywheel_mfu": ours.mfu,
     }
 
 
@@ -206,7 +207,8 @@ def main() -> None:
           f"   (without shared prefill {g['no_sharing_tokens_per_s']:.1f} tok/s, {g['no_sharing_speedup']:.1f}x;"
           f" sharing gains {g['shared_prefill_gain']:.2f}x; peak RSS {g['flywheel_peak_rss_mb']:.0f} MB)")
     if t is not None:
-        print(f"training    flywheel {t['flywheel_pairs_per_s']:8.2f} pairs/s guide DPO  {t['guide_pairs_per_s']:7.2f} pairs/s ratio {t['speedup']:5.1f}x")
+        print(f"training    flywheel {t['flywheel_pairs_per_s']:8.2f} pairs/s guide DPO  {t['guide_pairs_per_s']:7.2f} pairs/s ratio {t['speedup']:5.1f}x"
+              f"   ({t['flywheel_achieved_tflops'] * 1e3:.0f} GFLOP/s useful, MFU {t['flywheel_mfu']:.1%} of the measured matmul peak)")
     print(f"written to {path}")
 
 
