@@ -1,0 +1,116 @@
+"""How a round's cost grows with its prompts: one round on the embedded default at each size,
+side by side in one process.
+
+For each ``--sizes`` value (training prompts per round, ``prompts.n_train``) a fresh loop runs
+round 1 with everything else at its default (or ``--config``), and the benchmark reads back what
+the round logged to MLflow: every stage's wall time and peak resident memory, tokens generated,
+pairs trained; and the share of the round's wall time spent outside the stages' own work
+(orchestration, tracking, storage: the round's time minus the sum of its stages'). Cost should
+grow linearly with the prompts and memory stay flat. The first round also pays the process's
+one-time costs (Prefect's temporary API starting, the bundled model converted on first use):
+they land in its "outside" share.
+
+Usage:  .venv/bin/python benchmarks/bench_round.py [--sizes 32,64,128,256] [--config configs/demo.yaml]
+Writes benchmarks/results/<host>-round-scaling.json and .png, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+STAGES = ["prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote", "figures"]
+
+
+def run_size(n_train: int, base_overrides: list[str], config_file: Path | None, work: Path) -> dict:
+    from mlflow import MlflowClient
+
+    from flows.cli import _prepare_environment
+    from flows.round import run_next_round
+    from infra.tracking import tracking_uri
+    from tasks.config_checks import load_checked_config
+
+    overrides = [*base_overrides, f"prompts.n_train={n_train}", f"loop=scale-{n_train}", f"storage.data_dir={work}"]
+    config = load_checked_config(config_file, overrides)
+    _prepare_environment(config)  # as `flywheel round` does: Prefect's temporary API under the data folder
+    started = time.perf_counter()
+    summary = run_next_round(config)
+    wall = time.perf_counter() - started
+    metrics = MlflowClient(tracking_uri(config.storage)).get_run(summary.mlflow_run_id).data.metrics
+    seconds = {s: metrics[f"{s}/seconds"] for s in STAGES if f"{s}/seconds" in metrics}
+    peaks = {s: metrics[f"{s}/peak_rss_mb"] for s in STAGES if f"{s}/peak_rss_mb" in metrics}
+    candidates, mean_tokens = metrics.get("generate/n_candidates", 0), metrics.get("generate/mean_tokens", 0)
+    return {
+        "n_train": n_train, "wall_s": wall, "stage_seconds": seconds, "stage_peak_rss_mb": peaks,
+        "tokens_generated": round(candidates * mean_tokens), "pairs_trained": metrics.get("train/n_pairs", 0),
+        "outside_stages_share": (wall - sum(seconds.values())) / wall, "peak_rss_mb": max(peaks.values(), default=0),
+        "promoted": summary.promoted,
+    }
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["n_train"] for r in rows]
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    bottom = [0.0] * len(rows)
+    for stage in STAGES:
+        values = [r["stage_seconds"].get(stage, 0.0) / 60 for r in rows]
+        if any(values):
+            time_ax.bar([str(s) for s in sizes], values, bottom=bottom, label=stage)
+            bottom = [b + v for b, v in zip(bottom, values)]
+    time_ax.plot([str(s) for s in sizes], [r["wall_s"] / 60 for r in rows], "k.--", label="round (wall)")
+    time_ax.set_xlabel("training prompts per round")
+    time_ax.set_ylabel("minutes")
+    time_ax.legend(fontsize=7)
+    time_ax.set_title("time per stage")
+    for stage in STAGES:
+        values = [r["stage_peak_rss_mb"].get(stage) for r in rows]
+        if any(v is not None for v in values):
+            memory_ax.plot(sizes, [v / 1024 if v else float("nan") for v in values], marker="o", label=stage)
+    memory_ax.set_xlabel("training prompts per round")
+    memory_ax.set_ylabel("peak resident memory (GB)")
+    memory_ax.set_title("peak memory per stage")
+    memory_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="32,64,128,256", help="training prompts per round, comma-separated")
+    parser.add_argument("--config", type=Path, help="YAML config (default: the built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-round-") as work:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            rows.append(run_size(size, args.overrides, args.config, Path(work)))
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{platform.node() or 'host'}-round-scaling"
+    stem.with_suffix(".json").write_text(json.dumps({"machine": platform.processor() or platform.machine(), "rounds": rows}, indent=2))
+    figure(rows, stem.with_suffix(".png"))
+    header = f"{'prompts':>7} {'round min':>9} " + " ".join(f"{s[:8]:>8}" for s in STAGES) + f" {'tokens':>8} {'pairs':>5} {'outside':>7} {'peak GB':>7}"
+    print(header)
+    for r in rows:
+        stages = " ".join(f"{r['stage_seconds'].get(s, 0) / 60:8.2f}" for s in STAGES)
+        print(f"{r['n_train']:>7} {r['wall_s'] / 60:9.2f} {stages} {r['tokens_generated']:>8} {r['pairs_trained']:>5.0f} "
+              f"{r['outside_stages_share']:7.1%} {r['peak_rss_mb'] / 1024:7.2f}")
+    print(f"written to {stem}.json and .png")
+
+
+if __name__ == "__main__":
+    main()
