@@ -102,7 +102,7 @@ def _random_pairs(n, seed):
 
 def test_over_optimization_alarm_fires_when_memorising(tiny_model, tmp_path):
     # The last epoch kept, and no NLL term: the alarm itself, on a policy left to memorise.
-    config = TrainConfig(epochs=20, batch_size=4, learning_rate=[5e-3], beta=[0.1], lora_r=8, lora_alpha=16, heldout_share=0.34,
+    config = TrainConfig(epochs=8, batch_size=4, learning_rate=[1e-2], beta=[0.1], lora_r=8, lora_alpha=16, heldout_share=0.34,
                          nll_weight=0, keep_best_epoch=False)
     result = train_policy(tiny_model, _random_pairs(12, 0), config, ModelConfig(dtype="fp32"), 1, tmp_path)
     assert result.n_pairs == 8 and result.n_heldout == 4
