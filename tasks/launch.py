@@ -21,6 +21,7 @@ The job folder:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -117,9 +118,15 @@ def launch_training(
     """``train_policy`` across ``config.num_processes`` processes; the same result, checkpoints
     and logged steps (forwarded to ``on_log`` as they come). A diverged loss raises NonFiniteLoss
     as in one process; any other failure raises RuntimeError with the tail of the processes' output."""
+    import torch
+
     from infra.models import pick_device
 
-    launch = accelerate_config(config, cpu=pick_device(model_config).type == "cpu")
+    cpu = pick_device(model_config).type == "cpu"
+    if not cpu and config.num_processes > torch.cuda.device_count():
+        raise RuntimeError(f"train.num_processes is {config.num_processes} but this machine has {torch.cuda.device_count()} "
+                           "GPUs: one process a GPU")
+    launch = accelerate_config(config, cpu)
     job = TrainJob(checkpoint=checkpoint, pairs=pairs, config=config, model=model_config, round_index=round_index,
                    output_dir=Path(output_dir).resolve(), reference_checkpoint=reference_checkpoint,
                    earlier_pairs=list(earlier_pairs), reference_logps=reference_logps)
@@ -189,10 +196,20 @@ def _run(command: list[str], job_dir: Path, on_log: Callable[[dict, int], None] 
                 read = _forward(job_dir / STEPS, read, on_log)  # after the wait: the last steps come too
                 if status is not None:
                     return status
-        except BaseException:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
+        except BaseException:  # interrupted, or Prefect cancelling the run: the processes go too
+            _stop(process)
             raise
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _forward(steps: Path, read: int, on_log: Callable[[dict, int], None] | None) -> int:
