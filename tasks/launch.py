@@ -16,11 +16,13 @@ The job folder:
 * ``diverged.json``: ``{"step", "names"}`` when the loss turned NaN or infinite;
 * ``shared/``: what the processes share: the datasets (and TRL's caches beside them), the epoch
   checkpoints of ``keep_best_epoch``;
-* ``launch.log``: the processes' output, whose tail a failure shows.
+* ``launch.log``: the processes' output (copied to this process's stdout too), whose first
+  traceback a failure shows.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import importlib.util
 import json
@@ -30,8 +32,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import yaml
 from pydantic import BaseModel
@@ -181,12 +184,15 @@ def _one_exception(lines: list[str]) -> list[str]:
 
 
 def _run(command: list[str], job_dir: Path, on_log: Callable[[dict, int], None] | None) -> int:
-    """Run the launch, forwarding the steps rank 0 appends; the processes are stopped if this one is interrupted."""
+    """Run the launch, forwarding the steps rank 0 appends and the processes' output (to
+    ``launch.log`` and this process's stdout); the processes are stopped if this one is interrupted."""
     root = str(Path(__file__).resolve().parents[1])  # where `tasks` is imported from, for the launched processes
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     read = 0
     with (job_dir / LOG).open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        copier = threading.Thread(target=_copy_output, args=(process.stdout, log), daemon=True)
+        copier.start()
         try:
             while True:
                 try:
@@ -199,6 +205,17 @@ def _run(command: list[str], job_dir: Path, on_log: Callable[[dict, int], None] 
         except BaseException:  # interrupted, or Prefect cancelling the run: the processes go too
             _stop(process)
             raise
+        finally:
+            copier.join(timeout=30)
+
+
+def _copy_output(source: IO[bytes], log: IO[bytes]) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in iter(lambda: source.read1(1 << 16), b""):
+        log.write(chunk)
+        log.flush()
+        sys.stdout.write(decoder.decode(chunk))
+        sys.stdout.flush()
 
 
 def _stop(process: subprocess.Popen) -> None:

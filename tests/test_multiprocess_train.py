@@ -133,6 +133,21 @@ def test_a_failing_process_shows_its_traceback(tiny_model, tmp_path):
     assert "Traceback (most recent call last)" in message and str(missing) in message, message
 
 
+@pytest.mark.slow
+def test_an_interrupted_launch_stops_its_processes(tiny_model, tmp_path):
+    import psutil
+
+    def interrupt(logs: dict, step: int) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C, or Prefect cancelling the run, would stop the stage's process
+
+    before = set(psutil.Process().children(recursive=True))
+    with pytest.raises(KeyboardInterrupt):
+        launch_training(tiny_model, make_pairs(12), TrainConfig(**TRAIN, num_processes=2), ModelConfig(dtype="fp32"), 1,
+                        tmp_path / "out", interrupt)
+    assert set(psutil.Process().children(recursive=True)) - before == set()
+    assert not (tmp_path / "out" / layout.MERGED).exists()
+
+
 def test_batch_not_divisible_by_processes_is_refused():
     from infra.settings import ConfigError, load_config
 
