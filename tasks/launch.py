@@ -120,7 +120,7 @@ def launch_training(
 ) -> TrainResult:
     """``train_policy`` across ``config.num_processes`` processes; the same result, checkpoints
     and logged steps (forwarded to ``on_log`` as they come). A diverged loss raises NonFiniteLoss
-    as in one process; any other failure raises RuntimeError with the tail of the processes' output."""
+    as in one process; any other failure raises RuntimeError with the first failing process's traceback."""
     import torch
 
     from infra.models import pick_device
