@@ -260,9 +260,12 @@ def earlier_pairs(ctx: RoundContext) -> list[StageResult]:
 @task(name=layout.TRAIN, cache_policy=NO_CACHE)
 def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
     """A challenger: the champion DPO-trained (LoRA) on the round's pairs (and some of earlier
-    rounds', train.replay_share) against the reference train.reference names, merged."""
+    rounds', train.replay_share) against the reference train.reference names, merged. In
+    train.num_processes processes when more than one (tasks/launch.py): their steps come back
+    here and are logged once."""
     from infra.champion import base_policy, local_checkpoint
     from tasks.figures import training_figure
+    from tasks.launch import launch_training, launched
     from tasks.train import TrainResult, shared_reference_logps, train_policy
 
     cfg = ctx.config
@@ -277,8 +280,9 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         earlier = [pair for stage in replay_from for pair in _records(ctx, stage, layout.PAIRS, PreferencePair)]
         reference = local_checkpoint(base_policy(cfg), ctx.store, ctx.data_dir) if cfg.train.reference == "initial" else None
         shared = ctx.store.read_json(ctx.reference_logps_key) if ctx.reference_logps_key else None
-        result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
-                              reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
+        train = launch_training if launched(cfg.train) else train_policy
+        result = train(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
+                       reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
         if ctx.reference_logps_key and shared is None and shared_reference_logps(result):
             ctx.store.write_json(ctx.reference_logps_key, shared_reference_logps(result))
         training_figure(result.log_history, out / layout.TRAINING_FIGURE,

@@ -370,7 +370,11 @@ class TrainConfig(Section):
         description="Passes over the round's pairs. One by default: measured on the default round, a second epoch "
         "memorised the pairs (training margin +4.4 while the held-out pairs' rose +0.5, reward accuracy 1.0).",
     )
-    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (per device).")
+    batch_size: int = Field(
+        8, ge=1,
+        description="Pairs per optimizer step, all processes together: each of train.num_processes takes "
+        "batch_size / num_processes of them (the gradients are averaged across processes).",
+    )
     max_length: int = Field(320, ge=16, description="Prompt + response tokens kept per sequence.")
     lora_r: int = Field(16, ge=1, description="LoRA rank; higher ranks overfit small pair sets sooner.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
@@ -383,6 +387,18 @@ class TrainConfig(Section):
         None,
         description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/gpu') that runs training, "
         "typically on a GPU work pool; None trains inside the round's own process.",
+    )
+    num_processes: int = Field(
+        1, ge=1,
+        description="Training processes on the training machine, one per GPU (CPU processes talk over gloo). More "
+        "than 1, or an accelerate_config, launches training with `accelerate launch` (DDP unless the config file says "
+        "otherwise); the global batch stays train.batch_size, which must divide evenly among them.",
+    )
+    accelerate_config: Path | None = Field(
+        None,
+        description="An accelerate config file for the launch (e.g. configs/accelerate-zero3.yaml for DeepSpeed "
+        "ZeRO-3; relative paths in it are read from its own folder); train.num_processes overrides its "
+        "num_processes. None: plain DDP across train.num_processes.",
     )
     heldout_share: float = Field(
         0.1, ge=0, lt=1,
@@ -447,6 +463,9 @@ class TrainConfig(Section):
             raise ValueError("train.beta values must be > 0")
         if any(lr <= 0 for lr in self.learning_rate):
             raise ValueError("train.learning_rate values must be > 0")
+        if self.batch_size % self.num_processes:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.num_processes "
+                             f"({self.num_processes}): the global batch is split evenly among the processes")
         return self
 
 

@@ -23,6 +23,7 @@ round away in bf16.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
@@ -125,12 +126,13 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
     it only holds the epoch checkpoints of ``keep_best_epoch``."""
     objective = objective or objective_for(config, round_index)
     beta = objective.beta(config, round_index)
+    per_device = config.batch_size // config.num_processes  # the global batch, split among the processes
     args = dict(
         output_dir=output_dir,
         beta=beta,
         learning_rate=per_round(config.learning_rate, round_index),
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_device,
         max_length=config.max_length,
         logging_steps=1,
         save_strategy="no",
@@ -146,7 +148,7 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
     )
     if eval_each_epoch:
         # Held-out pairs scored at the end of each epoch, for the over-optimization alarm.
-        args.update(eval_strategy="epoch", per_device_eval_batch_size=config.batch_size)
+        args.update(eval_strategy="epoch", per_device_eval_batch_size=per_device)
         if config.keep_best_epoch:
             # The held-out loss decides: a proper score of the preference (accuracy on a few dozen
             # pairs ties; margins reward over-confidence) that includes the NLL term being trained.
@@ -274,7 +276,7 @@ def measure_start(trainer, beta: float, objective: Objective, config: TrainConfi
 
     chosen, rejected = rewards(trainer.train_dataset)
     heldout = rewards(trainer.eval_dataset) if trainer.eval_dataset is not None else None
-    batch = trainer.args.per_device_train_batch_size
+    batch = config.batch_size  # TRL logs the means of the whole batch, gathered from every process
     return Start(
         expected_loss=None,
         chosen=_batch_mean_range(chosen, batch),
@@ -295,6 +297,43 @@ def _feedback_rows(config: TrainConfig, objective: Objective) -> list[dict]:
     return [row for path in config.kto.feedback_files for row in load_feedback(path)]
 
 
+def _dataset(rows: list[dict], args, folder: Path | None):
+    """The rows as a dataset; with ``folder``, one saved there by the main process and read by all,
+    so that the files TRL caches beside it (tokenized rows, reference log-probs) are shared."""
+    from datasets import Dataset
+
+    if folder is None:
+        return Dataset.from_list(rows)
+    with args.main_process_first(desc=f"dataset {folder.name}"):
+        if not folder.exists():
+            Dataset.from_list(rows).save_to_disk(str(folder))
+        return Dataset.load_from_disk(str(folder))
+
+
+def _save_policy(trainer, tokenizer, checkpoint: str, output_dir: Path) -> None:
+    """``adapter/`` and ``merged/`` (fp32), written by the main process alone. Under DeepSpeed
+    ZeRO-3 every process holds a shard of the weights: they are gathered (all processes take
+    part), saved as the adapter, which is merged into a fresh fp32 copy of ``checkpoint``."""
+    from transformers import AutoModelForCausalLM
+
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        from peft import PeftModel
+
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # needs stage3_gather_16bit_weights_on_model_save
+        if not trainer.accelerator.is_main_process:
+            return
+        trainer.model.save_pretrained(output_dir / layout.ADAPTER, state_dict=state)
+        base = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, output_dir / layout.ADAPTER).merge_and_unload()
+    else:
+        if not trainer.accelerator.is_main_process:
+            return
+        trainer.model.save_pretrained(output_dir / layout.ADAPTER)
+        merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(output_dir / layout.MERGED)
+    tokenizer.save_pretrained(output_dir / layout.MERGED)
+
+
 def train_policy(
     checkpoint: str,
     pairs: list[PreferencePair],
@@ -307,6 +346,7 @@ def train_policy(
     reference_checkpoint: str | None = None,
     earlier_pairs: Sequence[PreferencePair] = (),
     reference_logps: dict[str, tuple[list[float], list[float]]] | None = None,
+    shared_dir: Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter with the round's objective from ``checkpoint``; save adapter and merged
     model under ``output_dir``.
@@ -316,8 +356,12 @@ def train_policy(
     policy (its adapter disabled); reference-free objectives load none. ``earlier_pairs`` are
     earlier rounds' pairs, for replay. ``reference_logps`` ({"train"|"eval": (chosen, rejected)})
     are the reference's log-probs of these very pairs, computed by an earlier run (the ablation's
-    cells share them); the DPO family uses them instead of its own reference pass."""
-    from datasets import Dataset
+    cells share them); the DPO family uses them instead of its own reference pass.
+
+    Run by every process of a launch (tasks/launch.py): the main one alone writes the checkpoints,
+    and ``shared_dir`` must then be a folder they all share, for the datasets (TRL's reference
+    pass caches its log-probs beside them) and the epoch checkpoints of ``keep_best_epoch``;
+    None: one process, with temporary folders."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from infra.models import pick_device, pick_dtype
@@ -340,7 +384,8 @@ def train_policy(
     own_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
     train_pairs, replayed = mix_replay(own_pairs, earlier_pairs, config.replay_share, config.seed + round_index)
     train_rows = objective.rows(train_pairs, _feedback_rows(config, objective))
-    with tempfile.TemporaryDirectory() as scratch:
+    scratch_folder = tempfile.TemporaryDirectory() if shared_dir is None else contextlib.nullcontext(str(shared_dir / "scratch"))
+    with scratch_folder as scratch:
         args = trainer_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs), objective=objective)
         forward = _log_callback(on_log) if on_log else None
         started = time.perf_counter()
@@ -352,8 +397,8 @@ def train_policy(
         trainer = trainer_class(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(train_rows),
-            eval_dataset=Dataset.from_list(objective.rows(heldout_pairs)) if heldout_pairs else None,
+            train_dataset=_dataset(train_rows, args, shared_dir and shared_dir / "train"),
+            eval_dataset=_dataset(objective.rows(heldout_pairs), args, shared_dir and shared_dir / "eval") if heldout_pairs else None,
             processing_class=tokenizer,
             peft_config=lora_config(config),
             # The guard after the forwarder: the diverged step's finite figures still reach the tracker.
@@ -376,11 +421,7 @@ def train_policy(
     history = [h for h in log_history if "loss" in h]
     achieved, mfu, tokens = _utilisation(trainer, config, device, dtype, runtime)
     best_epoch = next((h["epoch"] for h in log_history if "eval_loss" in h and h.get("step") == kept_step), None)
-    peft_model = trainer.model
-    peft_model.save_pretrained(output_dir / layout.ADAPTER)
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(output_dir / layout.MERGED)
-    tokenizer.save_pretrained(output_dir / layout.MERGED)
+    _save_policy(trainer, tokenizer, checkpoint, output_dir)
     n_examples = len(train_pairs) * config.epochs
     has_ref_columns = "ref_chosen_logps" in (trainer.train_dataset.column_names or [])
     ref_train = _reference_logps(trainer.train_dataset) if has_ref_columns else None
