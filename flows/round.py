@@ -12,6 +12,7 @@ from typing import Iterator
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.exclusive import exclusive
 from flows.publish import publish_round
 from flows.stages import (
     RoundContext,
@@ -32,7 +33,6 @@ from infra import layout
 from infra.champion import local_checkpoint, starting_champion
 from infra.effective_config import save_effective_config
 from infra.lease import hold_loop
-from infra.retries import call_with_retries
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
 from infra.tracking import Tracker
@@ -102,21 +102,6 @@ def summarize_round(ctx: RoundContext, pairs: StageResult, challenger: StageResu
         artifacts=ctx.store.uri(layout.round_key(ctx.loop, ctx.round_index)),
         generate=candidates.result if candidates else None,
     )
-
-
-@contextlib.contextmanager
-def exclusive(name: str) -> Iterator[None]:
-    """Hold the one slot of a Prefect global concurrency limit (created on first use)."""
-    from prefect import get_client
-    from prefect.concurrency.sync import concurrency
-
-    def ensure_limit() -> None:
-        with get_client(sync_client=True) as client:
-            client.upsert_global_concurrency_limit_by_name(name, 1)
-
-    call_with_retries(f"Prefect API: concurrency limit {name}", ensure_limit)
-    with concurrency(name, occupy=1, strict=True):
-        yield
 
 
 def next_round_index(store, loop: str) -> int:

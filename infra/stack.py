@@ -35,6 +35,9 @@ BUCKET = "flywheel"
 # Throwaway keys for the local S3 only: SeaweedFS takes them from its environment and then
 # accepts no others.
 LOCAL_S3_KEYS = {"AWS_ACCESS_KEY_ID": "flywheel-local", "AWS_SECRET_ACCESS_KEY": "flywheel-local-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+# The Prefect server keeps concurrency leases in memory unless told otherwise, and a restart
+# forgets them: a slot held then stays taken. On disk (under its PREFECT_HOME) they survive it.
+PREFECT_LEASES_ON_DISK = {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem"}
 
 
 class StackError(RuntimeError):
@@ -247,7 +250,7 @@ def up(folder: Path, repo: Path | None = None, timeout: float = 300) -> dict:
             mlflow_env,
         )
         prefect_env = {**base, "PREFECT_HOME": str(folder / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "PREFECT_UI_API_URL": state["prefect_api"]}
+                       "PREFECT_UI_API_URL": state["prefect_api"], **PREFECT_LEASES_ON_DISK}
         prefect = launch("prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports["prefect"])], prefect_env)
         _wait_http(state["mlflow_uri"] + "/health", timeout, mlflow, folder / "mlflow.log", "MLflow server")
         _wait_http(state["prefect_api"] + "/health", timeout, prefect, folder / "prefect.log", "Prefect server")
