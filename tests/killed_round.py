@@ -77,8 +77,10 @@ class Kill:
 
     stage: str
     killed_at: float  # time.time()
+    mlflow_run_id: str  # the killed process's run
     manifests: dict[str, Manifest | None]  # every stage's
     history: list[dict[str, Any]]  # the loop's history rows
+    champion: dict[str, Any] | None  # the store's champion pointer
     objects: set[str]  # the killed stage's objects in the bucket, relative to the stage
     log: str  # the killed process's whole output
 
@@ -95,8 +97,8 @@ class KillChain:
     manifests: dict[str, Manifest | None]
     history: list[dict[str, Any]]
     champion: dict[str, Any] | None  # the store's pointer
-    champion_run_id: str | None  # the MLflow run of the registry version carrying the alias, if any
-    run_statuses: list[str]  # of the loop's MLflow runs, sorted
+    champion_version: tuple[str, str] | None  # the registry version carrying the alias, and its MLflow run
+    run_statuses: list[str]  # of the loop's MLflow runs, oldest first
 
 
 def kill_in_every_stage(tiny_model: str, s3_server, root: Path, loop: str = "chain") -> KillChain:
@@ -113,10 +115,13 @@ def kill_in_every_stage(tiny_model: str, s3_server, root: Path, loop: str = "cha
         tiny_model, loop, word_band_prompt_file(root / "prompts.jsonl"), root / "data",
         # 30 steps (6 pairs, 2 a step): the kill after the first lands well before the last.
         train={"epochs": 10},
+        # A gate the barely trained challenger passes (ties count half), so the kill in promote
+        # lands after the crowning (registry version, alias, pointer), before the decision is stored.
+        promotion={"min_win_rate": 0.0, "max_failure_increase": 1.0, "max_length_drift": None, "require_regression_pass": False},
         storage={"artifact_root": f"s3://{bucket}/fw", "s3_endpoint_url": proxy.url},
     )
     store = store_from_config(config.storage)
-    kills = []
+    kills: list[Kill] = []
     try:
         for stage, at in KILL_AT.items():
             key = layout.stage_key(loop, 1, stage)
@@ -130,8 +135,11 @@ def kill_in_every_stage(tiny_model: str, s3_server, root: Path, loop: str = "cha
             folder.mkdir()
             killed_at = run_round_until(config, folder, ready)
             listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"fw/{key}/").get("Contents", [])
-            kills.append(Kill(stage, killed_at, _manifests(store, loop), store.read_json(layout.history_key(loop)) or [],
-                              {o["Key"].removeprefix(f"fw/{key}/") for o in listed}, (folder / "child.log").read_text()))
+            kills.append(Kill(
+                stage, killed_at, _runs(config)[-1].info.run_id, _manifests(store, loop),
+                store.read_json(layout.history_key(loop)) or [], store.read_json(layout.champion_key(loop)),
+                {o["Key"].removeprefix(f"fw/{key}/") for o in listed}, (folder / "child.log").read_text(),
+            ))
     finally:
         proxy.close()
     # The proxy was the kills' tool; from here on the round talks to moto directly (the endpoint
@@ -140,24 +148,36 @@ def kill_in_every_stage(tiny_model: str, s3_server, root: Path, loop: str = "cha
     store = store_from_config(config.storage)
     summary = run_next_round(config)
     return KillChain(config, bucket, kills, summary, _manifests(store, loop), store.read_json(layout.history_key(loop)) or [],
-                     store.read_json(layout.champion_key(loop)), *_registry_and_runs(config, summary.mlflow_run_id))
+                     store.read_json(layout.champion_key(loop)), _champion_version(config), [r.info.status for r in _runs(config)])
 
 
 def _manifests(store, loop: str) -> dict[str, Manifest | None]:
     return {s: store.manifest(layout.stage_key(loop, 1, s)) for s in ROUND_STAGES}
 
 
-def _registry_and_runs(config: FlywheelConfig, run_id: str) -> tuple[str | None, list[str]]:
+def _mlflow(config: FlywheelConfig):
     from mlflow import MlflowClient
+
+    from infra.tracking import tracking_uri
+
+    return MlflowClient(tracking_uri(config.storage))
+
+
+def _runs(config: FlywheelConfig) -> list:
+    """The loop's MLflow runs, oldest first."""
+    client = _mlflow(config)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, f"tags.`flywheel.loop` = '{config.loop}'", order_by=["attributes.start_time ASC"])
+
+
+def _champion_version(config: FlywheelConfig) -> tuple[str, str] | None:
+    """The registry version carrying the ``champion`` alias, and its MLflow run; None when there is none."""
     from mlflow.exceptions import MlflowException
 
     from infra.champion import registered_model_name
-    from infra.tracking import tracking_uri
 
-    client = MlflowClient(tracking_uri(config.storage))
     try:
-        champion_run_id = client.get_model_version_by_alias(registered_model_name(config), "champion").run_id
+        version = _mlflow(config).get_model_version_by_alias(registered_model_name(config), "champion")
     except MlflowException:
-        champion_run_id = None
-    runs = client.search_runs([client.get_run(run_id).info.experiment_id], f"tags.`flywheel.loop` = '{config.loop}'")
-    return champion_run_id, sorted(r.info.status for r in runs)
+        return None
+    return str(version.version), version.run_id

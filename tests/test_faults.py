@@ -134,11 +134,12 @@ def test_corrupted_s3_object_is_detected_and_its_stage_redone(tiny_model, s3_ser
     _assert_champion_and_history(store, config, summary)
 
 
-def test_round_killed_in_every_stage_resumes_where_it_stopped(killed_round_chain, s3_server):
+def test_round_killed_in_every_stage_resumes_where_it_stopped(killed_round_chain):
     """Killed in generate, judge, filter, train, evaluate, regression, promote and publish, one
     process after the other (tests/killed_round.py), round 1 goes on where it stopped each time."""
     chain = killed_round_chain
     loop = chain.config.loop
+    kills = {kill.stage: kill for kill in chain.kills}
     first_seen = {}  # a stage's manifest when it was first seen complete
     for i, kill in enumerate(chain.kills):
         at = ROUND_STAGES.index(kill.stage)
@@ -155,8 +156,7 @@ def test_round_killed_in_every_stage_resumes_where_it_stopped(killed_round_chain
         if KILL_AT[kill.stage] == "manifest":
             # Half-written: its files are in the bucket, the manifest that would mark it complete is not.
             assert kill.objects and layout.MANIFEST not in kill.objects, (kill.stage, kill.objects)
-    train = next(kill for kill in chain.kills if kill.stage == layout.TRAIN)
-    assert "{'loss'" in train.log and "train_runtime" not in train.log, "the kill in train came after training ended"
+    assert "{'loss'" in kills[layout.TRAIN].log and "train_runtime" not in kills[layout.TRAIN].log, "the kill in train came after training ended"
 
     summary = chain.summary
     assert summary.round == 1, "the rerun must continue round 1"
@@ -169,15 +169,21 @@ def test_round_killed_in_every_stage_resumes_where_it_stopped(killed_round_chain
     fresh = store_from_config(chain.config.storage)
     for stage in ROUND_STAGES:
         fresh.local_path(layout.stage_key(loop, 1, stage))
-    # One history row, the final run's; the champion is round 1's policy exactly when it was promoted.
+    # One history row, the final run's.
     [row] = chain.history
-    assert (row["round"], row["mlflow_run_id"], row["promoted"]) == (1, summary.mlflow_run_id, summary.promoted)
-    if summary.promoted:
-        assert chain.champion["round"] == 1 and chain.champion_run_id == summary.mlflow_run_id
-    else:
-        assert chain.champion is None and chain.champion_run_id is None
+    assert (row["round"], row["mlflow_run_id"], row["promoted"]) == (1, summary.mlflow_run_id, True)
+    # The champion: untouched until promote; the run killed in promote crowned round 1's policy
+    # (registry version 1) before its decision was stored; the run killed in publishing decided
+    # again and crowned it again (version 2, which the alias marks); the final run reused that
+    # decision and crowned nothing. The store's pointer always names the alias's version.
+    assert all(kill.champion is None for kill in chain.kills[: list(kills).index(layout.PROMOTE)])
+    assert (kills[layout.PROMOTE].champion["round"], kills[layout.PROMOTE].champion["model_version"]) == (1, "1")
+    assert (kills[layout.FIGURES].champion["round"], kills[layout.FIGURES].champion["model_version"]) == (1, "2")
+    assert chain.champion_version == ("2", kills[layout.FIGURES].mlflow_run_id)
+    assert chain.champion == kills[layout.FIGURES].champion
     # Each killed process's MLflow run never ended; the final one's finished.
-    assert chain.run_statuses == ["FINISHED"] + ["RUNNING"] * len(chain.kills)
+    assert chain.run_statuses == ["RUNNING"] * len(chain.kills) + ["FINISHED"]
+    assert len({kill.mlflow_run_id for kill in chain.kills} | {summary.mlflow_run_id}) == len(chain.kills) + 1
 
 
 def _created(manifest) -> float:
