@@ -1,7 +1,8 @@
 """One self-play DPO round as a Prefect flow.
 
 generate candidates -> judge -> filter -> train -> evaluate (pairwise, against the champion) ->
-capability-regression check -> promote or reject.
+capability-regression check -> promote or reject -> publish: the figures, the Prefect artifacts and,
+last, the loop's history row (a round that has one is done; one killed before it is continued).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from flows.stages import (
     select_prompts_task,
     write_figures_task,
 )
-from flows.summary import RoundSummary, append_history, read_history
+from flows.summary import RoundSummary, append_history, read_history, with_round
 from flows.train_flow import train_challenger
 from infra import layout
 from infra.champion import local_checkpoint, starting_champion
@@ -58,9 +59,12 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
             regression = check_regression_task(ctx, challenger) if challenger else None
             decision = promote_task(ctx, challenger, pairwise, regression, not_trained)
         summary = summarize_round(ctx, pairs, challenger, pairwise, regression, decision, candidates=candidates)
-        history = append_history(ctx.store, summary)
+        history = with_round(read_history(ctx.store, config.loop), summary)
         figures = write_figures_task(ctx, challenger, history)
         publish_round(summary, history, figure_bytes(ctx, figures))
+        # The history row last: a round with one is done (next_round_index), so a round killed
+        # before it is continued, never skipped nor recorded twice.
+        append_history(ctx.store, summary)
     return summary
 
 

@@ -127,11 +127,15 @@ def read_history(store, loop: str) -> list[RoundSummary]:
     return [RoundSummary.model_validate(r) for r in store.read_json(layout.history_key(loop)) or []]
 
 
+def with_round(history: list[RoundSummary], summary: RoundSummary) -> list[RoundSummary]:
+    """``history`` with ``summary``'s row (replacing an earlier run of the same round), in round order."""
+    return sorted([*(r for r in history if r.round != summary.round), summary], key=lambda r: r.round)
+
+
 def append_history(store, summary: RoundSummary) -> list[RoundSummary]:
     """Record ``summary`` in its loop's history (replacing an earlier run of the same round) and
     return the history, in round order."""
-    others = [r for r in read_history(store, summary.loop) if r.round != summary.round]
-    history = sorted([*others, summary], key=lambda r: r.round)
+    history = with_round(read_history(store, summary.loop), summary)
     store.write_json(layout.history_key(summary.loop), [r.model_dump() for r in history])
     return history
 

@@ -80,3 +80,12 @@ def s3_server():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def killed_round_chain(tiny_model, s3_server, prefect_harness, tmp_path_factory):
+    """Round 1 on S3 killed (kill -9) in every stage, rerun each time, then finished: one chain that
+    the fault tests and the resume tests share (tests/killed_round.py)."""
+    from tests.killed_round import kill_in_every_stage
+
+    return kill_in_every_stage(tiny_model, s3_server, tmp_path_factory.mktemp("kill-chain"))

@@ -1,5 +1,6 @@
 """Run ``flywheel round`` in a child process, watch its log, and SIGKILL it (with its ephemeral
-Prefect server) once a condition on its log or its store holds."""
+Prefect server) once a condition on its log or its store holds; and the chain of such kills, one
+in every stage of a round, that the fault tests and the resume tests share (``kill_in_every_stage``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,35 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
+from infra import layout
 from infra.settings import FlywheelConfig
+from infra.store import Manifest, store_from_config
+from tests.proxy import HoldingProxy
+from tests.tiny_round import tiny_round_config, word_band_prompt_file
+
+# A round's stages in the order it completes them; "figures" opens the publishing after the
+# decision (figures, Prefect artifacts, then the history row). The config is saved by every run.
+ROUND_STAGES = [s for s in layout.STAGES if s != layout.CONFIG]
+# Where each kill lands: while the stage's work runs (a line of its log: run_stage's
+# "<key>: running", or the trainer's first logged step), or while the write of its manifest is
+# held by a proxy in front of S3 (its files are in the bucket, the object marking it complete is not).
+KILL_AT = {
+    layout.GENERATE: "running",
+    layout.JUDGE: "manifest",
+    layout.FILTER: "manifest",
+    layout.TRAIN: "{'loss'",
+    layout.EVALUATE: "running",
+    layout.REGRESSION: "running",
+    layout.PROMOTE: "manifest",
+    layout.FIGURES: "manifest",
+}
 
 
 def start_round(config: FlywheelConfig, tmp_path: Path, **env: str) -> tuple[subprocess.Popen, Path]:
@@ -58,3 +82,115 @@ def run_round_until(config: FlywheelConfig, tmp_path: Path, ready: Callable[[str
         return time.time()
     finally:
         kill_session(child)  # whoever fails
+
+
+@dataclass(frozen=True)
+class Kill:
+    """What the store held right after the round was killed in ``stage``."""
+
+    stage: str
+    killed_at: float  # time.time()
+    mlflow_run_id: str  # the killed process's run
+    manifests: dict[str, Manifest | None]  # every stage's
+    history: list[dict[str, Any]]  # the loop's history rows
+    champion: dict[str, Any] | None  # the store's champion pointer
+    objects: set[str]  # the killed stage's objects in the bucket, relative to the stage
+    log: str  # the killed process's whole output
+
+
+@dataclass(frozen=True)
+class KillChain:
+    """Round 1 killed in every stage, each rerun in a new process, then finished in this one;
+    what the store, the registry and MLflow held at the end, before any later test touched them."""
+
+    config: FlywheelConfig
+    bucket: str
+    kills: list[Kill]
+    summary: Any  # the finishing run's RoundSummary
+    manifests: dict[str, Manifest | None]
+    history: list[dict[str, Any]]
+    champion: dict[str, Any] | None  # the store's pointer
+    champion_version: tuple[str, str] | None  # the registry version carrying the alias, and its MLflow run
+    run_statuses: list[str]  # of the loop's MLflow runs, oldest first
+
+
+def kill_in_every_stage(tiny_model: str, s3_server, root: Path, loop: str = "chain") -> KillChain:
+    """Start round 1 on S3 (moto, behind a ``HoldingProxy``) in a child process and kill -9 it in
+    generate; rerun it in a new child and kill it in judge; and so on through ``KILL_AT``; then
+    finish the round here (``run_next_round``). Each child gets a Prefect home of its own: a killed
+    child's slot of the train-promote limit would stay taken in a shared one."""
+    from flows.round import run_next_round
+
+    proxy = HoldingProxy(s3_server.port)
+    bucket = f"{loop}-{uuid.uuid4().hex[:8]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    config = tiny_round_config(
+        tiny_model, loop, word_band_prompt_file(root / "prompts.jsonl"), root / "data",
+        # 30 steps (6 pairs, 2 a step): the kill after the first lands well before the last.
+        train={"epochs": 10},
+        # A gate the barely trained challenger passes (ties count half), so the kill in promote
+        # lands after the crowning (registry version, alias, pointer), before the decision is stored.
+        promotion={"min_win_rate": 0.0, "max_failure_increase": 1.0, "max_length_drift": None, "require_regression_pass": False},
+        storage={"artifact_root": f"s3://{bucket}/fw", "s3_endpoint_url": proxy.url},
+    )
+    store = store_from_config(config.storage)
+    kills: list[Kill] = []
+    try:
+        for stage, at in KILL_AT.items():
+            key = layout.stage_key(loop, 1, stage)
+            if at == "manifest":
+                proxy.arm(b"PUT", f"/fw/{key}/{layout.MANIFEST} ".encode())
+                ready = lambda log: proxy.held.is_set()  # noqa: E731
+            else:
+                marker = f"{key}: running" if at == "running" else at
+                ready = lambda log, marker=marker: marker in log  # noqa: E731
+            folder = root / f"killed-in-{stage}"
+            folder.mkdir()
+            killed_at = run_round_until(config, folder, ready)
+            listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"fw/{key}/").get("Contents", [])
+            kills.append(Kill(
+                stage, killed_at, _runs(config)[-1].info.run_id, _manifests(store, loop),
+                store.read_json(layout.history_key(loop)) or [], store.read_json(layout.champion_key(loop)),
+                {o["Key"].removeprefix(f"fw/{key}/") for o in listed}, (folder / "child.log").read_text(),
+            ))
+    finally:
+        proxy.close()
+    # The proxy was the kills' tool; from here on the round talks to moto directly (the endpoint
+    # is no stage's input).
+    config = config.model_copy(update={"storage": config.storage.model_copy(update={"s3_endpoint_url": s3_server.url})})
+    store = store_from_config(config.storage)
+    summary = run_next_round(config)
+    return KillChain(config, bucket, kills, summary, _manifests(store, loop), store.read_json(layout.history_key(loop)) or [],
+                     store.read_json(layout.champion_key(loop)), _champion_version(config), [r.info.status for r in _runs(config)])
+
+
+def _manifests(store, loop: str) -> dict[str, Manifest | None]:
+    return {s: store.manifest(layout.stage_key(loop, 1, s)) for s in ROUND_STAGES}
+
+
+def _mlflow(config: FlywheelConfig):
+    from mlflow import MlflowClient
+
+    from infra.tracking import tracking_uri
+
+    return MlflowClient(tracking_uri(config.storage))
+
+
+def _runs(config: FlywheelConfig) -> list:
+    """The loop's MLflow runs, oldest first."""
+    client = _mlflow(config)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, f"tags.`flywheel.loop` = '{config.loop}'", order_by=["attributes.start_time ASC"])
+
+
+def _champion_version(config: FlywheelConfig) -> tuple[str, str] | None:
+    """The registry version carrying the ``champion`` alias, and its MLflow run; None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    from infra.champion import registered_model_name
+
+    try:
+        version = _mlflow(config).get_model_version_by_alias(registered_model_name(config), "champion")
+    except MlflowException:
+        return None
+    return str(version.version), version.run_id

@@ -79,3 +79,68 @@ class CuttingProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class HoldingProxy:
+    """Forwards TCP to ``target_port``; once ``arm``-ed, holds the first request whose first line
+    starts with ``method`` and contains ``path``: it is neither forwarded nor answered, so its
+    sender waits (until it is killed, say). ``held`` is set then; the proxy disarms itself.
+    """
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.request: tuple[bytes, bytes] | None = None
+        self.held = threading.Event()
+        self._arming = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, method: bytes, path: bytes) -> None:
+        with self._arming:
+            self.held.clear()
+            self.request = (method + b" ", path)
+
+    def _holds(self, data: bytes) -> bool:
+        with self._arming:
+            if self.request is None:
+                return False
+            method, path = self.request
+            line = data.split(b"\r\n", 1)[0]
+            if not (line.startswith(method) and path in line):
+                return False
+            self.request = None
+            self.held.set()
+            return True
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_client and self._holds(data):
+                    while src.recv(65536):  # the held request goes nowhere, until its sender goes away
+                        pass
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self) -> None:
+        self.listener.close()

@@ -5,7 +5,8 @@ the MLflow runs, the champion and the history checked.
   is rejected saying so, the champion stays;
 * one byte flipped in a complete stage's object on S3 (moto), read by a machine without a cached
   copy: the checksum catches it, the stage is redone, training reads the good pairs;
-* kill -9 of `flywheel round` in the middle of a stage: the rerun resumes there.
+* kill -9 of `flywheel round` in every stage, one process after the other (the chain in
+  tests/killed_round.py): each rerun resumes where the last stopped.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from infra import layout
 from infra.settings import FlywheelConfig
 from infra.store import store_from_config
-from tests.killed_round import run_round_until
+from tests.killed_round import KILL_AT, ROUND_STAGES
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow
-
-STAGES = ["prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote"]
-
 
 def _mlflow(config: FlywheelConfig):
     from mlflow import MlflowClient
@@ -106,7 +105,7 @@ def test_corrupted_s3_object_is_detected_and_its_stage_redone(tiny_model, s3_ser
     config = _s3_config(tiny_model, s3_server, "corrupt", tmp_path)
     store = store_from_config(config.storage)
     first = run_next_round(config)
-    before = {s: store.manifest(f"corrupt/round-001/{s}") for s in STAGES}
+    before = {s: store.manifest(f"corrupt/round-001/{s}") for s in ROUND_STAGES}
 
     # One byte of the kept pairs flipped in the bucket, same size.
     bucket, name = config.storage.artifact_root.removeprefix("s3://").split("/")[0], "fw/corrupt/round-001/filter/pairs.jsonl"
@@ -121,7 +120,7 @@ def test_corrupted_s3_object_is_detected_and_its_stage_redone(tiny_model, s3_ser
     summary = run_round(config=reseeded, round_index=1)
 
     store = store_from_config(config.storage)
-    after = {s: store.manifest(f"corrupt/round-001/{s}") for s in STAGES}
+    after = {s: store.manifest(f"corrupt/round-001/{s}") for s in ROUND_STAGES}
     for stage in ("prompts", "generate", "judge"):
         assert after[stage] == before[stage], f"{stage} was redone though it was intact"
     assert after["filter"].created_at != before["filter"].created_at, "the corrupted stage was not redone"
@@ -135,37 +134,57 @@ def test_corrupted_s3_object_is_detected_and_its_stage_redone(tiny_model, s3_ser
     _assert_champion_and_history(store, config, summary)
 
 
-@pytest.mark.parametrize("stage", ["generate", "evaluate"])
-def test_round_killed_mid_stage_resumes_at_that_stage(stage, tiny_model, s3_server, prefect_harness, tmp_path):
-    from flows.round import run_next_round
+def test_round_killed_in_every_stage_resumes_where_it_stopped(killed_round_chain):
+    """Killed in generate, judge, filter, train, evaluate, regression, promote and publish, one
+    process after the other (tests/killed_round.py), round 1 goes on where it stopped each time."""
+    chain = killed_round_chain
+    loop = chain.config.loop
+    kills = {kill.stage: kill for kill in chain.kills}
+    first_seen = {}  # a stage's manifest when it was first seen complete
+    for i, kill in enumerate(chain.kills):
+        at = ROUND_STAGES.index(kill.stage)
+        done, rest = ROUND_STAGES[:at], ROUND_STAGES[at:]
+        for stage in done:
+            assert kill.manifests[stage] is not None, f"killed in {kill.stage}: {stage} is not complete"
+            # Same manifest (checksums, creation time) as when first seen: not redone.
+            assert kill.manifests[stage] == first_seen.setdefault(stage, kill.manifests[stage]), f"{stage} was redone"
+        assert all(kill.manifests[s] is None for s in rest), f"the kill came after {kill.stage} completed"
+        assert not [row for row in kill.history if row["round"] == 1], f"killed in {kill.stage}: round 1 has a history row"
+        if i:  # the stage killed before was redone by this run, not kept half-written
+            before = chain.kills[i - 1]
+            assert _created(kill.manifests[before.stage]) > before.killed_at, f"{before.stage} is not the rerun's"
+        if KILL_AT[kill.stage] == "manifest":
+            # Half-written: its files are in the bucket, the manifest that would mark it complete is not.
+            assert kill.objects and layout.MANIFEST not in kill.objects, (kill.stage, kill.objects)
+    assert "{'loss'" in kills[layout.TRAIN].log and "train_runtime" not in kills[layout.TRAIN].log, "the kill in train came after training ended"
 
-    loop = f"kill-{stage}"
-    config = _s3_config(tiny_model, s3_server, loop, tmp_path)
-    store = store_from_config(config.storage)
-    key = lambda s: f"{loop}/round-001/{s}"  # noqa: E731
-    # run_stage logs "<key>: running" as the stage's work begins; the kill lands within 0.1 s.
-    killed_at = run_round_until(config, tmp_path, lambda log: f"{key(stage)}: running" in log)
-
-    done, rest = STAGES[: STAGES.index(stage)], STAGES[STAGES.index(stage):]
-    at_kill = {s: store.manifest(key(s)) for s in STAGES}
-    assert all(at_kill[s] is not None for s in done)
-    assert all(at_kill[s] is None for s in rest), f"the kill came after {stage} completed"
-    assert store.read_json(f"{loop}/history.json") is None
-
-    summary = run_next_round(config)
+    summary = chain.summary
     assert summary.round == 1, "the rerun must continue round 1"
-    after = {s: store.manifest(key(s)) for s in STAGES}
-    for s in done:
-        assert after[s] == at_kill[s], f"{s} was redone"
-    for s in rest:
-        assert datetime.fromisoformat(after[s].created_at).timestamp() > killed_at, f"{s} is not the rerun's"
+    for stage, manifest in first_seen.items():
+        assert chain.manifests[stage] == manifest, f"{stage} was redone by the final run"
+    last = chain.kills[-1]
+    assert _created(chain.manifests[last.stage]) > last.killed_at, f"{last.stage} is not the final run's"
     # Every stage reads back whole, checksum-verified, on a machine without the cached copies.
-    shutil.rmtree(Path(config.storage.data_dir) / "s3-cache")
-    fresh = store_from_config(config.storage)
-    for s in STAGES:
-        fresh.local_path(key(s))
-    _assert_champion_and_history(store, config, summary)
-    # The killed process's MLflow run never ended; the rerun's finished, and the history names it.
-    runs = _mlflow(config).search_runs([_mlflow(config).get_run(summary.mlflow_run_id).info.experiment_id],
-                                       f"tags.`flywheel.loop` = '{loop}'")
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "RUNNING"]
+    shutil.rmtree(Path(chain.config.storage.data_dir) / "s3-cache")
+    fresh = store_from_config(chain.config.storage)
+    for stage in ROUND_STAGES:
+        fresh.local_path(layout.stage_key(loop, 1, stage))
+    # One history row, the final run's.
+    [row] = chain.history
+    assert (row["round"], row["mlflow_run_id"], row["promoted"]) == (1, summary.mlflow_run_id, True)
+    # The champion: untouched until promote; the run killed in promote crowned round 1's policy
+    # (registry version 1) before its decision was stored; the run killed in publishing decided
+    # again and crowned it again (version 2, which the alias marks); the final run reused that
+    # decision and crowned nothing. The store's pointer always names the alias's version.
+    assert all(kill.champion is None for kill in chain.kills[: list(kills).index(layout.PROMOTE)])
+    assert (kills[layout.PROMOTE].champion["round"], kills[layout.PROMOTE].champion["model_version"]) == (1, "1")
+    assert (kills[layout.FIGURES].champion["round"], kills[layout.FIGURES].champion["model_version"]) == (1, "2")
+    assert chain.champion_version == ("2", kills[layout.FIGURES].mlflow_run_id)
+    assert chain.champion == kills[layout.FIGURES].champion
+    # Each killed process's MLflow run never ended; the final one's finished.
+    assert chain.run_statuses == ["RUNNING"] * len(chain.kills) + ["FINISHED"]
+    assert len({kill.mlflow_run_id for kill in chain.kills} | {summary.mlflow_run_id}) == len(chain.kills) + 1
+
+
+def _created(manifest) -> float:
+    return datetime.fromisoformat(manifest.created_at).timestamp()
