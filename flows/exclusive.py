@@ -1,4 +1,5 @@
-"""One loop at a time: the one slot of a Prefect global concurrency limit, held under a lease.
+"""One loop at a time: the one slot of a Prefect global concurrency limit, held under a lease
+(with Prefect's temporary API: an flock on this machine, see ``exclusive``).
 
     with exclusive("flywheel-train-promote"):
         ...  # train, evaluate, promote
@@ -21,6 +22,7 @@ import contextvars
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 from uuid import UUID
 
@@ -131,9 +133,38 @@ class _Lease:
 
 
 @contextlib.contextmanager
+def _machine_lock(path: Path, name: str) -> Iterator[None]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log().info("waiting for the slot of %s: another loop on this machine is training or promoting", name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def exclusive(name: str) -> Iterator[None]:
-    """Hold the one slot of the Prefect global concurrency limit ``name`` (created on first use)."""
+    """Hold the one slot of the Prefect global concurrency limit ``name`` (created on first use);
+    with Prefect's temporary API (no ``PREFECT_API_URL``), an flock beside its database instead."""
     from prefect import get_client
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url is None:
+        # The temporary API keeps slot leases in its own memory: a round killed inside the slot
+        # would leave it taken in the database for good, and the rerun would wait forever. The
+        # processes that share that database share its folder, and the kernel drops a dead
+        # holder's flock at once.
+        with _machine_lock(Path(settings.home) / f"{name}.lock", name):
+            yield
+        return
 
     with get_client(sync_client=True) as client:
         lease = _Lease(name)

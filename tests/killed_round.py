@@ -46,7 +46,8 @@ def start_round(config: FlywheelConfig, tmp_path: Path, **env: str) -> tuple[sub
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    child_env.update(PREFECT_HOME=str(tmp_path / "prefect-child"), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1", **env)
+    child_env.update(PREFECT_HOME=str(tmp_path / "prefect-child"), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1")
+    child_env.update(env)
     log_path = tmp_path / "child.log"
     with open(log_path, "w") as log:
         child = subprocess.Popen([sys.executable, "-m", "flows.cli", "round", "--config", str(path)], env=child_env, stdout=log,
@@ -72,10 +73,10 @@ def kill_session(child: subprocess.Popen) -> None:
     child.wait(timeout=30)
 
 
-def run_round_until(config: FlywheelConfig, tmp_path: Path, ready: Callable[[str], bool], timeout_s: float = 600) -> float:
+def run_round_until(config: FlywheelConfig, tmp_path: Path, ready: Callable[[str], bool], timeout_s: float = 600, **env: str) -> float:
     """Start the round, poll ``ready(log so far)`` and kill -9 the round's whole session when it
     holds; returns the time of the kill. Fails if the round ended first or never got there."""
-    child, log_path = start_round(config, tmp_path)
+    child, log_path = start_round(config, tmp_path, **env)
     try:
         wait_for_log(child, log_path, ready, timeout_s)
         os.killpg(child.pid, signal.SIGKILL)
@@ -117,8 +118,9 @@ class KillChain:
 def kill_in_every_stage(tiny_model: str, s3_server, root: Path, loop: str = "chain") -> KillChain:
     """Start round 1 on S3 (moto, behind a ``HoldingProxy``) in a child process and kill -9 it in
     generate; rerun it in a new child and kill it in judge; and so on through ``KILL_AT``; then
-    finish the round here (``run_next_round``). Each child gets a Prefect home of its own: a killed
-    child's slot of the train-promote limit would stay taken in a shared one."""
+    finish the round here (``run_next_round``). The children share one Prefect home, as reruns of
+    `flywheel round` on one machine do: a child killed inside the train-promote slot must not
+    leave it taken for the next."""
     from flows.round import run_next_round
 
     proxy = HoldingProxy(s3_server.port)
@@ -146,7 +148,7 @@ def kill_in_every_stage(tiny_model: str, s3_server, root: Path, loop: str = "cha
                 ready = lambda log, marker=marker: marker in log  # noqa: E731
             folder = root / f"killed-in-{stage}"
             folder.mkdir()
-            killed_at = run_round_until(config, folder, ready)
+            killed_at = run_round_until(config, folder, ready, PREFECT_HOME=str(root / "prefect-home"))
             listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"fw/{key}/").get("Contents", [])
             kills.append(Kill(
                 stage, killed_at, _runs(config)[-1].info.run_id, _manifests(store, loop),
