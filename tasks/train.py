@@ -23,6 +23,7 @@ round away in bf16.
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import tempfile
@@ -104,6 +105,15 @@ class TrainResult(BaseModel):
     alarms: list[Alarm] = []
 
 
+def micro_batch_size(config: TrainConfig, objective: Objective) -> int:
+    """Pairs per forward pass: the largest divisor of ``train.batch_size`` not above
+    ``train.micro_batch_size`` (the whole batch when it is None or the objective cannot accumulate)."""
+    wanted = config.micro_batch_size
+    if wanted is None or not objective.accumulates or wanted >= config.batch_size:
+        return config.batch_size
+    return max(d for d in range(1, wanted + 1) if config.batch_size % d == 0)
+
+
 def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
                  eval_each_epoch: bool = False, objective: Objective | None = None):
     """The TRL config of the round's objective (trl.DPOConfig for the DPO family): the pipeline's
@@ -111,12 +121,15 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
     it only holds the epoch checkpoints of ``keep_best_epoch``."""
     objective = objective or objective_for(config, round_index)
     beta = objective.beta(config, round_index)
+    micro = micro_batch_size(config, objective)
     args = dict(
         output_dir=output_dir,
         beta=beta,
         learning_rate=per_round(config.learning_rate, round_index),
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        # train.batch_size pairs per optimizer step, in forward passes of `micro` pairs (memory: activations).
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=config.batch_size // micro,
         max_length=config.max_length,
         logging_steps=1,
         save_strategy="no",
@@ -131,7 +144,8 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
         **objective.trl_args(config, beta),
     )
     if eval_each_epoch:
-        # Held-out pairs scored at the end of each epoch, for the over-optimization alarm.
+        # Held-out pairs scored at the end of each epoch, for the over-optimization alarm (in batches of
+        # train.batch_size, as TRL averages the NLL term per batch; no gradients, so little memory).
         args.update(eval_strategy="epoch", per_device_eval_batch_size=config.batch_size)
         if config.keep_best_epoch:
             # The held-out loss decides: a proper score of the preference (accuracy on a few dozen
@@ -260,7 +274,7 @@ def measure_start(trainer, beta: float, objective: Objective, config: TrainConfi
 
     chosen, rejected = rewards(trainer.train_dataset)
     heldout = rewards(trainer.eval_dataset) if trainer.eval_dataset is not None else None
-    batch = trainer.args.per_device_train_batch_size
+    batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps  # TRL logs the step's means
     return Start(
         expected_loss=None,
         chosen=_batch_mean_range(chosen, batch),
@@ -307,7 +321,7 @@ def train_policy(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from infra.models import pick_device, pick_dtype
-    from tasks.trainers import flywheel_dpo_trainer
+    from tasks.trainers import flywheel_dpo_trainer, lm_head_tiles
 
     if len(pairs) < 1:
         raise ValueError("no preference pairs to train on")
@@ -326,7 +340,7 @@ def train_policy(
     own_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
     train_pairs, replayed = mix_replay(own_pairs, earlier_pairs, config.replay_share, config.seed + round_index)
     train_rows = objective.rows(train_pairs, _feedback_rows(config, objective))
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, lm_head_tiles(device):
         args = trainer_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs), objective=objective)
         forward = _log_callback(on_log) if on_log else None
         started = time.perf_counter()
@@ -348,6 +362,7 @@ def train_policy(
         )
         if objective.uses_reference:
             trainer.ref_model = ref_model = None  # no longer needed: freed (train() drops accelerate's handle)
+            gc.collect()  # TRL's fused LM head binds the model's forward to it: a cycle only the collector frees
         start = measure_start(trainer, args.beta, objective, config, reference_is_start)
         trainer.train()
         runtime = time.perf_counter() - started
