@@ -372,8 +372,8 @@ class TrainConfig(Section):
         "memorised the pairs (training margin +4.4 while the held-out pairs' rose +0.5, reward accuracy 1.0).",
     )
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (per device).")
-    # Measured (benchmarks/bench_memory.py, the bundled model, 8 pairs of up to 320 tokens, bf16 on a CPU): the
-    # training step's peak resident memory fell from 9.9 GB at 8 pairs per forward to 3.6 GB at 2.
+    # Measured (benchmarks/bench_memory.py: the bundled model, 8 pairs a step, responses of up to 160 tokens, bf16
+    # on a CPU): the train stage's peak resident memory was 6.5 GB at 8 pairs per forward, 3.9 at 4, 2.7 at 2, 2.6 at 1.
     micro_batch_size: int | None = Field(
         2, ge=1,
         description="Pairs per forward and backward pass; gradient accumulation over batch_size / micro_batch_size "

@@ -140,6 +140,9 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
         activation_checkpointing=False,  # recomputation costs more than it saves on small models
         dataloader_num_workers=0,
         lr_scheduler_type="constant_with_warmup",
+        # Evaluation computes the loss alone: otherwise TRL runs a second forward for the full-vocabulary
+        # logits and the Trainer keeps every held-out batch's (unused: no compute_metrics).
+        prediction_loss_only=True,
         warmup_steps=1,
         **objective.trl_args(config, beta),
     )
@@ -360,6 +363,7 @@ def train_policy(
             callbacks=[c for c in (forward, _finite_guard()) if c],
             **extra,
         )
+        extra.clear()
         if objective.uses_reference:
             trainer.ref_model = ref_model = None  # no longer needed: freed (train() drops accelerate's handle)
             gc.collect()  # TRL's fused LM head binds the model's forward to it: a cycle only the collector frees
