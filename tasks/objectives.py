@@ -38,6 +38,9 @@ class Objective:
     name: ClassVar[str]
     uses_reference: ClassVar[bool] = True  # False: no reference model, no reference pass
     paired: ClassVar[bool] = True  # False: trains on unpaired (prompt, completion, label) rows
+    # True: the loss is a mean over pairs (or, the DPO family's NLL term, re-weighted to the step's token mean), so
+    # micro-batches with gradient accumulation (train.micro_batch_size) learn what the whole batch would.
+    accumulates: ClassVar[bool] = True
 
     def beta(self, config: TrainConfig, round_index: int) -> float:
         """The value passed as TRL's ``beta``."""
@@ -182,6 +185,7 @@ class ORPO(Objective):
 
     name = "orpo"
     uses_reference = False
+    accumulates = False  # its NLL term is a token mean over the batch: micro-batches would weigh tokens differently
 
     def beta(self, config: TrainConfig, round_index: int) -> float:
         return config.orpo.weight
@@ -207,6 +211,7 @@ class KTO(Objective):
 
     name = "kto"
     paired = False
+    accumulates = False  # its KL estimate pairs each row with another of the same batch
 
     def trl_args(self, config: TrainConfig, beta: float) -> dict:
         return dict(precompute_ref_log_probs=True, desirable_weight=config.kto.desirable_weight,

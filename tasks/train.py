@@ -24,6 +24,7 @@ round away in bf16.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import tempfile
@@ -119,6 +120,17 @@ def _utilisation(trainer, config: TrainConfig, device: torch.device, dtype: torc
     return achieved, mfu, tokens
 
 
+def micro_batch_size(config: TrainConfig, objective: Objective) -> int:
+    """Pairs per forward pass in each process: the largest divisor of the process's share of
+    ``train.batch_size`` not above ``train.micro_batch_size`` (the whole share when it is None or
+    the objective cannot accumulate)."""
+    share = config.batch_size // config.num_processes
+    wanted = config.micro_batch_size
+    if wanted is None or not objective.accumulates or wanted >= share:
+        return share
+    return max(d for d in range(1, wanted + 1) if share % d == 0)
+
+
 def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dtype: torch.dtype, output_dir: str,
                  eval_each_epoch: bool = False, objective: Objective | None = None):
     """The TRL config of the round's objective (trl.DPOConfig for the DPO family): the pipeline's
@@ -126,13 +138,16 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
     it only holds the epoch checkpoints of ``keep_best_epoch``."""
     objective = objective or objective_for(config, round_index)
     beta = objective.beta(config, round_index)
-    per_device = config.batch_size // config.num_processes  # the global batch, split among the processes
+    share = config.batch_size // config.num_processes  # the global batch, split among the processes
+    micro = micro_batch_size(config, objective)
     args = dict(
         output_dir=output_dir,
         beta=beta,
         learning_rate=per_round(config.learning_rate, round_index),
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=per_device,
+        # Each process's share of train.batch_size per optimizer step, in forward passes of `micro` pairs (memory: activations).
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=share // micro,
         max_length=config.max_length,
         logging_steps=1,
         save_strategy="no",
@@ -143,12 +158,16 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
         activation_checkpointing=False,  # recomputation costs more than it saves on small models
         dataloader_num_workers=0,
         lr_scheduler_type="constant_with_warmup",
+        # Evaluation computes the loss alone: otherwise TRL runs a second forward for the full-vocabulary
+        # logits and the Trainer keeps every held-out batch's (unused: no compute_metrics).
+        prediction_loss_only=True,
         warmup_steps=1,
         **objective.trl_args(config, beta),
     )
     if eval_each_epoch:
-        # Held-out pairs scored at the end of each epoch, for the over-optimization alarm.
-        args.update(eval_strategy="epoch", per_device_eval_batch_size=per_device)
+        # Held-out pairs scored at the end of each epoch, for the over-optimization alarm (in batches of a
+        # process's share of train.batch_size, as TRL averages the NLL term per batch; no gradients, little memory).
+        args.update(eval_strategy="epoch", per_device_eval_batch_size=share)
         if config.keep_best_epoch:
             # The held-out loss decides: a proper score of the preference (accuracy on a few dozen
             # pairs ties; margins reward over-confidence) that includes the NLL term being trained.
@@ -276,7 +295,7 @@ def measure_start(trainer, beta: float, objective: Objective, config: TrainConfi
 
     chosen, rejected = rewards(trainer.train_dataset)
     heldout = rewards(trainer.eval_dataset) if trainer.eval_dataset is not None else None
-    batch = config.batch_size  # TRL logs the means of the whole batch, gathered from every process
+    batch = config.batch_size  # TRL logs the means of the whole step, gathered from every process
     return Start(
         expected_loss=None,
         chosen=_batch_mean_range(chosen, batch),
@@ -365,7 +384,7 @@ def train_policy(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from infra.models import pick_device, pick_dtype
-    from tasks.trainers import flywheel_dpo_trainer
+    from tasks.trainers import flywheel_dpo_trainer, lm_head_tiles
 
     if len(pairs) < 1:
         raise ValueError("no preference pairs to train on")
@@ -385,7 +404,7 @@ def train_policy(
     train_pairs, replayed = mix_replay(own_pairs, earlier_pairs, config.replay_share, config.seed + round_index)
     train_rows = objective.rows(train_pairs, _feedback_rows(config, objective))
     scratch_folder = tempfile.TemporaryDirectory() if shared_dir is None else contextlib.nullcontext(str(shared_dir / "scratch"))
-    with scratch_folder as scratch:
+    with scratch_folder as scratch, lm_head_tiles(device):
         args = trainer_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs), objective=objective)
         forward = _log_callback(on_log) if on_log else None
         started = time.perf_counter()
@@ -405,8 +424,10 @@ def train_policy(
             callbacks=[c for c in (forward, _finite_guard()) if c],
             **extra,
         )
+        extra.clear()
         if objective.uses_reference:
             trainer.ref_model = ref_model = None  # no longer needed: freed (train() drops accelerate's handle)
+            gc.collect()  # TRL's fused LM head binds the model's forward to it: a cycle only the collector frees
         start = measure_start(trainer, args.beta, objective, config, reference_is_start)
         trainer.train()
         runtime = time.perf_counter() - started

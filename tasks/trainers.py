@@ -1,15 +1,48 @@
-"""TRL's DPOTrainer with two additions Flywheel needs.
+"""TRL's DPOTrainer with the additions Flywheel needs, and the fused LM head's tiles on a CPU.
 
 * Reference log-probabilities handed in (``reference_logps``, per dataset name, "train" and
   "eval") are used instead of computing them: the ablation's cells share one reference pass.
 * With an NLL term (loss_type [..., "sft"]) both terms of the loss are logged apart, as
   ``loss/preference`` and ``loss/nll`` (TRL logs only their weighted sum), from the forward pass
   the loss already made.
+* Under gradient accumulation (``train.micro_batch_size``) each micro-batch's loss is weighed by
+  its share of the optimizer step, so the step's loss is the whole batch's: TRL averages the
+  preference term over a micro-batch's pairs and the NLL term over its chosen tokens, and the
+  Trainer averages the micro-batches; here the pairs are weighed by the step's pair count and
+  the tokens by the step's token count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from dataclasses import dataclass
+from typing import Iterator
+
+# TRL's fused LM head projects the hidden states onto the vocabulary in tiles of 32768 columns (up
+# to 4096 tokens each) and, without Triton, folds every tile into the log-softmax with torch ops
+# that make several fp32 copies of it. Narrower tiles on a CPU bound those copies; the result is the
+# same online log-sum-exp. Measured with benchmarks/bench_memory.py (bundled model, bf16): the
+# train stage's peak fell from 7.5 to 6.5 GB at 8 pairs a forward, from 3.4 to 2.7 GB at 2.
+CPU_VOCAB_TILE: int | None = 4096
+
+
+@contextlib.contextmanager
+def lm_head_tiles(device) -> Iterator[None]:
+    """Within the block, TRL's fused LM head scores ``CPU_VOCAB_TILE`` vocabulary columns at a
+    time when ``device`` is a CPU (None, or another device: TRL's own tiles)."""
+    import trl.trainer.utils as trl_utils
+
+    name = "_CHUNKED_LOGPROB_CHUNK_SIZE"
+    if CPU_VOCAB_TILE is None or device.type != "cpu" or not hasattr(trl_utils, name):
+        yield
+        return
+    before = getattr(trl_utils, name)
+    setattr(trl_utils, name, min(before, CPU_VOCAB_TILE))
+    try:
+        yield
+    finally:
+        setattr(trl_utils, name, before)
 
 
 @functools.cache
@@ -20,11 +53,23 @@ def flywheel_dpo_trainer() -> type:
     return type("FlywheelDPOTrainer", (_Additions, DPOTrainer), {})
 
 
+@dataclass
+class _Step:
+    pairs: int  # pairs in the optimizer step, over all its micro-batches
+    chosen_tokens: int  # chosen-response tokens the NLL term averages over
+
+
+def _chosen_mask(inputs):
+    """The chosen responses' tokens whose log-probs the loss reads (TRL's shifted completion mask)."""
+    return inputs["completion_mask"][..., 1:].chunk(2, dim=0)[0].bool()
+
+
 class _Additions:
     """Mixed in before DPOTrainer."""
 
     def __init__(self, *args, reference_logps: dict[str, tuple[list[float], list[float]]] | None = None, **kwargs):
         self._given_reference_logps = reference_logps or {}
+        self._step: _Step | None = None
         super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -36,8 +81,16 @@ class _Additions:
             return dataset.add_column("ref_chosen_logps", list(chosen)).add_column("ref_rejected_logps", list(rejected))
         return super()._precompute_ref_logps(dataset, name, batch_size)
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The optimizer step's micro-batches, counted for ``_compute_loss``'s weights."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step = _Step(pairs=sum(len(b["completion_mask"]) // 2 for b in batches),
+                           chosen_tokens=sum(int(_chosen_mask(b).sum()) for b in batches))
+        return batches, num_items
+
     def _compute_loss(self, model, inputs, return_outputs):
-        if "sft" not in self.loss_types:
+        accumulating = self.model.training and self.args.gradient_accumulation_steps > 1 and self._step is not None
+        if "sft" not in self.loss_types and not accumulating:
             return super()._compute_loss(model, inputs, return_outputs)
         captured = {}
 
@@ -47,13 +100,24 @@ class _Additions:
 
         result = super()._compute_loss(forward, inputs, return_outputs)
         loss = result[0] if return_outputs else result
-        shift_mask = inputs["completion_mask"][..., 1:]
-        chosen_mask = shift_mask.chunk(2, dim=0)[0].bool()
-        chosen_logps = captured["outputs"].log_probs[:, -shift_mask.size(1):].chunk(2, dim=0)[0]
-        nll = -chosen_logps[chosen_mask].mean().detach()  # as TRL's "sft" term computes it
-        weight = self.loss_weights[self.loss_types.index("sft")]
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["loss/nll"].append(self.accelerator.gather_for_metrics(nll).mean().item())
-        self._metrics[mode]["loss/preference"].append(
-            self.accelerator.gather_for_metrics(loss.detach() - weight * nll).mean().item())
-        return result
+        weight = self.loss_weights[self.loss_types.index("sft")] if "sft" in self.loss_types else 0.0
+        chosen_mask = _chosen_mask(inputs)
+        nll = loss.new_zeros(())
+        if weight:
+            chosen_logps = captured["outputs"].log_probs[:, -chosen_mask.size(1):].chunk(2, dim=0)[0]
+            nll = -chosen_logps[chosen_mask].mean()  # as TRL's "sft" term computes it
+        preference = loss - weight * nll
+        if accumulating:
+            # The Trainer divides each micro-batch's loss by their number, k: weighed by k x its share
+            # of the step's pairs (preference) and chosen tokens (NLL), they add up to the batch's loss.
+            k = self.current_gradient_accumulation_steps
+            preference = preference * (k * (len(chosen_mask) / self._step.pairs))
+            nll = nll * (k * (int(chosen_mask.sum()) / max(self._step.chosen_tokens, 1)))
+            loss = preference + weight * nll
+        if weight:
+            # Logged per micro-batch and averaged per step: with the weights above, the step's terms.
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["loss/nll"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
+            self._metrics[mode]["loss/preference"].append(
+                self.accelerator.gather_for_metrics(preference.detach()).mean().item())
+        return (loss, *result[1:]) if return_outputs else loss

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from infra.records import PreferencePair
@@ -127,3 +128,41 @@ def test_a_non_finite_logged_figure_stops_training():
     guard.on_log(None, state, TrainerControl(), logs={"loss": 0.69, "grad_norm": 0.4, "epoch": 1.0})
     with pytest.raises(NonFiniteLoss, match=r"step 3: the loss diverged \(grad_norm, logps/chosen not finite\)"):
         guard.on_log(None, state, TrainerControl(), logs={"loss": 0.0, "grad_norm": float("nan"), "logps/chosen": float("-inf")})
+
+
+def _uneven_pairs(n, seed):
+    """Pairs whose chosen responses differ a lot in length, so that a micro-batch's token mean of
+    the NLL term is not the batch's."""
+    import random
+
+    rng = random.Random(seed)
+    words = "apple river stone cloud paper lamp green quick silver window music orange table forest".split()
+    return [PreferencePair(prompt_id=f"u{i}", prompt=f"Describe thing {i}.",
+                           chosen=" ".join(rng.choice(words) for _ in range(rng.choice((2, 6, 25, 40)))),
+                           rejected=" ".join(rng.choice(words) for _ in range(rng.randint(2, 12))),
+                           score_chosen=1.0, score_rejected=0.0, similarity=0.1) for i in range(n)]
+
+
+@pytest.mark.parametrize("objective", ["dpo", "simpo"])
+def test_micro_batches_learn_what_the_whole_batch_does(objective, tiny_model, tmp_path):
+    """Gradient accumulation over micro-batches (train.micro_batch_size) gives each optimizer step
+    the whole batch's loss, NLL term included (weighed by the step's tokens, not per micro-batch),
+    and so the same updates: the logged losses and terms of every step agree."""
+    from tasks.objectives import objective_for
+    from tasks.train import trainer_args
+
+    pairs = _uneven_pairs(14, 3)  # 14 pairs: steps of 8 and 6 pairs (4 and 3 micro-batches of 2)
+    runs = {}
+    for micro in (None, 2):
+        config = TrainConfig(objective=[objective], epochs=2, batch_size=8, micro_batch_size=micro, learning_rate=[5e-3],
+                             beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0, nll_weight=1.0)
+        args = trainer_args(config, 1, torch.device("cpu"), torch.float32, str(tmp_path), objective=objective_for(config, 1))
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == ((8, 1) if micro is None else (2, 4))
+        result = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / str(micro))
+        runs[micro] = [h for h in result.log_history if "loss" in h and "train_loss" not in h]
+    whole, micro = runs[None], runs[2]
+    assert len(whole) == len(micro) == 4
+    keys = ["loss", "rewards/margins", "rewards/accuracies"] + (["loss/nll", "loss/preference"] if objective == "dpo" else [])
+    for a, b in zip(whole, micro):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a["step"])
