@@ -46,6 +46,7 @@ from tasks.train import NonFiniteLoss, TrainResult, train_policy
 JOB, LAUNCH_CONFIG, STEPS, RESULT, DIVERGED, SHARED, LOG = (
     "job.json", "accelerate.yaml", "steps.jsonl", "result.json", "diverged.json", "shared", "launch.log")
 DIVERGED_EXIT = 3  # a process's exit status when the loss diverged
+FAILED_PREFIX = "failed-rank"  # a failing process's own traceback: failed-rank<N>.txt
 TAIL_LINES = 40  # lines of the processes' output a failure shows
 
 
@@ -142,9 +143,11 @@ def launch_training(
             diverged = json.loads((job_dir / DIVERGED).read_text())
             raise NonFiniteLoss(diverged["step"], diverged["names"])
         if status != 0 or not (job_dir / RESULT).exists():
+            own = sorted(job_dir.glob(f"{FAILED_PREFIX}*.txt"), key=lambda p: p.stat().st_mtime)
+            detail = (own[0].read_text(errors="replace").rstrip() if own
+                      else failure_excerpt((job_dir / LOG).read_text(errors="replace")))
             raise RuntimeError(f"training in {config.num_processes} processes (accelerate launch) failed with exit status "
-                               f"{status}" + ("" if status else ", without a result") + ":\n"
-                               + failure_excerpt((job_dir / LOG).read_text(errors="replace")))
+                               f"{status}" + ("" if status else ", without a result") + ":\n" + detail)
         return TrainResult.model_validate_json((job_dir / RESULT).read_text())
 
 
@@ -271,6 +274,13 @@ def run_job(job_file: Path) -> int:
         _write_whole(job_dir / DIVERGED, json.dumps({"step": err.step, "names": err.names}))
         print(err, file=sys.stderr)
         return DIVERGED_EXIT
+    except Exception:
+        # The processes' outputs interleave (before they meet, torchrun does not prefix them):
+        # each keeps its own traceback whole, for the launching process to show.
+        import traceback
+
+        _write_whole(job_dir / f"{FAILED_PREFIX}{os.environ.get('RANK', '0')}.txt", traceback.format_exc())
+        raise
     if main_process:
         _write_whole(job_dir / RESULT, result.model_dump_json())
     return 0
