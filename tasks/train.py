@@ -305,6 +305,18 @@ def measure_start(trainer, beta: float, objective: Objective, config: TrainConfi
     )
 
 
+def _drop_reference(trainer) -> None:
+    """Free the reference model once its log-probs are computed: the trainer's handle, accelerate's
+    (it keeps every model it prepared) and, by collecting, the cycle TRL's fused LM head makes (the
+    model's forward bound to it)."""
+    held, trainer.ref_model = trainer.ref_model, None
+    models = getattr(trainer.accelerator, "_models", None)
+    if held is not None and isinstance(models, list):
+        models[:] = [m for m in models if m is not held]
+    del held
+    gc.collect()
+
+
 def _kept_step(trainer) -> int | None:
     best = trainer.state.best_model_checkpoint
     return int(Path(best).name.split("-")[-1]) if best else None
@@ -426,8 +438,8 @@ def train_policy(
         )
         extra.clear()
         if objective.uses_reference:
-            trainer.ref_model = ref_model = None  # no longer needed: freed (train() drops accelerate's handle)
-            gc.collect()  # TRL's fused LM head binds the model's forward to it: a cycle only the collector frees
+            ref_model = None
+            _drop_reference(trainer)
         start = measure_start(trainer, args.beta, objective, config, reference_is_start)
         trainer.train()
         runtime = time.perf_counter() - started

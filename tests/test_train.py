@@ -166,3 +166,33 @@ def test_micro_batches_learn_what_the_whole_batch_does(objective, tiny_model, tm
     for a, b in zip(whole, micro):
         for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a["step"])
+
+
+def test_a_loaded_reference_is_freed_before_training(tiny_model, tmp_path, monkeypatch):
+    """A reference that is not the starting policy (reference: initial, round 2 on) is a second
+    model: once its log-probs are computed it must be gone, not held through training."""
+    import shutil
+    import weakref
+
+    from tasks.trainers import flywheel_dpo_trainer
+
+    trainer_class, seen = flywheel_dpo_trainer(), {}
+    precompute, train = trainer_class._precompute_ref_logps, trainer_class.train
+
+    def watch_reference(self, *args, **kwargs):
+        if self.ref_model is not None:
+            seen["reference"] = weakref.ref(self.ref_model)
+        return precompute(self, *args, **kwargs)
+
+    def note_alive(self, *args, **kwargs):
+        seen["alive_at_train"] = seen["reference"]() is not None
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_class, "_precompute_ref_logps", watch_reference)
+    monkeypatch.setattr(trainer_class, "train", note_alive)
+    reference = shutil.copytree(tiny_model, tmp_path / "reference")
+    config = TrainConfig(batch_size=2, lora_r=4, lora_alpha=8, heldout_share=0)
+    result = train_policy(tiny_model, make_pairs(4), config, ModelConfig(dtype="fp32"), 2, tmp_path / "out",
+                          reference_checkpoint=str(reference))
+    assert not result.reference_is_start and "reference" in seen
+    assert seen["alive_at_train"] is False
