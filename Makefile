@@ -66,7 +66,7 @@ lint: install
 	  echo "make lint: the imports above are suppressed E402 (import not at the top): move them up"; exit 1; fi
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q
 
 benchmark: install
 	$(BIN)/python benchmarks/bench_speed.py

@@ -89,13 +89,3 @@ def killed_round_chain(tiny_model, s3_server, prefect_harness, tmp_path_factory)
     from tests.killed_round import kill_in_every_stage
 
     return kill_in_every_stage(tiny_model, s3_server, tmp_path_factory.mktemp("kill-chain"))
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs ``-n 2 --dist loadgroup``) a module's tests stay in one
-    worker, so its module-scoped servers and rounds are set up once; tests marked with a group of
-    their own (the kill chain's users) share a worker with that group instead."""
-    for item in items:
-        if not any(m.name == "xdist_group" for m in item.iter_markers()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-

@@ -10,7 +10,8 @@ from infra import layout
 from infra.store import store_from_config
 from tests.killed_round import ROUND_STAGES
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kill-chain")]  # one worker runs the chain for both modules
+pytestmark = pytest.mark.slow
+
 
 
 def _manifests(chain):
