@@ -19,6 +19,7 @@ first of them (``reference_logps.json``).
 from __future__ import annotations
 
 import contextvars
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -40,6 +41,9 @@ from infra.tracking import Tracker
 from tasks.ablation import AblationCell, CellResult, Recommendation, ablation_figure, cell_figures, matrix, recommend, table_rows
 
 SUMMARY = "summary"
+# transformers' model loading is not thread-safe (seen: "Cannot copy out of meta tensor" when two
+# cells' evaluations loaded checkpoints at once), so the cells' local work takes turns.
+LOCAL_MODELS = threading.Lock()
 CELL_FILE = "cell.json"
 
 
@@ -145,9 +149,10 @@ def run_cell(config: FlywheelConfig, round_index: int, cell: AblationCell, prefi
         challenger, not_trained = train_challenger(ctx, pairs)
         if challenger is None:
             raise AblationError(f"cell {cell.name}: {not_trained}")
-        pairwise = evaluate_pairwise_task(ctx, challenger, prompts)
-        regression = check_regression_task(ctx, challenger) if benchmarks else None
-        moved = _kl_to_start(ctx, challenger, prompts) if kl else None
+        with LOCAL_MODELS:  # cells running at once train elsewhere; here they load models one at a time
+            pairwise = evaluate_pairwise_task(ctx, challenger, prompts)
+            regression = check_regression_task(ctx, challenger) if benchmarks else None
+            moved = _kl_to_start(ctx, challenger, prompts) if kl else None
     except BaseException:
         tracker.end_round("FAILED")
         raise
