@@ -47,7 +47,7 @@ def guide_generate(model, tokenizer, rendered: list[str], temperatures: list[flo
     for i, text in enumerate(rendered):
         for j, temperature in enumerate(temperatures):
             torch.manual_seed(1000 + i * len(temperatures) + j)
-            inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(
                     **inputs, max_new_tokens=max_new_tokens, temperature=temperature, do_sample=True,
@@ -68,7 +68,10 @@ def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int
     # Warm-up on both models, so one-off costs (kernel selection, allocations) count for neither.
     fast = load_model(checkpoint, ModelConfig(dtype=dtype))
     requests = [SampleRequest(key=(p.id, j), prompt=p.text, temperature=t) for p in prompts for j, t in enumerate(temperatures)]
-    sample_batched(fast, tokenizer, requests[:2], max_new_tokens=4, batch_size=2, seed=1)
+    # At the measured batch shape, both ways: on a GPU the first pass at a new shape pays for kernel selection
+    # (an H200 ran the first of the two variants 3x slower than the second when warmed on 2 rows only).
+    for share in (True, False):
+        sample_batched(fast, tokenizer, requests, max_new_tokens=4, batch_size=batch_size, seed=1, share_prefill=share)
     runs = {}
     for name, share in (("shared_prefill", True), ("no_sharing", False)):
         with peak_rss() as memory:
@@ -82,8 +85,8 @@ def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int
 
     from transformers import AutoModelForCausalLM
 
-    plain = AutoModelForCausalLM.from_pretrained(checkpoint)  # as the guide loads it: fp32
-    plain.eval()
+    plain = AutoModelForCausalLM.from_pretrained(checkpoint)  # as the guide loads it: fp32, on the GPU if there is one
+    plain.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     rendered = [render_chat(tokenizer, p.text) for p in prompts]
     eos_ids = _eos_ids(plain, tokenizer)
     guide_generate(plain, tokenizer, rendered[:1], temperatures[:1], 4, eos_ids)
@@ -103,7 +106,7 @@ def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int
     }
 
 
-def guide_train(checkpoint: str, pairs, output_dir: str) -> float:
+def guide_train(checkpoint: str, pairs, output_dir: str, callbacks=()) -> float:
     """TRL DPOTrainer as the guide configures it (batch 1; bf16 only on CUDA); returns seconds."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -121,7 +124,8 @@ def guide_train(checkpoint: str, pairs, output_dir: str) -> float:
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), fp16=False,
     )
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM", target_modules="all-linear")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora,
+                         callbacks=list(callbacks))
     started = time.perf_counter()
     trainer.train()
     return time.perf_counter() - started

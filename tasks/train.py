@@ -120,12 +120,17 @@ def _utilisation(trainer, config: TrainConfig, device: torch.device, dtype: torc
     return achieved, mfu, tokens
 
 
-def micro_batch_size(config: TrainConfig, objective: Objective) -> int:
+CPU_MICRO_BATCH = 2  # pairs per pass on a CPU under micro_batch_size 'auto' (infra/settings.py says why)
+
+
+def micro_batch_size(config: TrainConfig, objective: Objective, device: torch.device | None = None) -> int:
     """Pairs per forward pass in each process: the largest divisor of the process's share of
     ``train.batch_size`` not above ``train.micro_batch_size`` (the whole share when it is None or
-    the objective cannot accumulate)."""
+    the objective cannot accumulate; 'auto': ``CPU_MICRO_BATCH`` on a CPU, the whole share on a GPU)."""
     share = config.batch_size // config.num_processes
     wanted = config.micro_batch_size
+    if wanted == "auto":
+        wanted = None if device is not None and device.type == "cuda" else CPU_MICRO_BATCH
     if wanted is None or not objective.accumulates or wanted >= share:
         return share
     return max(d for d in range(1, wanted + 1) if share % d == 0)
@@ -139,7 +144,7 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
     objective = objective or objective_for(config, round_index)
     beta = objective.beta(config, round_index)
     share = config.batch_size // config.num_processes  # the global batch, split among the processes
-    micro = micro_batch_size(config, objective)
+    micro = micro_batch_size(config, objective, device)
     args = dict(
         output_dir=output_dir,
         beta=beta,

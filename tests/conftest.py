@@ -9,10 +9,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    """A tiny randomly initialised Llama carrying the real SmolLM2 tokenizer and chat template."""
+    """A tiny randomly initialised Llama carrying the real SmolLM2 tokenizer and chat template.
+
+    FLYWHEEL_TEST_TOKENIZER names a folder holding that tokenizer, for a machine without the
+    bundled model's package (a GPU box the suite is copied to)."""
     from infra.models import make_tiny_model
 
-    return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
+    return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", os.environ.get("FLYWHEEL_TEST_TOKENIZER")))
 
 
 @pytest.fixture(scope="session")

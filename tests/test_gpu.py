@@ -1,0 +1,79 @@
+"""The CUDA paths of the stage cores: sampling and training on a GPU (bf16 where the GPU has it),
+and the matmul peak that MFU is measured against. Skipped where CUDA is missing (CI, the CPU
+machines); run them on a GPU machine with `pytest -m gpu`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from infra.records import PreferencePair, Prompt
+from infra.settings import GenerateConfig, ModelConfig, TrainConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+PROMPTS = [Prompt(id=f"p{i}", text="Tell me about cats. " * (i + 1)) for i in range(5)]
+
+
+def test_hf_backend_samples_on_the_gpu_in_bf16_and_is_seeded(tiny_model):
+    from tasks.backends import open_backend
+    from tasks.generate import generate_candidates
+
+    config = GenerateConfig(n_candidates=4, temperatures=[0.7, 1.0], max_new_tokens=12, batch_size=16)
+    with open_backend(tiny_model, config, ModelConfig()) as backend:
+        weight = next(backend.model.parameters())
+        assert weight.device.type == "cuda"
+        assert weight.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+        first = generate_candidates(backend, PROMPTS, config, seed=1, progress=False)
+        again = generate_candidates(backend, PROMPTS, config, seed=1, progress=False)
+        other = generate_candidates(backend, PROMPTS, config, seed=2, progress=False)
+    assert len(first) == 20 and [sum(c.prompt_id == p.id for c in first) for p in PROMPTS] == [4] * 5
+    assert [c.temperature for c in first if c.prompt_id == "p0"] == [0.7, 1.0, 0.7, 1.0]
+    assert all(0 < c.n_tokens <= 12 for c in first)
+    assert first == again and first != other
+
+
+def test_shared_prefill_gives_the_same_samples_on_the_gpu(tiny_model):
+    """In fp32 the shared prefill's cache is the plain prefill's, so the samples are the same rows."""
+    from infra.models import load_model, load_tokenizer
+    from tasks.generate import SampleRequest, sample_batched
+
+    model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
+    assert next(model.parameters()).device.type == "cuda"
+    requests = [SampleRequest(key=(p.id, i), prompt=p.text, temperature=(0.6, 1.0, 1.4)[i % 3]) for p in PROMPTS for i in range(4)]
+    shared = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=True)
+    plain = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=False)
+    assert len(shared) == 20 and shared == plain
+
+
+def _pairs(n: int) -> list[PreferencePair]:
+    return [PreferencePair(prompt_id=str(i), prompt=f"Name a colour, number {i}.", chosen=f"Blue is a fine colour, {i}.",
+                           rejected=f"no no no no {i}", score_chosen=1.0, score_rejected=0.0, similarity=0.2) for i in range(n)]
+
+
+def test_dpo_trains_on_the_gpu(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from tasks.train import train_policy
+
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0, nll_weight=0)
+    result = train_policy(tiny_model, _pairs(8), config, ModelConfig(), 1, tmp_path / "out")
+    # The reference is the adapter-disabled policy: the first loss is ln 2 (bf16 autocast: a looser tolerance).
+    assert result.initial_loss == pytest.approx(math.log(2), abs=2e-2)
+    assert all(math.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
+    assert result.n_steps == 4 and result.trained_tokens > 0 and 0 < result.mfu < 1
+    assert result.final_reward_margin > 0
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+    base, merged = load_file(f"{tiny_model}/model.safetensors"), load_file(str(tmp_path / "out" / "merged" / "model.safetensors"))
+    assert base.keys() == merged.keys()
+    assert any(not torch.equal(merged[k].float(), base[k].float()) for k in base), "merging the adapter changed no weight"
+
+
+def test_the_gpu_matmul_peak_is_measured_on_the_gpu():
+    from tasks.flops import measured_peak_flops
+
+    gpu = measured_peak_flops("cuda", torch.bfloat16, seconds=0.3)
+    cpu = measured_peak_flops("cpu", torch.float32, size=512, seconds=0.3)
+    assert gpu > cpu > 0
