@@ -6,9 +6,9 @@ round 1 with everything else at its default (or ``--config``), and the benchmark
 the round logged to MLflow: every stage's wall time and peak resident memory, tokens generated,
 pairs trained; and the share of the round's wall time spent outside the stages' own work
 (orchestration, tracking, storage: the round's time minus the sum of its stages'). Cost should
-grow linearly with the prompts and memory stay flat. The first round also pays the process's
-one-time costs (Prefect's temporary API starting, the bundled model converted on first use):
-they land in its "outside" share.
+grow linearly with the prompts and memory stay flat. The process's one-time costs (Prefect's
+temporary API starting, the bundled model converted on first use) are paid by a warm-up before
+the first size, so no size carries them.
 
 Usage:  .venv/bin/python benchmarks/bench_round.py [--sizes 32,64,128,256] [--config configs/demo.yaml]
 Writes benchmarks/results/<host>-round-scaling.json and .png, and prints the table.
@@ -53,6 +53,21 @@ def run_size(n_train: int, base_overrides: list[str], config_file: Path | None, 
     }
 
 
+def warm_up(base_overrides: list[str], config_file: Path | None, work: Path) -> None:
+    """Pay the process's one-time costs before any size is timed: the bundled model converted,
+    Prefect's temporary API started (by a flow that does nothing)."""
+    from prefect import flow
+
+    from flows.cli import _prepare_environment
+    from infra.models import resolve_checkpoint
+    from tasks.config_checks import load_checked_config
+
+    config = load_checked_config(config_file, [*base_overrides, f"storage.data_dir={work}"])
+    _prepare_environment(config)
+    resolve_checkpoint(config.model.base, config.storage.data_dir)
+    flow(name="bench-round-warm-up")(lambda: None)()
+
+
 def figure(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -92,16 +107,24 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    from benchmarks.bench_speed import cpu_name
+    from infra.models import cpu_supports_bf16
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-round-") as work:
+        warm_up(args.overrides, args.config, Path(work))
         for size in [int(s) for s in args.sizes.split(",")]:
             rows.append(run_size(size, args.overrides, args.config, Path(work)))
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{platform.node() or 'host'}-round-scaling"
-    stem.with_suffix(".json").write_text(json.dumps({"machine": platform.processor() or platform.machine(), "rounds": rows}, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps({
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_native": cpu_supports_bf16()},
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "config": str(args.config) if args.config else "defaults", "overrides": args.overrides, "rounds": rows}, indent=2))
     figure(rows, stem.with_suffix(".png"))
     header = f"{'prompts':>7} {'round min':>9} " + " ".join(f"{s[:8]:>8}" for s in STAGES) + f" {'tokens':>8} {'pairs':>5} {'outside':>7} {'peak GB':>7}"
     print(header)

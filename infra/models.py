@@ -54,6 +54,11 @@ def convert_bundled_model(target: Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
+    return _save_whole(model, tokenizer, target)
+
+
+def _save_whole(model, tokenizer, target: Path) -> Path:
+    """Save into a temporary folder beside ``target``, then move it into place: whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         model.save_pretrained(tmp)
@@ -140,10 +145,4 @@ def make_tiny_model(target: Path, tokenizer_source: str | None = None, seed: int
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.move(tmp, target)
-    return target
+    return _save_whole(LlamaForCausalLM(config), tokenizer, target)

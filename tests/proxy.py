@@ -8,32 +8,26 @@ import threading
 import time
 
 
-class CuttingProxy:
-    """Forwards TCP to ``target_port``; goes down the first time client bytes contain ``marker``.
+class _Proxy:
+    """Forwards TCP from a loopback port to ``target_port``; subclasses decide, per connection and
+    per chunk the client sends, whether it goes through."""
 
-    While down, new connections are closed at once and a connection that sends anything is
-    cut; ``refused`` counts both. ``restore()`` brings it back for good (the marker cuts once);
-    with ``outage_s`` it comes back by itself that long after the cut.
-    """
-
-    def __init__(self, target_port: int, marker: bytes, outage_s: float | None = None):
+    def __init__(self, target_port: int):
         self.target_port = target_port
-        self.marker = marker
-        self.outage_s = outage_s  # given: the server comes back by itself this long after the cut
-        self.down_at: float | None = None
-        self.restored_at: float | None = None
-        self.down = threading.Event()
-        self.cut_seen = threading.Event()
-        self.refused = 0
-        self._count = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def _refuse(self) -> None:
-        with self._count:
-            self.refused += 1
+    def _admit(self, client: socket.socket) -> bool:
+        """Whether a new connection is forwarded (False: it was dealt with)."""
+        return True
+
+    def _stop_at(self, data: bytes, src: socket.socket) -> bool:
+        """Whether the client's chunk ``data`` ends its connection instead of going through."""
+        return False
 
     def _accept(self) -> None:
         while True:
@@ -41,9 +35,7 @@ class CuttingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            if self.down.is_set():
-                self._refuse()
-                client.close()  # the server is gone: connections die at once
+            if not self._admit(client):
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
@@ -52,15 +44,7 @@ class CuttingProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
-                armed = not self.cut_seen.is_set()
-                if from_client and (self.down.is_set() or (armed and self.marker in data)):
-                    if not self.cut_seen.is_set():
-                        self.down_at = time.monotonic()
-                        if self.outage_s is not None:
-                            threading.Timer(self.outage_s, self.restore).start()
-                    self.cut_seen.set()  # the server goes away once; after restore() it stays
-                    self.down.set()
-                    self._refuse()
+                if from_client and self._stop_at(data, src):
                     break
                 dst.sendall(data)
         except OSError:
@@ -73,29 +57,71 @@ class CuttingProxy:
                     pass
                 sock.close()
 
-    def restore(self) -> None:
-        self.restored_at = time.monotonic()
-        self.down.clear()
-
     def close(self) -> None:
         self.listener.close()
 
 
-class HoldingProxy:
+class CuttingProxy(_Proxy):
+    """Forwards TCP to ``target_port``; goes down the first time client bytes contain ``marker``.
+
+    While down, new connections are closed at once and a connection that sends anything is
+    cut; ``refused`` counts both. ``restore()`` brings it back for good (the marker cuts once);
+    with ``outage_s`` it comes back by itself that long after the cut.
+    """
+
+    def __init__(self, target_port: int, marker: bytes, outage_s: float | None = None):
+        super().__init__(target_port)
+        self.marker = marker
+        self.outage_s = outage_s  # given: the server comes back by itself this long after the cut
+        self.down_at: float | None = None
+        self.restored_at: float | None = None
+        self.down = threading.Event()
+        self.cut_seen = threading.Event()
+        self.refused = 0
+        self._count = threading.Lock()
+        self.start()
+
+    def _refuse(self) -> None:
+        with self._count:
+            self.refused += 1
+
+    def _admit(self, client: socket.socket) -> bool:
+        if self.down.is_set():
+            self._refuse()
+            client.close()  # the server is gone: connections die at once
+            return False
+        return True
+
+    def _stop_at(self, data: bytes, src: socket.socket) -> bool:
+        armed = not self.cut_seen.is_set()
+        if not (self.down.is_set() or (armed and self.marker in data)):
+            return False
+        if not self.cut_seen.is_set():
+            self.down_at = time.monotonic()
+            if self.outage_s is not None:
+                threading.Timer(self.outage_s, self.restore).start()
+        self.cut_seen.set()  # the server goes away once; after restore() it stays
+        self.down.set()
+        self._refuse()
+        return True
+
+    def restore(self) -> None:
+        self.restored_at = time.monotonic()
+        self.down.clear()
+
+
+class HoldingProxy(_Proxy):
     """Forwards TCP to ``target_port``; once ``arm``-ed, holds the first request whose first line
     starts with ``method`` and contains ``path``: it is neither forwarded nor answered, so its
     sender waits (until it is killed, say). ``held`` is set then; the proxy disarms itself.
     """
 
     def __init__(self, target_port: int):
-        self.target_port = target_port
+        super().__init__(target_port)
         self.request: tuple[bytes, bytes] | None = None
         self.held = threading.Event()
         self._arming = threading.Lock()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.start()
 
     def arm(self, method: bytes, path: bytes) -> None:
         with self._arming:
@@ -114,33 +140,9 @@ class HoldingProxy:
             self.held.set()
             return True
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if from_client and self._holds(data):
-                    while src.recv(65536):  # the held request goes nowhere, until its sender goes away
-                        pass
-                    break
-                dst.sendall(data)
-        except OSError:
+    def _stop_at(self, data: bytes, src: socket.socket) -> bool:
+        if not self._holds(data):
+            return False
+        while src.recv(65536):  # the held request goes nowhere, until its sender goes away
             pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
+        return True
