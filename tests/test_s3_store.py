@@ -18,8 +18,8 @@ def bucket(s3_server):
     return name
 
 
-def make_store(s3_server, bucket, cache) -> S3ArtifactStore:
-    store = open_store(f"s3://{bucket}/runs", cache_dir=cache, endpoint_url=s3_server.url)
+def make_store(s3_server, bucket, cache, retry_s: float = 120.0) -> S3ArtifactStore:
+    store = open_store(f"s3://{bucket}/runs", cache_dir=cache, endpoint_url=s3_server.url, retry_s=retry_s)
     assert isinstance(store, S3ArtifactStore)
     return store
 
@@ -89,7 +89,8 @@ def test_json_pointers_round_trip(s3_server, bucket, tmp_path):
 
 
 def test_server_gone_fails_clearly_and_rerun_succeeds(s3_server, bucket, tmp_path):
-    store = make_store(s3_server, bucket, tmp_path / "cache")
+    # A short retry budget: the test is about the failure once it is spent (test_s3_fault.py rides out an outage).
+    store = make_store(s3_server, bucket, tmp_path / "cache", retry_s=3)
     s3_server.stop()
     try:
         with pytest.raises(ArtifactStoreError) as err:
