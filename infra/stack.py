@@ -264,8 +264,7 @@ def up(folder: Path, repo: Path | None = None, timeout: float = 300) -> dict:
                            env=worker_env, check=True, capture_output=True, timeout=120)
             launch(f"worker-{pool}", [_bin("prefect"), "worker", "start", "--pool", pool, "--name", f"{pool}-local"], worker_env)
     except BaseException:
-        for proc in reversed(started):
-            _stop_pid(proc.pid)
+        _stop_pids([proc.pid for proc in reversed(started)])
         (folder / "stack.json").unlink(missing_ok=True)
         raise
     (folder / "stack.json").write_text(json.dumps(state, indent=2))
@@ -279,23 +278,29 @@ def read_state(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _stop_pid(pid: int, grace: float = 15) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+def _stop_pids(pids: list[int], grace: float = 15) -> None:
+    """SIGTERM to each process group, then SIGKILL to those still there after ``grace`` seconds
+    (all waited for together: a slow one does not hold up the others' grace)."""
+    alive = []
+    for pid in pids:
         try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            break
-        try:  # reap it when it is our own child
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
+            os.killpg(pid, signal.SIGTERM)
+            alive.append(pid)
+        except (ProcessLookupError, PermissionError):
             pass
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:  # reap it when it is our own child
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                alive.remove(pid)
         time.sleep(0.2)
-    else:
+    for pid in alive:
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -310,9 +315,11 @@ def down(folder: Path) -> list[str]:
         return []
     state = json.loads(path.read_text())
     names = list(state["pids"])
-    order = [n for n in names if n.startswith("worker-")] + [n for n in ("prefect", "mlflow", "s3") if n in names]
-    for name in order:
-        _stop_pid(state["pids"][name])
+    workers = [n for n in names if n.startswith("worker-")]
+    servers = [n for n in ("prefect", "mlflow", "s3") if n in names]
+    for wave in (workers, servers):  # workers first: they would otherwise log the servers' absence
+        _stop_pids([state["pids"][name] for name in wave])
+    order = workers + servers
     path.unlink()
     return order
 

@@ -134,6 +134,7 @@ def test_corrupted_s3_object_is_detected_and_its_stage_redone(tiny_model, s3_ser
     _assert_champion_and_history(store, config, summary)
 
 
+@pytest.mark.stack
 def test_round_killed_in_every_stage_resumes_where_it_stopped(killed_round_chain):
     """Killed in generate, judge, filter, train, evaluate, regression, promote and publish, one
     process after the other (tests/killed_round.py), round 1 goes on where it stopped each time."""

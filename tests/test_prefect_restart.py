@@ -32,7 +32,7 @@ from tests.conftest import free_port
 from tests.killed_round import kill_session, start_round, wait_for_log
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]  # `make test-stack`
 
 OUTAGE_S = 6  # between the server's exit and its start again (which adds its start-up time)
 STAGES = ["prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote"]

@@ -10,7 +10,7 @@ from infra import layout
 from infra.store import store_from_config
 from tests.killed_round import ROUND_STAGES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]  # `make test-stack`
 
 
 

@@ -16,7 +16,7 @@ from infra.store import store_from_config
 from tests.proxy import CuttingProxy
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]  # `make test-stack`
 
 
 def test_round_survives_the_s3_server_going_away(tiny_model, s3_server, prefect_harness, tmp_path):

@@ -22,7 +22,7 @@ import yaml
 from infra import stack
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]  # `make test-stack`
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP = "stacktest"

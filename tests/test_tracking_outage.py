@@ -174,6 +174,7 @@ def restore_after_training(proxy: CuttingProxy, manifest: Path, data_dir: Path, 
     proxy.restore()
 
 
+@pytest.mark.stack
 def test_a_round_survives_an_mlflow_outage_during_training(tiny_model, prefect_harness, mlflow_server, tmp_path):
     from flows.round import run_round
 
