@@ -257,6 +257,13 @@ def earlier_pairs(ctx: RoundContext) -> list[StageResult]:
     return [StageResult(key, None) for key in keys if ctx.store.is_complete(key)]
 
 
+def reference_logps_key(ctx: RoundContext, reads: Sequence[StageResult]) -> str:
+    """Where the train stage keeps its reference pass's log-probs: beside the stage, named by the
+    pairs read, the policy started from and the model and train config (any change: a new pass)."""
+    digest = hash_json({"inputs": inputs_hash(ctx.store, reads, ctx.champion.checkpoint), "config": config_hash(ctx.config, ["model", "train"])})
+    return f"{ctx.key(layout.TRAIN)}-reference-logps/{digest[:16]}.json"
+
+
 @task(name=layout.TRAIN, cache_policy=NO_CACHE)
 def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
     """A challenger: the champion DPO-trained (LoRA) on the round's pairs (and some of earlier
@@ -279,12 +286,21 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         kept = _records(ctx, pairs, layout.PAIRS, PreferencePair)
         earlier = [pair for stage in replay_from for pair in _records(ctx, stage, layout.PAIRS, PreferencePair)]
         reference = local_checkpoint(base_policy(cfg), ctx.store, ctx.data_dir) if cfg.train.reference == "initial" else None
-        shared = ctx.store.read_json(ctx.reference_logps_key) if ctx.reference_logps_key else None
-        train = launch_training if launched(cfg.train) else train_policy
-        result = train(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
-                       reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
-        if ctx.reference_logps_key and shared is None and shared_reference_logps(result):
-            ctx.store.write_json(ctx.reference_logps_key, shared_reference_logps(result))
+        # The reference pass's log-probs go to the store before the first step (one process), under a
+        # key naming what they depend on, so a rerun of a killed training reads them instead of redoing it.
+        logps_key = ctx.reference_logps_key or reference_logps_key(ctx, [pairs, *replay_from])
+        shared = ctx.store.read_json(logps_key)
+        if shared is not None:
+            _logger().info("%s: the reference's log-probs read from %s (no reference pass)", ctx.key(layout.TRAIN), logps_key)
+        if launched(cfg.train):
+            result = launch_training(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
+                                     reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
+            if shared is None and shared_reference_logps(result):
+                ctx.store.write_json(logps_key, shared_reference_logps(result))
+        else:
+            result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
+                                  reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared,
+                                  on_reference_logps=lambda logps: ctx.store.write_json(logps_key, logps))
         training_figure(result.log_history, out / layout.TRAINING_FIGURE,
                         f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)
         return result

@@ -261,6 +261,17 @@ def _reference_logps(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(dataset["ref_chosen_logps"]).float(), torch.tensor(dataset["ref_rejected_logps"]).float()
 
 
+def _trainer_reference_logps(trainer) -> dict[str, tuple[list[float], list[float]]] | None:
+    """The reference log-probs a just-built trainer computed (or was handed), in the form
+    ``train_policy(reference_logps=...)`` takes; None when its objective has none."""
+    if "ref_chosen_logps" not in (trainer.train_dataset.column_names or []):
+        return None
+    shared = {"train": tuple(t.tolist() for t in _reference_logps(trainer.train_dataset))}
+    if trainer.eval_dataset is not None:
+        shared["eval"] = tuple(t.tolist() for t in _reference_logps(trainer.eval_dataset))
+    return shared
+
+
 def shared_reference_logps(result: "TrainResult") -> dict[str, tuple[list[float], list[float]]] | None:
     """A run's reference log-probs in the form ``train_policy(reference_logps=...)`` takes; None
     when it had none (reference-free or unpaired objectives)."""
@@ -382,6 +393,7 @@ def train_policy(
     reference_checkpoint: str | None = None,
     earlier_pairs: Sequence[PreferencePair] = (),
     reference_logps: dict[str, tuple[list[float], list[float]]] | None = None,
+    on_reference_logps: Callable[[dict[str, tuple[list[float], list[float]]]], None] | None = None,
     shared_dir: Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter with the round's objective from ``checkpoint``; save adapter and merged
@@ -393,6 +405,8 @@ def train_policy(
     earlier rounds' pairs, for replay. ``reference_logps`` ({"train"|"eval": (chosen, rejected)})
     are the reference's log-probs of these very pairs, computed by an earlier run (the ablation's
     cells share them); the DPO family uses them instead of its own reference pass.
+    ``on_reference_logps`` receives the log-probs of a reference pass made here as soon as it is
+    done, before the first step: kept, they spare a rerun of a killed training the pass.
 
     Run by every process of a launch (tasks/launch.py): the main one alone writes the checkpoints,
     and ``shared_dir`` must then be a folder they all share, for the datasets (TRL's reference
@@ -442,6 +456,8 @@ def train_policy(
             **extra,
         )
         extra.clear()
+        if on_reference_logps is not None and shared is None and (computed := _trainer_reference_logps(trainer)) is not None:
+            on_reference_logps(computed)
         if objective.uses_reference:
             ref_model = None
             _drop_reference(trainer)

@@ -158,6 +158,9 @@ def test_round_killed_in_every_stage_resumes_where_it_stopped(killed_round_chain
             # Half-written: its files are in the bucket, the manifest that would mark it complete is not.
             assert kill.objects and layout.MANIFEST not in kill.objects, (kill.stage, kill.objects)
     assert "{'loss'" in kills[layout.TRAIN].log and "train_runtime" not in kills[layout.TRAIN].log, "the kill in train came after training ended"
+    # The reference pass ran once: the run killed in training had stored its log-probs, the rerun read them.
+    assert "no reference pass" not in kills[layout.TRAIN].log
+    assert "reference's log-probs read from" in kills[layout.EVALUATE].log, "the rerun redid the reference pass"
 
     summary = chain.summary
     assert summary.round == 1, "the rerun must continue round 1"

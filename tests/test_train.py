@@ -210,3 +210,47 @@ def test_auto_micro_batches_split_on_a_cpu_only():
     assert micro_batch_size(config, dpo, torch.device("cuda")) == 8
     assert micro_batch_size(config.model_copy(update={"micro_batch_size": 3}), dpo, torch.device("cuda")) == 2  # a divisor of 8
     assert micro_batch_size(config.model_copy(update={"micro_batch_size": None}), dpo, torch.device("cpu")) == 8
+
+
+def test_reference_logps_kept_before_the_first_step_spare_a_rerun_its_pass(tiny_model, tmp_path, monkeypatch):
+    """The reference pass's log-probs reach ``on_reference_logps`` before the first step, so a
+    training killed at its first step has kept them: they equal a whole run's, and a rerun handed
+    them makes no reference pass of its own."""
+    import trl
+
+    config = TrainConfig(epochs=1, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0.25, nll_weight=0)
+    pairs = make_pairs(8)
+    whole = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / "whole")
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_first_step(logs, step):
+        raise Killed
+
+    kept = []
+    with pytest.raises(Killed):
+        train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / "killed", killed_at_first_step,
+                     on_reference_logps=kept.append)
+    [logps] = kept
+    assert set(logps) == {"train", "eval"} and len(logps["train"][0]) == 6 and len(logps["eval"][0]) == 2
+    def flat(rows):
+        return [x for row in rows for x in row]
+
+    assert flat(zip(*logps["train"])) == pytest.approx(flat(whole.reference_logps), abs=1e-5)
+    assert flat(zip(*logps["eval"])) == pytest.approx(flat(whole.heldout_reference_logps), abs=1e-5)
+
+    passes = []
+    own_pass = trl.DPOTrainer._precompute_ref_logps
+
+    def counted(self, *args, **kwargs):
+        passes.append(args[1] if len(args) > 1 else kwargs.get("name"))
+        return own_pass(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.DPOTrainer, "_precompute_ref_logps", counted)
+    handed_out = []
+    rerun = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / "rerun", reference_logps=logps,
+                         on_reference_logps=handed_out.append)
+    assert passes == [] and handed_out == []  # nothing computed, nothing to keep
+    assert flat(rerun.reference_logps) == pytest.approx(flat(whole.reference_logps), abs=1e-5)
+    assert rerun.final_loss == pytest.approx(whole.final_loss, abs=1e-4)
