@@ -46,7 +46,7 @@ def _deploy(args) -> int:
     )
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    print(f"deployed from {REPO / 'prefect.yaml'}: flywheel-scheduled-loop/scheduled (cron {args.cron!r}), flywheel-train/gpu")
+    print(f"deployed from {REPO / 'prefect.yaml'}: flywheel-scheduled-loop/scheduled (cron {args.cron!r}), flywheel-train/gpu, flywheel-generate/gpu")
     return 0
 
 

@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.exclusive import exclusive
+from flows.generate_flow import generate_challenger_candidates
 from flows.publish import publish_round
 from flows.stages import (
     RoundContext,
@@ -22,7 +23,6 @@ from flows.stages import (
     evaluate_pairwise_task,
     figure_bytes,
     filter_pairs_task,
-    generate_candidates_task,
     judge_pairs_task,
     promote_task,
     select_prompts_task,
@@ -48,7 +48,7 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
     check_config(config, origin="the round's parameters")
     with open_round(config, round_index) as ctx:
         prompts = select_prompts_task(ctx)
-        candidates = generate_candidates_task(ctx, prompts)
+        candidates = generate_challenger_candidates(ctx, prompts)
         judgments = judge_pairs_task(ctx, prompts, candidates)
         pairs = filter_pairs_task(ctx, prompts, candidates, judgments)
         # One loop at a time trains and promotes: two promotions racing would each

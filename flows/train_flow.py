@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as this_run
 
+from flows.dispatch import run_on_deployment
 from flows.stages import RoundContext, StageResult, train_policy_task
 from infra import layout
 from infra.champion import local_checkpoint
@@ -74,15 +75,10 @@ def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pa
 def dispatch_training(ctx: RoundContext, pairs: StageResult) -> tuple[StageResult | None, str | None]:
     """Run training on the configured deployment (e.g. a GPU work pool) and wait for it: the
     challenger, or None and why (the worker's loss diverged)."""
-    from prefect.deployments import run_deployment
-
     config = ctx.config
-    get_run_logger().info("dispatching training to deployment %s", config.train.deployment)
-    # Not wrapped in our retries: a retry after the run was created would start a second training.
-    # Prefect's client already resends requests that fail on the wire.
-    flow_run = run_deployment(
-        name=config.train.deployment,
-        parameters={
+    flow_run = run_on_deployment(
+        config.train.deployment,
+        {
             "config": config.model_dump(mode="json"),
             "round_index": ctx.round_index,
             "champion": ctx.champion.model_dump(mode="json"),
@@ -91,16 +87,9 @@ def dispatch_training(ctx: RoundContext, pairs: StageResult) -> tuple[StageResul
             # An ablation cell's (sent only then: a round's parameters stay what older deployments know).
             **({"key_prefix": ctx.key_prefix, "reference_logps_key": ctx.reference_logps_key or ""} if ctx.key_prefix else {}),
         },
-        timeout=config.train.dispatch_timeout_s,
+        config.train.dispatch_timeout_s,
+        "training",
     )
-    state = flow_run.state
-    if state is None or not state.is_completed():
-        status = state.name if state else "unknown"
-        raise RuntimeError(
-            f"training run {flow_run.name} on deployment {config.train.deployment} ended {status}"
-            + (f": {state.message}" if state and state.message else "")
-            + " (is a worker polling its work pool?)"
-        )
     key = ctx.key(layout.TRAIN)
     if not ctx.store.is_complete(key):
         verdict = ctx.store.read_json(ctx.key(NOT_TRAINED)) or {}

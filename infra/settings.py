@@ -140,6 +140,12 @@ class GenerateConfig(Section):
         "pairwise eval, compare): 'hf' (transformers, in process), 'openai' (an OpenAI-compatible server, generate.openai) "
         "or 'vllm' (vLLM's offline engine on a GPU, generate.vllm).",
     )
+    deployment: str | None = Field(
+        None,
+        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-generate/gpu') that samples the round's "
+        "candidates on its work pool (a GPU worker, with backend 'vllm' where its image has vLLM); None: in the round's process.",
+    )
+    dispatch_timeout_s: float = Field(2 * 3600, gt=0, description="How long the round waits for a dispatched generation run.")
     share_prefill: bool = Field(
         True, description="Backend 'hf': the k candidates of a prompt share one prefill (the prompt's KV cache is "
         "computed once and copied to each row). Same samples either way; off only to measure it.",

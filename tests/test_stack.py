@@ -1,7 +1,7 @@
 """End to end on the real stack, on loopback: `flywheel stack up` (SeaweedFS S3 server, MLflow
 server with S3 artifacts, Prefect server, process workers on the `flywheel` and `gpu` pools),
-`flywheel deploy`, then `flywheel trigger` runs a round on the tiny model with training
-dispatched to the `gpu` worker; then the stack is killed and restarted, and the next round
+`flywheel deploy`, then `flywheel trigger` runs a round on the tiny model with generation and
+training dispatched to the `gpu` worker; then the stack is killed and restarted, and the next round
 continues from what the first left (its training diverges on the worker: the round is rejected). The stack is stopped by this module, whatever fails."""
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def config_file(tiny_model, tmp_path_factory) -> Path:
     config = tiny_round_config(
         tiny_model, LOOP, word_band_prompt_file(root / "prompts.jsonl"), root / "data",
         train={"deployment": "flywheel-train/gpu"},
+        generate={"deployment": "flywheel-generate/gpu"},
         regression={"tolerance": 1.0},
         # A bar any challenger clears, so the registry path runs: win rate above 0 (ties count
         # half), no failure-mode or benchmark limit worth the name.
@@ -107,6 +108,21 @@ def test_bucket_holds_every_stage_and_its_manifest(triggered):
         assert f"artifacts/{LOOP}/round-001/{stage}/manifest.json" in keys, stage
     assert f"artifacts/{LOOP}/round-001/train/merged/model.safetensors" in keys
     assert any(k.startswith("mlflow/") and k.endswith("adapter/adapter_config.json") for k in keys), "MLflow artifacts are not in S3"
+
+
+def test_generation_ran_on_the_gpu_pool(triggered):
+    """generate.deployment: the round's candidates were sampled by the gpu worker, into the bucket."""
+    from mlflow import MlflowClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    [run] = _prefect(lambda c: c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{LOOP}-round-001-generate"]))))
+    assert run.state.is_completed() and run.work_pool_name == stack.GPU_POOL
+    assert run.parameters["prompts_key"] == f"{LOOP}/round-001/prompts"
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    [round_run] = [r for r in client.search_runs([client.get_experiment_by_name("flywheel").experiment_id], f"tags.`flywheel.loop` = '{LOOP}'")
+                   if r.data.tags.get("flywheel.round") == "1"]
+    assert run.parameters["mlflow_run_id"] == round_run.info.run_id
+    assert round_run.data.metrics["generate/n_candidates"] == 24  # 6 prompts x 4, logged by the worker into the round's run
 
 
 def test_training_ran_on_the_gpu_pool(triggered):
