@@ -6,6 +6,23 @@ from typing import Any
 
 from prefect import get_run_logger
 
+from flows.stages import RoundContext
+from infra.champion import local_checkpoint
+from infra.records import Champion
+from infra.settings import FlywheelConfig
+from infra.store import store_from_config
+from infra.tracking import Tracker
+
+
+def worker_context(config: FlywheelConfig, round_index: int, champion: Champion, mlflow_run_id: str, **fields) -> RoundContext:
+    """A dispatched stage's context on the worker: its own store and tracker, logging into the
+    round's MLflow run, the champion fetched to this machine; ``fields``: more RoundContext fields."""
+    store = store_from_config(config.storage)
+    tracker = Tracker.from_config(config)
+    tracker.run_id = mlflow_run_id
+    return RoundContext(config=config, round_index=round_index, store=store, tracker=tracker, champion=champion,
+                        champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir), **fields)
+
 
 def run_on_deployment(deployment: str, parameters: dict[str, Any], timeout_s: float, what: str):
     """Run ``deployment`` with ``parameters``, wait up to ``timeout_s``; the finished flow run.

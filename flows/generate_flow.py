@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.dispatch import run_on_deployment
+from flows.dispatch import run_on_deployment, worker_context
 from flows.stages import RoundContext, StageResult, generate_candidates_task
 from infra import layout
-from infra.champion import local_checkpoint
 from infra.records import Champion
 from infra.settings import FlywheelConfig
-from infra.store import store_from_config
-from infra.tracking import Tracker
 from tasks.generate import GenerateSummary
 
 
@@ -45,11 +42,8 @@ def generate_challenger_candidates(ctx: RoundContext, prompts: StageResult) -> S
 @flow(name="flywheel-generate", flow_run_name="{config.loop}-round-{round_index:03d}-generate")
 def generate_round(config: FlywheelConfig, round_index: int, champion: Champion, prompts_key: str, mlflow_run_id: str) -> str:
     """Sample the round's candidates from ``champion`` for the prompts at ``prompts_key``; returns the stage key."""
-    store = store_from_config(config.storage)
-    tracker = Tracker.from_config(config)
-    tracker.run_id = mlflow_run_id
-    ctx = RoundContext(config=config, round_index=round_index, store=store, tracker=tracker, champion=champion,
-                       champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir))
+    ctx = worker_context(config, round_index, champion, mlflow_run_id)
+    tracker = ctx.tracker
     generated = generate_candidates_task(ctx, StageResult(prompts_key, None))
     get_run_logger().info("%d candidates at %.0f tokens/s", generated.result.n_candidates, generated.result.tokens_per_s)
     # The round's process owns the MLflow run; what this worker queued during an outage is sent now.

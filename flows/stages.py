@@ -292,15 +292,16 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         shared = ctx.store.read_json(logps_key)
         if shared is not None:
             _logger().info("%s: the reference's log-probs read from %s (no reference pass)", ctx.key(layout.TRAIN), logps_key)
-        if launched(cfg.train):
-            result = launch_training(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
-                                     reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
-            if shared is None and shared_reference_logps(result):
-                ctx.store.write_json(logps_key, shared_reference_logps(result))
-        else:
-            result = train_policy(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
-                                  reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared,
-                                  on_reference_logps=lambda logps: ctx.store.write_json(logps_key, logps))
+
+        def keep(logps: dict) -> None:
+            ctx.store.write_json(logps_key, logps)
+
+        # One process hands them out before its first step; a launch's processes only with their result.
+        train, early = (launch_training, {}) if launched(cfg.train) else (train_policy, {"on_reference_logps": keep})
+        result = train(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
+                       reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared, **early)
+        if shared is None and not early and shared_reference_logps(result):
+            keep(shared_reference_logps(result))
         training_figure(result.log_history, out / layout.TRAINING_FIGURE,
                         f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)
         return result

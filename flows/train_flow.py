@@ -11,14 +11,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as this_run
 
-from flows.dispatch import run_on_deployment
+from flows.dispatch import run_on_deployment, worker_context
 from flows.stages import RoundContext, StageResult, train_policy_task
 from infra import layout
-from infra.champion import local_checkpoint
 from infra.records import Champion
 from infra.settings import FlywheelConfig
-from infra.store import store_from_config
-from infra.tracking import Tracker
 from tasks.train import NonFiniteLoss, TrainResult
 
 NOT_TRAINED = "train_not_trained.json"  # a worker's word that its training diverged (no train stage)
@@ -47,12 +44,9 @@ def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pa
     ``key_prefix`` and ``reference_logps_key``: an ablation cell's folder and shared reference log-probs."""
     from tasks.filter import FilterReport
 
-    store = store_from_config(config.storage)
-    tracker = Tracker.from_config(config)
-    tracker.run_id = mlflow_run_id
-    ctx = RoundContext(config=config, round_index=round_index, store=store, tracker=tracker, champion=champion,
-                       champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir),
-                       key_prefix=key_prefix or None, reference_logps_key=reference_logps_key or None)
+    ctx = worker_context(config, round_index, champion, mlflow_run_id, key_prefix=key_prefix or None,
+                         reference_logps_key=reference_logps_key or None)
+    store, tracker = ctx.store, ctx.tracker
     report = FilterReport.model_validate_json((store.local_path(pairs_key) / layout.FILTER_REPORT).read_text())
     log = get_run_logger()
     try:
