@@ -131,7 +131,7 @@ def guide_train(checkpoint: str, pairs, output_dir: str, callbacks=()) -> float:
     return time.perf_counter() - started
 
 
-def bench_training(checkpoint: str, pairs, batch_size: int) -> dict:
+def bench_training(checkpoint: str, pairs, batch_size: int, dtype: str = "auto") -> dict:
     from infra.settings import ModelConfig, TrainConfig
     from tasks.train import train_policy
 
@@ -139,7 +139,7 @@ def bench_training(checkpoint: str, pairs, batch_size: int) -> dict:
         # No held-out split: both sides train on the same pairs, and nothing else is timed.
         config = TrainConfig(epochs=1, batch_size=batch_size, beta=[0.1], learning_rate=[5e-5], lora_r=8, lora_alpha=16, max_length=256,
                              heldout_share=0, nll_weight=0.0, replay_share=0.0)  # plain DPO, as the baseline
-        ours = train_policy(checkpoint, pairs, config, ModelConfig(), 1, Path(tmp) / "ours")
+        ours = train_policy(checkpoint, pairs, config, ModelConfig(dtype=dtype), 1, Path(tmp) / "ours")
         guide_s = guide_train(checkpoint, pairs, str(Path(tmp) / "guide"))
     guide_rate = len(pairs) / guide_s
     return {
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--gen-batch", type=int, default=64, help="sequences decoded together (generate.batch_size)")
     parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="Flywheel's generation dtype (auto: bf16 where the CPU has it); the guide loop stays fp32")
+                        help="Flywheel's dtype, generation and training (auto: bf16 where the CPU has it); the guide stays fp32")
     parser.add_argument("--generation-only", action="store_true", help="skip the training comparison")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     args = parser.parse_args()
@@ -196,11 +196,11 @@ def main() -> None:
     training = None
     if not args.generation_only:
         pairs = make_pairs(checkpoint, train[args.prompts : args.prompts + args.pairs], args.tokens)
-        training = bench_training(checkpoint, pairs, args.train_batch)
+        training = bench_training(checkpoint, pairs, args.train_batch, args.dtype)
     result = {
         "machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "bf16_native": cpu_supports_bf16(),
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "model": args.model, "generation": generation, "training": training,
+        "model": args.model, "dtype": args.dtype, "generation": generation, "training": training,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{platform.node() or 'host'}-speed{'-generation' if args.generation_only else ''}.json"
