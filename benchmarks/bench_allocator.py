@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `benchmarks.*` importable whether run as a file or with -m
 # mode: the environment of its process (glibc reads MALLOC_* once, at start)
 MODES = {"glibc-default": {}, "mmap-256k": {"MALLOC_MMAP_THRESHOLD_": "262144"}}
 
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tokens < 60:
+        parser.error("--tokens must be at least 60: the built pairs' chosen answers are 60 tokens or more")
     if args.child:
         print("RESULT " + json.dumps(run_sequence(json.loads(args.child))), flush=True)
         return
