@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` importable whether run as a file or with -m
+
 STAGES = ["prompts", "generate", "judge", "filter", "train", "evaluate", "regression", "promote", "figures"]
 
 
@@ -108,7 +110,6 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: `benchmarks.*` importable
     from benchmarks.bench_speed import cpu_name
     from infra.models import cpu_supports_bf16
 
