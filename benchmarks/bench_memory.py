@@ -49,6 +49,9 @@ VARIANTS = {
                     {"dpo_args": {"precompute_ref_batch_size": 8}}, {}, 4096, False),
     "fp32": ("the defaults without bf16 autocast (fp32 throughout)", {}, {"dtype": "fp32"}, 4096, False),
     "today_fp32": ("as today, without bf16 autocast", TODAY, {"dtype": "fp32"}, None, False),
+    "no_dropout": ("the defaults without dropout on the LoRA branch (train.lora_dropout 0)", {"lora_dropout": 0.0}, {}, 4096, False),
+    "fp32_no_dropout": ("fp32 throughout, without dropout on the LoRA branch", {"lora_dropout": 0.0}, {"dtype": "fp32"}, 4096, False),
+    "fp32_micro_1": ("fp32 throughout, 1 pair per forward", {"micro_batch_size": 1}, {"dtype": "fp32"}, 4096, False),
     "padding_free": ("the defaults plus TRL's padding_free (TRL 1.16: warns and falls back to padding)",
                      {"dpo_args": {"padding_free": True}}, {}, 4096, False),
 }

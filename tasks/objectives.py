@@ -32,6 +32,7 @@ from infra.settings import TrainConfig, per_round
 from tasks.filter import to_trl_rows
 
 LN2 = math.log(2)
+REFERENCE_BATCH_PAIRS = 16  # pairs per forward pass of the reference pass, at least
 
 
 class Objective:
@@ -88,6 +89,8 @@ class _DPOLoss(Objective):
             # The reference's log-probs once, before training: no reference forward per step, and a
             # separate reference model (the round-0 policy) can be freed before the first step.
             precompute_ref_log_probs=True,
+            # No gradients kept in that pass: larger batches than training's (length-sorted, tasks/trainers.py).
+            precompute_ref_batch_size=max(REFERENCE_BATCH_PAIRS, config.batch_size // config.num_processes),
             loss_type=[self.loss_type, "sft"] if weight > 0 else [self.loss_type],
             loss_weights=[1.0, weight] if weight > 0 else None,
         )

@@ -5,6 +5,10 @@
 * With an NLL term (loss_type [..., "sft"]) both terms of the loss are logged apart, as
   ``loss/preference`` and ``loss/nll`` (TRL logs only their weighted sum), from the forward pass
   the loss already made.
+* Pairs of like length share a forward pass: each optimizer step's pairs, a random draw as with
+  a plain shuffle, are ordered by length before they are cut into micro-batches
+  (``StepSortedSampler``), and the reference pass runs over the pairs sorted by length; the
+  log-probs come back in the dataset's order. Both only change which pairs are padded together.
 * Under gradient accumulation (``train.micro_batch_size``) each micro-batch's loss is weighed by
   its share of the optimizer step, so the step's loss is the whole batch's: TRL averages the
   preference term over a micro-batch's pairs and the NLL term over its chosen tokens, and the
@@ -18,6 +22,9 @@ import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
 
 # TRL's fused LM head projects the hidden states onto the vocabulary in tiles of 32768 columns (up
 # to 4096 tokens each) and, without Triton, folds every tile into the log-softmax with torch ops
@@ -53,6 +60,38 @@ def flywheel_dpo_trainer() -> type:
     return type("FlywheelDPOTrainer", (_Additions, DPOTrainer), {})
 
 
+def pair_lengths(dataset, max_length: int | None = None) -> list[int] | None:
+    """Each tokenized pair's padded length in a batch: its prompt and the longer of its two
+    responses (TRL pads chosen and rejected to one length); None for a dataset that is not paired."""
+    if dataset is None or not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names or ()):
+        return None
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    return [min(n, max_length) for n in lengths] if max_length else lengths
+
+
+class StepSortedSampler(Sampler[int]):
+    """A seeded random order of the pairs each epoch, cut into optimizer steps of ``step_size``, each
+    step's pairs longest first: the micro-batches cut from a step then hold pairs of like length,
+    and a step is still a random draw. (transformers' ``BatchRebalanceSampler`` balances further
+    but fills a short last step with repeated pairs.) The same on every process of a launch: the
+    order depends only on the seed and the epoch."""
+
+    def __init__(self, lengths: list[int], step_size: int, seed: int):
+        self.lengths, self.step_size, self.seed, self.epoch = list(lengths), step_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        self.epoch += 1  # a trainer that never calls set_epoch still gets a new order next epoch
+        for start in range(0, len(order), self.step_size):
+            yield from sorted(order[start:start + self.step_size], key=lambda i: -self.lengths[i])
+
+
 @dataclass
 class _Step:
     pairs: int  # pairs in the optimizer step, over all its micro-batches
@@ -79,7 +118,22 @@ class _Additions:
             if len(chosen) != len(dataset) or len(rejected) != len(dataset):
                 raise ValueError(f"reference log-probs for {name!r} cover {len(chosen)} pairs, the dataset has {len(dataset)}")
             return dataset.add_column("ref_chosen_logps", list(chosen)).add_column("ref_rejected_logps", list(rejected))
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+        lengths = pair_lengths(dataset, self.args.max_length)
+        if lengths is None:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        # Longest first, so that a batch pads little (and its memory peaks at the first batch).
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        inverse = sorted(range(len(order)), key=lambda k: order[k])
+        return super()._precompute_ref_logps(dataset.select(order), name, batch_size).select(inverse)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = pair_lengths(dataset, self.args.max_length)
+        if lengths is None or self.args.train_sampling_strategy != "random":
+            return super()._get_train_sampler(train_dataset)
+        # The global step: every process's micro-batches of it (accelerate deals the batches out in turn).
+        step = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * max(1, self.args.world_size)
+        return StepSortedSampler(lengths, step, self.args.seed)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The optimizer step's micro-batches, counted for ``_compute_loss``'s weights."""
