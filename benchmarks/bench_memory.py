@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TODAY = {"micro_batch_size": None, "dpo_args": {"prediction_loss_only": False}}
 VARIANTS = {
     "today": ("before the memory work: the whole batch per forward, TRL's 32768-column LM-head tiles, eval logits kept", TODAY, {}, None, False),
-    "default": ("the defaults: 2 pairs per forward (4 micro-batches a step), narrow tiles", {}, {}, 4096, False),
+    "default": ("the defaults: 2 pairs per forward with bf16 autocast, 1 in fp32; narrow tiles", {}, {}, 4096, False),
     "narrow_tiles": ("as today, with 4096-column LM-head tiles", TODAY, {}, 4096, False),
     "micro_4": ("4 pairs per forward (2 micro-batches a step)", {"micro_batch_size": 4}, {}, 4096, False),
     "micro_1": ("1 pair per forward (8 micro-batches a step)", {"micro_batch_size": 1}, {}, 4096, False),
@@ -47,11 +47,15 @@ VARIANTS = {
                       False),
     "ref_batch_8": ("the defaults, the reference pass 8 pairs at a time",
                     {"dpo_args": {"precompute_ref_batch_size": 8}}, {}, 4096, False),
-    "fp32": ("the defaults without bf16 autocast (fp32 throughout)", {}, {"dtype": "fp32"}, 4096, False),
+    "fp32": ("the defaults without bf16 autocast (fp32 throughout, 1 pair per forward)", {}, {"dtype": "fp32"}, 4096, False),
     "today_fp32": ("as today, without bf16 autocast", TODAY, {"dtype": "fp32"}, None, False),
     "no_dropout": ("the defaults without dropout on the LoRA branch (train.lora_dropout 0)", {"lora_dropout": 0.0}, {}, 4096, False),
     "fp32_no_dropout": ("fp32 throughout, without dropout on the LoRA branch", {"lora_dropout": 0.0}, {"dtype": "fp32"}, 4096, False),
-    "fp32_micro_1": ("fp32 throughout, 1 pair per forward", {"micro_batch_size": 1}, {"dtype": "fp32"}, 4096, False),
+    "fp32_micro_2": ("fp32 throughout, 2 pairs per forward (the fp32 default until 2026-11-30)", {"micro_batch_size": 2},
+                     {"dtype": "fp32"}, 4096, False),
+    "fp32_checkpoint_half": ("fp32 throughout, activation checkpointing of every 2nd layer",
+                             {"dpo_args": {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"every_n_layers": 2}}},
+                             {"dtype": "fp32"}, 4096, False),
     "padding_free": ("the defaults plus TRL's padding_free (TRL 1.16: warns and falls back to padding)",
                      {"dpo_args": {"padding_free": True}}, {}, 4096, False),
 }

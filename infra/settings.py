@@ -384,6 +384,7 @@ class TrainConfig(Section):
     )
     # Measured (benchmarks/bench_memory.py: the bundled model, 8 pairs a step, responses of up to 160 tokens, bf16
     # on a CPU): the train stage's peak resident memory was 6.5 GB at 8 pairs per forward, 3.9 at 4, 2.7 at 2, 2.6 at 1.
+    # In fp32: 3.1-3.2 GB at 2, 2.1-2.2 GB at 1, in about the same time; hence 1 in fp32 and 2 with bf16 on a CPU.
     # On an H200 a pass of a 135M model cost about 0.27 s whether it held 2 pairs or 32 (launch overhead), so
     # 2-pair passes made a step 16 times slower there (benchmarks/probe_gpu.py): "auto" splits only on CPUs.
     micro_batch_size: int | Literal["auto"] | None = Field(
@@ -392,7 +393,7 @@ class TrainConfig(Section):
         "batch_size / num_processes / micro_batch_size of them makes up each optimizer step, so the step, its loss "
         "and what is learnt are those of the whole batch (the NLL term is re-weighted to the step's token mean). "
         "Memory grows with it: activations are kept for every sequence of a pass. The largest divisor of a process's share of batch_size not above it is used; "
-        "None: the whole share; 'auto': 2 on a CPU (memory), the whole share on a GPU (speed). "
+        "None: the whole share; 'auto': on a CPU (memory) 1 in fp32 and 2 with bf16 autocast, the whole share on a GPU (speed). "
         "Objectives whose loss is a batch statistic (orpo's token-mean NLL, kto's KL estimate) always take the "
         "whole batch.",
     )

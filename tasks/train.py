@@ -120,17 +120,22 @@ def _utilisation(trainer, config: TrainConfig, device: torch.device, dtype: torc
     return achieved, mfu, tokens
 
 
-CPU_MICRO_BATCH = 2  # pairs per pass on a CPU under micro_batch_size 'auto' (infra/settings.py says why)
+# Pairs per pass on a CPU under micro_batch_size 'auto', by training dtype. benchmarks/bench_memory.py, 12 pairs
+# with responses of up to 160 tokens: fp32 peaked at 3.1-3.2 GB with 2 pairs a pass and 2.1-2.2 GB with 1, in
+# about the same time (45-47 s both); bf16 autocast at 2.7-2.8 GB with 2 (infra/settings.py says more).
+CPU_MICRO_BATCH = {torch.float32: 1, torch.bfloat16: 2}
 
 
-def micro_batch_size(config: TrainConfig, objective: Objective, device: torch.device | None = None) -> int:
+def micro_batch_size(config: TrainConfig, objective: Objective, device: torch.device | None = None,
+                     dtype: torch.dtype = torch.float32) -> int:
     """Pairs per forward pass in each process: the largest divisor of the process's share of
     ``train.batch_size`` not above ``train.micro_batch_size`` (the whole share when it is None or
-    the objective cannot accumulate; 'auto': ``CPU_MICRO_BATCH`` on a CPU, the whole share on a GPU)."""
+    the objective cannot accumulate; 'auto': ``CPU_MICRO_BATCH`` of the training dtype on a CPU,
+    the whole share on a GPU)."""
     share = config.batch_size // config.num_processes
     wanted = config.micro_batch_size
     if wanted == "auto":
-        wanted = None if device is not None and device.type == "cuda" else CPU_MICRO_BATCH
+        wanted = None if device is not None and device.type == "cuda" else CPU_MICRO_BATCH.get(dtype, 1)
     if wanted is None or not objective.accumulates or wanted >= share:
         return share
     return max(d for d in range(1, wanted + 1) if share % d == 0)
@@ -144,7 +149,7 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
     objective = objective or objective_for(config, round_index)
     beta = objective.beta(config, round_index)
     share = config.batch_size // config.num_processes  # the global batch, split among the processes
-    micro = micro_batch_size(config, objective, device)
+    micro = micro_batch_size(config, objective, device, dtype)
     args = dict(
         output_dir=output_dir,
         beta=beta,

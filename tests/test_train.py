@@ -201,14 +201,16 @@ def test_a_loaded_reference_is_freed_before_training(tiny_model, tmp_path, monke
 
 
 def test_auto_micro_batches_split_on_a_cpu_only():
-    """'auto' takes 2-pair passes on a CPU (memory) and the whole batch on a GPU (a pass costs the same)."""
+    """'auto' takes 1-pair passes on a CPU in fp32 and 2-pair ones with bf16 (memory), and the whole
+    batch on a GPU (a pass costs the same)."""
     from tasks.objectives import objective_for
     from tasks.train import micro_batch_size
 
     config = TrainConfig(batch_size=8)
     dpo = objective_for(config, 1)
     assert config.micro_batch_size == "auto"
-    assert micro_batch_size(config, dpo, torch.device("cpu")) == 2
+    assert micro_batch_size(config, dpo, torch.device("cpu")) == 1  # fp32: a pair's activations are twice bf16's
+    assert micro_batch_size(config, dpo, torch.device("cpu"), torch.bfloat16) == 2
     assert micro_batch_size(config, dpo, torch.device("cuda")) == 8
     assert micro_batch_size(config.model_copy(update={"micro_batch_size": 3}), dpo, torch.device("cuda")) == 2  # a divisor of 8
     assert micro_batch_size(config.model_copy(update={"micro_batch_size": None}), dpo, torch.device("cpu")) == 8
