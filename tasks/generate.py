@@ -6,7 +6,9 @@ Writes: ``candidates.jsonl`` (one Candidate a line).
 Decoding is batched: prompts are rendered with the tokenizer's chat template,
 left-padded, and grouped by token length so a batch wastes little on padding; the k
 candidates of a prompt share one prefill (its KV cache is computed once and copied to
-each of its rows). The backends that sample (this one, ``hf``, and servers or engines) are
+each of its rows), and a row that has ended leaves the batch rather than being decoded to the
+longest row's end (``decode``, a loop of the model's forward passes: ``model.generate`` cannot drop
+rows). The backends that sample (this one, ``hf``, and servers or engines) are
 in ``tasks/backends.py``.
 Each candidate index has its own temperature; one batch mixes temperatures, since
 ``RowTemperatureNucleus`` applies a temperature per row and nucleus (top-p)
@@ -22,7 +24,6 @@ from typing import NamedTuple
 import torch
 from pydantic import BaseModel
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList
 
 from infra.records import Candidate, Prompt
 from infra.settings import GenerateConfig
@@ -123,26 +124,11 @@ def sample_batched(
         cache = shared_prefill(model, tokenizer, texts, device) if share_prefill else None
         # A seed per batch: results do not depend on what ran before in the process.
         torch.manual_seed(seed * 100_003 + batch_no)
-        if temperatures[0] > 0:
-            # Temperature and top-p are applied per row by our processor; transformers' own
-            # warpers stay off (temperature 1, top_p 1), as they would run after it.
-            nucleus = RowTemperatureNucleus(temperatures, top_p)
-            sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, logits_processor=LogitsProcessorList([nucleus]))
-        else:
-            sampling = dict(do_sample=False)
-        out = model.generate(
-            **enc,
-            **({"cache": cache} if cache is not None else {}),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos_ids,
-            top_k=None,
-            **sampling,
-        )
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        del out, cache
-        for row, i in enumerate(batch):
-            ids = new_tokens[row].tolist()
+        # Temperature and top-p are applied per row by our processor; greedy rows take the argmax.
+        nucleus = RowTemperatureNucleus(temperatures, top_p) if temperatures[0] > 0 else None
+        rows = decode(model, enc["input_ids"], enc["attention_mask"], cache, max_new_tokens, eos_ids, nucleus)
+        del cache
+        for ids, i in zip(rows, batch):
             n = _count_until_eos(ids, eos_ids, tokenizer.pad_token_id)
             text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
             # No EOS among the new tokens: generation stopped at max_new_tokens, mid-answer.
@@ -150,6 +136,55 @@ def sample_batched(
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int, eos_ids: list[int],
+           nucleus: "RowTemperatureNucleus | None") -> list[list[int]]:
+    """Each row's new tokens, up to and including its EOS (``max_new_tokens`` of them when it has
+    none): sampled through ``nucleus``, or greedy when it is None. ``cache`` (from
+    ``shared_prefill``) holds every prompt token but the last; None: the prompts are encoded here.
+
+    A row that has ended leaves the batch (its KV cache rows are dropped) once an eighth of the
+    batch has ended, instead of being decoded to the longest row's end as ``model.generate``
+    does: a step costs about what its rows do (docs/speed.md), and answers end at very different
+    lengths. Sampling draws one number a live row and step, so a seed gives the same samples
+    whether or not the prefill was shared."""
+    from transformers import DynamicCache
+
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+        step_ids, step_positions = input_ids, positions
+    else:
+        step_ids, step_positions = input_ids[:, -1:], positions[:, -1:]
+    eos = torch.tensor(eos_ids, device=input_ids.device)
+    rows = torch.arange(input_ids.shape[0])  # the original row of each row still in the batch
+    ended = torch.zeros(len(rows), dtype=torch.bool, device=input_ids.device)
+    new_tokens: list[list[int]] = [[] for _ in range(len(rows))]
+    mask, position = attention_mask, positions[:, -1]
+    for step in range(max_new_tokens):
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, cache=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1, :].float()
+        if nucleus is None:
+            tokens = logits.argmax(dim=-1)
+        else:
+            tokens = torch.multinomial(nucleus(step_ids, logits).softmax(dim=-1), num_samples=1).squeeze(1)
+        for row, token, done in zip(rows.tolist(), tokens.tolist(), ended.tolist()):
+            if not done:
+                new_tokens[row].append(token)
+        ended |= torch.isin(tokens, eos)
+        if bool(ended.all()) or step == max_new_tokens - 1:
+            break
+        if int(ended.sum()) >= max(1, len(rows) // 8):
+            keep = (~ended).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, tokens, mask, position, ended = rows[keep.cpu()], tokens[keep], mask[keep], position[keep], ended[keep]
+            if nucleus is not None:
+                nucleus.temperatures = nucleus.temperatures[keep.cpu()]
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        position = position + 1
+        step_ids, step_positions = tokens.unsqueeze(1), position.unsqueeze(1)
+    return new_tokens
 
 
 def shared_prefill(model, tokenizer, texts: list[str], device):

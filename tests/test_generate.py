@@ -153,3 +153,45 @@ def test_shared_prefill_samples_each_row_at_its_temperature(tiny_model):
     plain = {0.8: reference(0.8, 2), 1.6: reference(1.6, 3)}
     assert distance(at[0.8], plain[0.8]) < 0.2 and distance(at[1.6], plain[1.6]) < 0.2
     assert distance(at[0.8], plain[1.6]) > 0.5 and distance(at[1.6], plain[0.8]) > 0.5
+
+
+def test_ended_rows_leave_the_batch_and_the_others_decode_as_before(tiny_model):
+    """Greedy decoding matches transformers' generate; and when rows end (here at end tokens chosen
+    so that they end at different steps), they leave the batch, and every other row decodes exactly
+    what it would have: each row is its unstopped decoding cut after its first end token."""
+    import torch
+
+    from tasks.generate import decode, render_chat
+
+    model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # larger random weights (still a fixed model), so greedy rows differ and do not repeat
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=noise) * 0.5)
+    subjects = ("cats", "dogs", "the sea", "a long winding road", "bread", "rain", "stars", "music and dance")
+    enc = tokenizer([render_chat(tokenizer, f"Tell me about {s}.") for s in subjects], return_tensors="pt", padding=True,
+                    add_special_tokens=False)
+    with torch.inference_mode():
+        unstopped = decode(model, enc["input_ids"], enc["attention_mask"], None, 12, [-1], None)
+        reference = model.generate(**enc, do_sample=False, max_new_tokens=12, top_k=None, eos_token_id=[-1],
+                                   pad_token_id=tokenizer.pad_token_id)
+    assert unstopped == reference[:, enc["input_ids"].shape[1]:].tolist()
+
+    ends = {unstopped[row][step] for row, step in ((0, 1), (2, 3), (3, 5), (6, 8))}
+    expected = [row[:next((i for i, t in enumerate(row) if t in ends), len(row) - 1) + 1] for row in unstopped]
+    assert len({len(row) for row in expected}) >= 3  # rows end at several different steps
+    batch_sizes = []
+
+    def record(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] == 1:  # a decoding step
+            batch_sizes.append(kwargs["input_ids"].shape[0])
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            stopped = decode(model, enc["input_ids"], enc["attention_mask"], None, 12, sorted(ends), None)
+    finally:
+        handle.remove()
+    assert stopped == expected
+    assert batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[-1] < len(subjects)
+    assert len(batch_sizes) == max(len(row) for row in stopped) - 1  # no step after the last row ended
