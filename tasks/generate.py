@@ -138,6 +138,11 @@ def sample_batched(
     return results
 
 
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its own row of a left-padded batch, as ``model.generate`` computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+
+
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int, eos_ids: list[int],
            nucleus: "RowTemperatureNucleus | None") -> list[list[int]]:
     """Each row's new tokens, up to and including its EOS (``max_new_tokens`` of them when it has
@@ -151,7 +156,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
     whether or not the prefill was shared."""
     from transformers import DynamicCache
 
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    positions = left_padded_positions(attention_mask)
     if cache is None:
         cache = DynamicCache(config=model.config)
         step_ids, step_positions = input_ids, positions
@@ -201,7 +206,7 @@ def shared_prefill(model, tokenizer, texts: list[str], device):
 
     enc = tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     mask = enc["attention_mask"]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    positions = left_padded_positions(mask)
     cache = DynamicCache(config=model.config)
     model(input_ids=enc["input_ids"][:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
           cache=cache, use_cache=True, logits_to_keep=1)
