@@ -195,3 +195,64 @@ def test_ended_rows_leave_the_batch_and_the_others_decode_as_before(tiny_model):
     assert stopped == expected
     assert batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[-1] < len(subjects)
     assert len(batch_sizes) == max(len(row) for row in stopped) - 1  # no step after the last row ended
+
+
+def test_reserved_cache_holds_what_the_dynamic_cache_holds(tiny_model):
+    """The in-place cache against transformers' concatenating one, through a prefill, steps past its
+    room (so it reallocates) and a row dropped midway: the same keys, values and logits throughout."""
+    import torch
+    from transformers import DynamicCache
+
+    from tasks.generate import left_padded_positions, render_chat
+    from tasks.kv_cache import reserved_cache
+
+    model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
+    texts = [render_chat(tokenizer, p.text) for p in PROMPTS[:3]]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    mask = enc["attention_mask"]
+    ids, positions = enc["input_ids"], left_padded_positions(mask)
+    caches = {"dynamic": DynamicCache(config=model.config), "reserved": reserved_cache(model, room=2)}
+    with torch.inference_mode():
+        for step in range(6):
+            logits = {name: model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+                      for name, cache in caches.items()}
+            assert torch.equal(logits["dynamic"], logits["reserved"]), step
+            for plain, reserved in zip(caches["dynamic"].layers, caches["reserved"].layers):
+                assert torch.equal(plain.keys, reserved.keys) and torch.equal(plain.values, reserved.values)
+            ids = logits["dynamic"][:, -1:].argmax(-1)
+            positions = positions[:, -1:] + 1
+            mask = torch.cat([mask, mask.new_ones((len(ids), 1))], dim=1)
+            if step == 3:  # the middle row ends and leaves the batch
+                keep = torch.tensor([0, 2])
+                for cache in caches.values():
+                    cache.batch_select_indices(keep)
+                ids, positions, mask = ids[keep], positions[keep], mask[keep]
+    reserved = caches["reserved"].layers[0]
+    assert reserved.key_buffer.shape[-2] >= reserved.length > enc["input_ids"].shape[1] + 2  # it outgrew its first room
+    assert caches["reserved"].get_seq_length() == caches["dynamic"].get_seq_length() == enc["input_ids"].shape[1] + 5
+
+
+def test_nucleus_sampling_draws_each_kept_token_at_its_probability():
+    """``sample`` (one uniform number a row) against the distribution ``__call__`` leaves: the
+    shortlist rows, a flat row past the shortlist (full sort) and top_p 1 (the whole vocabulary)."""
+    import torch
+
+    from tasks.generate import RowTemperatureNucleus, _draw
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 300) * 3
+    logits[2] = torch.randn(300) * 0.05  # nearly flat: its nucleus is past a 16-token shortlist
+    draws = 6000
+    for top_p in (0.8, 1.0):
+        nucleus = RowTemperatureNucleus(torch.tensor([0.7, 1.0, 1.3]).repeat_interleave(draws), top_p, shortlist=16)
+        tokens = nucleus.sample(logits.repeat_interleave(draws, dim=0)).view(3, draws)
+        expected = RowTemperatureNucleus(torch.tensor([0.7, 1.0, 1.3]), top_p, shortlist=16)(None, logits).softmax(-1)
+        for row in range(3):
+            seen = torch.bincount(tokens[row], minlength=300).float() / draws
+            assert (seen[expected[row] == 0] == 0).all(), (top_p, row)  # nothing outside the nucleus
+            # Each token's frequency within 5 standard errors of its probability.
+            assert ((seen - expected[row]).abs() <= 5 * (expected[row] * (1 - expected[row]) / draws).sqrt() + 1e-3).all(), (top_p, row)
+    # A uniform number at the very top of [0, 1) still lands on a token of positive weight.
+    weights = torch.tensor([[0.5, 0.25, 0.25, 0.0, 0.0]])
+    assert _draw(weights, torch.tensor([[1 - 2**-24]])).item() == 2
+    assert _draw(weights, torch.tensor([[0.0]])).item() == 0
