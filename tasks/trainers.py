@@ -32,24 +32,35 @@ from torch.utils.data import Sampler
 # same online log-sum-exp. Measured with benchmarks/bench_memory.py (bundled model, bf16): the
 # train stage's peak fell from 7.5 to 6.5 GB at 8 pairs a forward, from 3.4 to 2.7 GB at 2.
 CPU_VOCAB_TILE: int | None = 4096
+# Without Triton the head also scores every position, prompt and padding too (so that a compiled
+# tile keeps its shape, which eager CPU code does not need), and the loss keeps only the answers'.
+# Scoring only the positions with a label spares that share of the head's work, forward and backward.
+CPU_SCORE_LABELLED_ONLY = True
 
 
 @contextlib.contextmanager
 def lm_head_tiles(device) -> Iterator[None]:
-    """Within the block, TRL's fused LM head scores ``CPU_VOCAB_TILE`` vocabulary columns at a
-    time when ``device`` is a CPU (None, or another device: TRL's own tiles)."""
+    """Within the block, when ``device`` is a CPU, TRL's fused LM head scores ``CPU_VOCAB_TILE``
+    vocabulary columns at a time and only the positions that have a label (elsewhere: TRL's own ways)."""
     import trl.trainer.utils as trl_utils
 
-    name = "_CHUNKED_LOGPROB_CHUNK_SIZE"
-    if CPU_VOCAB_TILE is None or device.type != "cpu" or not hasattr(trl_utils, name):
+    if device.type != "cpu":
         yield
         return
-    before = getattr(trl_utils, name)
-    setattr(trl_utils, name, min(before, CPU_VOCAB_TILE))
+    patched = {}
+    if CPU_VOCAB_TILE is not None and hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):
+        patched["_CHUNKED_LOGPROB_CHUNK_SIZE"] = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, CPU_VOCAB_TILE)
+    # The fused forward picks its compact path by asking ``_use_triton``; the kernels ask their own module's.
+    if CPU_SCORE_LABELLED_ONLY and hasattr(trl_utils, "_use_triton"):
+        patched["_use_triton"] = lambda device: True
+    before = {name: getattr(trl_utils, name) for name in patched}
+    for name, value in patched.items():
+        setattr(trl_utils, name, value)
     try:
         yield
     finally:
-        setattr(trl_utils, name, before)
+        for name, value in before.items():
+            setattr(trl_utils, name, value)
 
 
 @functools.cache

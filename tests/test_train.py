@@ -337,3 +337,41 @@ def test_training_micro_batches_of_a_step_run_longest_first(tiny_model, tmp_path
     assert len(steps) == 6 and all(len(s) == 4 for s in steps)
     assert all(s == sorted(s, reverse=True) for s in steps)
     assert len({tuple(s) for s in steps}) > 1
+
+
+def test_cpu_lm_head_scores_only_labelled_positions_with_the_same_result(tiny_model, monkeypatch):
+    """Under ``lm_head_tiles`` on a CPU, TRL's fused head projects only the positions with a label
+    (the answer's tokens), not the prompt and padding: the same log-probs and gradients as scoring all."""
+    import types
+
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from infra.models import load_model
+    from tasks.trainers import lm_head_tiles
+
+    model = load_model(tiny_model, ModelConfig())
+    add_fused_lm_head(model)
+    torch.manual_seed(0)
+    input_ids = torch.randint(10, 1000, (2, 24))
+    labels = input_ids.clone()
+    labels[0, :15], labels[1, :9] = -100, -100  # prompts
+    scored_rows = []
+    original = trl_utils._ChunkedLogProbFunction
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction",
+                        types.SimpleNamespace(apply=lambda hidden, *rest: scored_rows.append(len(hidden)) or original.apply(hidden, *rest)))
+
+    def log_probs_and_grad():
+        model.zero_grad()
+        out = model(input_ids=input_ids, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out.log_probs.detach(), model.model.layers[0].mlp.down_proj.weight.grad.clone()
+
+    everywhere = log_probs_and_grad()
+    with lm_head_tiles(torch.device("cpu")):
+        labelled_only = log_probs_and_grad()
+    assert scored_rows == [2 * 23, (24 - 15) + (24 - 9)]  # every shifted position, then only the labelled ones
+    assert torch.allclose(everywhere[0], labelled_only[0], atol=1e-5)
+    assert (labelled_only[0][0, :14] == 0).all() and (labelled_only[0][0, 14:] != 0).all()
+    assert torch.allclose(everywhere[1], labelled_only[1], atol=1e-6, rtol=1e-4)
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored after the block
