@@ -340,8 +340,10 @@ def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: 
     def compute(out: Path) -> PairwiseResult:
         held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)
         everyday = unconstrained_prompts(ctx.config.evaluate.n_unconstrained, ctx.config.evaluate.seed)
-        baseline = baseline_answers(ctx.store, ctx.config, everyday)
         champion = champion_answers(ctx, held_out, everyday)
+        # While the champion is the round-0 policy its answers are the baseline's: not generated twice.
+        champion_is_base = not ctx.champion.train_key and ctx.champion.checkpoint == ctx.config.model.base
+        baseline = baseline_answers(ctx.store, ctx.config, everyday, answers=champion[1] if champion_is_base else None)
         challenger_checkpoint = str(ctx.store.local_path(challenger.key) / layout.MERGED)
         run = pairwise_between(held_out, ctx.champion_checkpoint, challenger_checkpoint, ctx.config, ctx.store,
                                unconstrained=everyday, baseline=baseline, champion_answers=champion)
@@ -359,7 +361,7 @@ def champion_answers(ctx: RoundContext, held_out: list[Prompt], everyday: list[P
     (its weights' checksums), sampling settings and prompts, and cached beside the loop: every
     ablation cell, and an evaluate stage run again, meets the same answers without regenerating them."""
     from tasks.backends import open_backend
-    from tasks.evaluate import generate_completions
+    from tasks.evaluate import generate_answer_sets
 
     config, champion = ctx.config, ctx.champion
     manifest = ctx.store.manifest(champion.train_key) if champion.train_key else None
@@ -372,16 +374,17 @@ def champion_answers(ctx: RoundContext, held_out: list[Prompt], everyday: list[P
     if cached is not None:
         return tuple([Completion.model_validate(c) for c in cached[part]] for part in ("held_out", "unconstrained"))
     with open_backend(ctx.champion_checkpoint, config.generate, config.model) as backend:
-        answers = (generate_completions(backend, held_out, "champion", config.evaluate),
-                   generate_completions(backend, everyday, "champion", config.evaluate) if everyday else [])
+        answers = tuple(generate_answer_sets(backend, [held_out, everyday], "champion", config.evaluate))
     ctx.store.write_json(key, {part: [a.model_dump(mode="json") for a in found] for part, found in zip(("held_out", "unconstrained"), answers)})
     return answers
 
 
-def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list[Prompt]) -> list[Completion]:
+def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list[Prompt],
+                     answers: list[Completion] | None = None) -> list[Completion]:
     """The round-0 policy's answers to the unconstrained ``prompts``, generated once and cached in
     the store beside the loop (keyed by the base model and the eval's settings), so every round's
-    length is measured against the same answers."""
+    length is measured against the same answers. ``answers``: the round-0 policy's, already
+    generated (it is the champion), cached instead of generating them when none are cached yet."""
     from infra.champion import base_policy, local_checkpoint
     from tasks.backends import open_backend
     from tasks.evaluate import generate_completions
@@ -394,10 +397,11 @@ def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list
     cached = store.read_json(cache_key)
     if cached is not None:
         return [Completion.model_validate(c) for c in cached]
-    checkpoint = local_checkpoint(base_policy(config), store, config.storage.data_dir)
-    with open_backend(checkpoint, config.generate, config.model) as backend:
-        # Recorded as the champion's: the round-0 policy is the champion the first round meets.
-        answers = generate_completions(backend, prompts, "champion", config.evaluate)
+    if answers is None:
+        checkpoint = local_checkpoint(base_policy(config), store, config.storage.data_dir)
+        with open_backend(checkpoint, config.generate, config.model) as backend:
+            # Recorded as the champion's: the round-0 policy is the champion the first round meets.
+            answers = generate_completions(backend, prompts, "champion", config.evaluate)
     store.write_json(cache_key, [a.model_dump(mode="json") for a in answers])
     return answers
 

@@ -15,7 +15,7 @@ the same verdict both ways stands, different verdicts make a tie.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -118,15 +118,27 @@ def length_controlled_win_rate(outcomes: list[float], length_diffs: list[float],
 def generate_completions(backend, prompts: list[Prompt], policy: str, config: EvalConfig) -> list[Completion]:
     """One response per held-out prompt from ``backend`` (a tasks.backends.SamplingBackend), scored
     against the prompt's constraints."""
-    requests = [SampleRequest(key=(p.id,), prompt=p.text, temperature=config.temperature) for p in prompts]
+    return generate_answer_sets(backend, [prompts], policy, config)[0]
+
+
+def generate_answer_sets(backend, prompt_sets: Sequence[list[Prompt]], policy: str, config: EvalConfig) -> list[list[Completion]]:
+    """``generate_completions`` for several sets of prompts in one call, so they share batches:
+    a set's small last batch decodes nearly as slowly as a full one (docs/speed.md)."""
+    requests = [SampleRequest(key=(n, p.id), prompt=p.text, temperature=config.temperature)
+                for n, prompts in enumerate(prompt_sets) for p in prompts]
+    if not requests:
+        return [[] for _ in prompt_sets]
     decoded = backend.sample(requests, config.max_new_tokens, config.batch_size, config.seed, progress=f"eval {policy}")
-    completions = []
-    for p in prompts:
-        text, _, truncated = decoded[(p.id,)]
-        met = check_constraints(text, p.constraints)
-        score = sum(met) / len(met) if met else 1.0
-        completions.append(Completion(prompt_id=p.id, policy=policy, text=text, constraint_score=score, truncated=truncated))
-    return completions
+    sets = []
+    for n, prompts in enumerate(prompt_sets):
+        completions = []
+        for p in prompts:
+            text, _, truncated = decoded[(n, p.id)]
+            met = check_constraints(text, p.constraints)
+            score = sum(met) / len(met) if met else 1.0
+            completions.append(Completion(prompt_id=p.id, policy=policy, text=text, constraint_score=score, truncated=truncated))
+        sets.append(completions)
+    return sets
 
 
 def combine_orders(forward: Verdict, backward: Verdict) -> str:
@@ -327,8 +339,7 @@ def pairwise_between(
         policies = policies[1:]
     for policy, checkpoint in policies:
         with open_backend(checkpoint, config.generate, config.model) as backend:  # closed (model freed) before the next
-            completions[policy] = generate_completions(backend, prompts, policy, config.evaluate)
-            answers[policy] = generate_completions(backend, list(unconstrained), policy, config.evaluate) if unconstrained else []
+            completions[policy], answers[policy] = generate_answer_sets(backend, [prompts, list(unconstrained)], policy, config.evaluate)
     eval_judge = config.evaluate.judge or config.judge.name
     judge = build_judge(config.judge.model_copy(update={"name": eval_judge}), store=store)
     result, verdicts = evaluate_pairwise(

@@ -8,12 +8,13 @@ left-padded, and grouped by token length so a batch wastes little on padding; th
 candidates of a prompt share one prefill (its KV cache is computed once and copied to
 each of its rows), and a row that has ended leaves the batch rather than being decoded to the
 longest row's end (``decode``, a loop of the model's forward passes: ``model.generate`` cannot drop
-rows). The backends that sample (this one, ``hf``, and servers or engines) are
+rows), its KV cache written in place (``tasks/kv_cache.py``). The backends that sample (this one, ``hf``, and servers or engines) are
 in ``tasks/backends.py``.
 Each candidate index has its own temperature; one batch mixes temperatures, since
 ``RowTemperatureNucleus`` applies a temperature per row and nucleus (top-p)
 sampling from a top-k shortlist, exactly, without the full-vocabulary sort that
-dominates a CPU decoding step otherwise (120 ms of 280 ms for 64 rows of 49k).
+dominates a CPU decoding step otherwise (120 ms of 280 ms for 64 rows of 49k), and
+draws each row's token with one uniform number.
 """
 
 from __future__ import annotations

@@ -140,3 +140,40 @@ def test_telling_examples_are_the_largest_gains_and_losses(judge):
     assert [e.prompt_id for e in best] == ["c", "a"] and [e.after_score - e.before_score for e in best] == [1.0, 0.5]
     assert worst[0].prompt_id == "b" and worst[0].after_score == worst[0].before_score == 0.0
     assert best[0].before == CHAMPION["c"] and best[0].after == CHALLENGER["c"] and best[0].prompt == PROMPTS[2].text
+
+
+def test_answer_sets_share_one_sampling_call_and_come_back_apart(tiny_model):
+    """Held-out and everyday prompts decode in one call (their batches shared), each answer returned
+    to its own set, even where two sets use the same prompt id."""
+    from infra.models import load_model, load_tokenizer
+    from infra.settings import ModelConfig
+    from tasks.backends import HFBackend
+    from tasks.evaluate import generate_answer_sets
+
+    backend = HFBackend.from_loaded(load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model))
+    calls = []
+    sample = backend.sample
+    backend.sample = lambda requests, *args, **kwargs: calls.append(len(requests)) or sample(requests, *args, **kwargs)
+    everyday = [Prompt(id="a", text="Tell me about tea."), Prompt(id="z", text="Name a river.")]
+    held_out, answers = generate_answer_sets(backend, [PROMPTS, everyday], "champion", EvalConfig(max_new_tokens=4, batch_size=8))
+    assert calls == [5]
+    assert [c.prompt_id for c in held_out] == ["a", "b", "c"] and [c.prompt_id for c in answers] == ["a", "z"]
+    assert all(c.policy == "champion" for c in held_out + answers)
+    assert generate_answer_sets(backend, [[], []], "champion", EvalConfig()) == [[], []] and calls == [5]
+
+
+def test_round_zero_answers_handed_in_are_cached_as_the_baseline(tmp_path):
+    """While the champion is the round-0 policy, its everyday answers become the baseline's: cached,
+    and read back later without loading a model (the base named here does not exist)."""
+    from flows.stages import baseline_answers
+    from infra.store import store_from_config
+
+    config = FlywheelConfig.model_validate({"loop": "baseline", "model": {"base": str(tmp_path / "no-such-model")},
+                                            "storage": {"data_dir": str(tmp_path / "data")}})
+    store = store_from_config(config.storage)
+    everyday = [Prompt(id="t", text="Describe tea.")]
+    given = [Completion(prompt_id="t", policy="champion", text="Tea is a drink.", constraint_score=1.0)]
+    assert baseline_answers(store, config, everyday, answers=given) == given
+    assert baseline_answers(store, config, everyday) == given
+    with pytest.raises(Exception):  # nothing cached for other prompts: it must load the (missing) model
+        baseline_answers(store, config, [Prompt(id="u", text="Describe coffee.")])
