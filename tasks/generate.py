@@ -49,16 +49,10 @@ class RowTemperatureNucleus:
         if self.top_p >= 1.0:
             return scores
         probs = scores.softmax(dim=-1)
-        top_probs, top_idx = probs.topk(min(self.shortlist, probs.shape[-1]), dim=-1)
         remove = torch.ones_like(scores, dtype=torch.bool)
-        remove.scatter_(1, top_idx, _outside_nucleus(top_probs, self.top_p))
-        short = top_probs.sum(-1) < self.top_p
-        if short.any():
-            rows = short.nonzero().squeeze(1)
-            sorted_probs, sorted_idx = probs[rows].sort(dim=-1, descending=True)
-            row_remove = torch.ones_like(sorted_probs, dtype=torch.bool)
-            row_remove.scatter_(1, sorted_idx, _outside_nucleus(sorted_probs, self.top_p))
-            remove[rows] = row_remove
+        for rows, ranked_probs, ranked_idx in self._ranked(probs):
+            row_remove = torch.ones((len(ranked_probs), probs.shape[-1]), dtype=torch.bool, device=probs.device)
+            remove[rows] = row_remove.scatter_(1, ranked_idx, _outside_nucleus(ranked_probs, self.top_p))
         return scores.masked_fill(remove, float("-inf"))
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
@@ -69,16 +63,21 @@ class RowTemperatureNucleus:
         uniform = torch.rand(len(probs), 1, device=probs.device)
         if self.top_p >= 1.0:
             return _draw(probs, uniform)
+        tokens = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+        for rows, ranked_probs, ranked_idx in self._ranked(probs):
+            kept = ranked_probs.masked_fill(_outside_nucleus(ranked_probs, self.top_p), 0)
+            tokens[rows] = ranked_idx.gather(1, _draw(kept, uniform[rows]).unsqueeze(1)).squeeze(1)
+        return tokens
+
+    def _ranked(self, probs: torch.Tensor):
+        """(rows, probabilities high to low, their token ids): every row's shortlist first, then a
+        full sort for the rows whose shortlist holds less than ``top_p``, which replaces theirs."""
         top_probs, top_idx = probs.topk(min(self.shortlist, probs.shape[-1]), dim=-1)
-        kept = top_probs.masked_fill(_outside_nucleus(top_probs, self.top_p), 0)
-        tokens = top_idx.gather(1, _draw(kept, uniform).unsqueeze(1)).squeeze(1)
+        yield slice(None), top_probs, top_idx
         short = top_probs.sum(-1) < self.top_p
         if short.any():
             rows = short.nonzero().squeeze(1)
-            sorted_probs, sorted_idx = probs[rows].sort(dim=-1, descending=True)
-            kept = sorted_probs.masked_fill(_outside_nucleus(sorted_probs, self.top_p), 0)
-            tokens[rows] = sorted_idx.gather(1, _draw(kept, uniform[rows]).unsqueeze(1)).squeeze(1)
-        return tokens
+            yield (rows, *probs[rows].sort(dim=-1, descending=True))
 
 
 def _outside_nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
