@@ -16,9 +16,10 @@ The recipe, against memorising the round's pairs (``train`` config):
   round's own);
 * the epoch with the lowest held-out loss kept (``keep_best_epoch``), not the last.
 
-On CPUs with native bf16 (AMX) and on GPUs training runs under bf16 autocast with fp32
-master weights; the merged checkpoint is saved in fp32 because LoRA's small deltas would
-round away in bf16.
+With bf16 (native on the CPU or GPU) training runs under bf16 autocast: on a GPU over fp32
+master weights, on a CPU over a frozen base held in bf16 (``base_dtype``) and an fp32 adapter.
+The merged checkpoint is saved in fp32 either way, because LoRA's small deltas would round
+away in bf16.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from pydantic import BaseModel
 
 from infra import layout
+from infra.memory import release_memory
 from infra.records import PreferencePair
 from infra.settings import MANAGED_DPO_ARGS, ModelConfig, TrainConfig, per_round
 from tasks.diagnostics import Alarm, Start, diagnose_training
@@ -118,6 +120,18 @@ def _utilisation(trainer, config: TrainConfig, device: torch.device, dtype: torc
     tokens = round(trained_tokens(trainer.train_dataset, config.max_length) * config.epochs)
     achieved, mfu = utilisation(matmul_params(trainer.model), tokens, seconds, measured_peak_flops(str(device), dtype))
     return achieved, mfu, tokens
+
+
+# On a CPU the frozen base weights are held in the training dtype: bf16 autocast would round them to it at
+# every forward anyway (so the products are the same), and fp32 masters of frozen weights only cost memory
+# (and autocast's cached bf16 copies of them on top). The LoRA adapter stays fp32 (PEFT upcasts it), and the
+# merged checkpoint is made in fp32. GPUs keep fp32 masters under autocast (not measured there).
+CPU_BASE_IN_TRAINING_DTYPE = True
+
+
+def base_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the frozen policy (and a reference model) is loaded in for training."""
+    return dtype if CPU_BASE_IN_TRAINING_DTYPE and device.type == "cpu" else torch.float32
 
 
 # Pairs per pass on a CPU under micro_batch_size 'auto', by training dtype. benchmarks/bench_memory.py, 12 pairs
@@ -362,27 +376,32 @@ def _dataset(rows: list[dict], args, folder: Path | None):
         return Dataset.load_from_disk(str(folder))
 
 
-def _save_policy(trainer, tokenizer, checkpoint: str, output_dir: Path) -> None:
-    """``adapter/`` and ``merged/`` (fp32), written by the main process alone. Under DeepSpeed
-    ZeRO-3 every process holds a shard of the weights: they are gathered (all processes take
-    part), saved as the adapter, which is merged into a fresh fp32 copy of ``checkpoint``."""
+def _save_policy(trainer, tokenizer, output_dir: Path) -> bool:
+    """``adapter/``, and ``merged/`` (fp32) where the trained model holds fp32 weights, written by
+    the main process alone. Returns whether ``merged/`` is still to be made by ``_merge_fresh``:
+    under DeepSpeed ZeRO-3 (every process holds a shard of the weights: they are gathered, all
+    processes taking part, and saved as the adapter) and for a base held in bf16 (the deltas
+    would round away in it)."""
+    deepspeed = getattr(trainer, "is_deepspeed_enabled", False)
+    # needs stage3_gather_16bit_weights_on_model_save
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if deepspeed else None
+    if not trainer.accelerator.is_main_process:
+        return False
+    trainer.model.save_pretrained(output_dir / layout.ADAPTER, state_dict=state)
+    if deepspeed or trainer.model.get_base_model().dtype != torch.float32:
+        return True
+    trainer.model.merge_and_unload().save_pretrained(output_dir / layout.MERGED)
+    tokenizer.save_pretrained(output_dir / layout.MERGED)
+    return False
+
+
+def _merge_fresh(checkpoint: str, tokenizer, output_dir: Path) -> None:
+    """``merged/``: the saved adapter merged into a fresh fp32 copy of ``checkpoint``."""
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        from peft import PeftModel
-
-        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # needs stage3_gather_16bit_weights_on_model_save
-        if not trainer.accelerator.is_main_process:
-            return
-        trainer.model.save_pretrained(output_dir / layout.ADAPTER, state_dict=state)
-        base = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, output_dir / layout.ADAPTER).merge_and_unload()
-    else:
-        if not trainer.accelerator.is_main_process:
-            return
-        trainer.model.save_pretrained(output_dir / layout.ADAPTER)
-        merged = trainer.model.merge_and_unload()
-    merged.save_pretrained(output_dir / layout.MERGED)
+    base = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    PeftModel.from_pretrained(base, output_dir / layout.ADAPTER).merge_and_unload().save_pretrained(output_dir / layout.MERGED)
     tokenizer.save_pretrained(output_dir / layout.MERGED)
 
 
@@ -430,12 +449,13 @@ def train_policy(
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    frozen_dtype = base_dtype(device, dtype)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=frozen_dtype)
     reference_is_start = reference_checkpoint is None or _same_checkpoint(reference_checkpoint, checkpoint)
     trainer_class = objective.trainer_class()
     shared = reference_logps if issubclass(trainer_class, flywheel_dpo_trainer()) and reference_logps else None
     needs_ref_model = objective.uses_reference and not reference_is_start and shared is None
-    ref_model = AutoModelForCausalLM.from_pretrained(reference_checkpoint, dtype=torch.float32) if needs_ref_model else None
+    ref_model = AutoModelForCausalLM.from_pretrained(reference_checkpoint, dtype=frozen_dtype) if needs_ref_model else None
     own_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
     train_pairs, replayed = mix_replay(own_pairs, earlier_pairs, config.replay_share, config.seed + round_index)
     train_rows = objective.rows(train_pairs, _feedback_rows(config, objective))
@@ -480,12 +500,12 @@ def train_policy(
     history = [h for h in log_history if "loss" in h]
     achieved, mfu, tokens = _utilisation(trainer, config, device, dtype, runtime)
     best_epoch = next((h["epoch"] for h in log_history if "eval_loss" in h and h.get("step") == kept_step), None)
-    _save_policy(trainer, tokenizer, checkpoint, output_dir)
+    merge_fresh = _save_policy(trainer, tokenizer, output_dir)
     n_examples = len(train_pairs) * config.epochs
     has_ref_columns = "ref_chosen_logps" in (trainer.train_dataset.column_names or [])
     ref_train = _reference_logps(trainer.train_dataset) if has_ref_columns else None
     ref_heldout = _reference_logps(trainer.eval_dataset) if has_ref_columns and trainer.eval_dataset is not None else None
-    return TrainResult(
+    result = TrainResult(
         objective=objective.name,
         n_pairs=len(train_pairs),
         n_heldout=len(heldout_pairs),
@@ -516,3 +536,8 @@ def train_policy(
         heldout_reference_logps=list(zip(*ref_heldout)) if ref_heldout else [],
         alarms=diagnose_training(log_history, config.diagnostics, start, kept_step),
     )
+    if merge_fresh:
+        del trainer, model  # the trained weights go before a fresh fp32 copy comes
+        release_memory()
+        _merge_fresh(checkpoint, tokenizer, output_dir)
+    return result

@@ -375,3 +375,44 @@ def test_cpu_lm_head_scores_only_labelled_positions_with_the_same_result(tiny_mo
     assert (labelled_only[0][0, :14] == 0).all() and (labelled_only[0][0, 14:] != 0).all()
     assert torch.allclose(everywhere[1], labelled_only[1], atol=1e-6, rtol=1e-4)
     assert trl_utils._use_triton(torch.device("cpu")) is False  # restored after the block
+
+
+def test_bf16_training_on_a_cpu_holds_the_frozen_base_in_bf16_and_merges_into_fp32(tiny_model, tmp_path, monkeypatch):
+    """With bf16 on a CPU the frozen base is held in bf16 (autocast would round it so at every
+    forward) and the adapter in fp32; the merged checkpoint is the adapter merged into a fresh fp32
+    copy of the start, made after the trained model is released (its deltas would round away in bf16)."""
+    import weakref
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import tasks.train as train_module
+    from tasks.trainers import flywheel_dpo_trainer
+
+    trainer_class, seen = flywheel_dpo_trainer(), {}
+    train, merge = trainer_class.train, train_module._merge_fresh
+
+    def note_dtypes(self, *args, **kwargs):
+        seen["frozen"] = {p.dtype for p in self.model.parameters() if not p.requires_grad}
+        seen["trained"] = {p.dtype for p in self.model.parameters() if p.requires_grad}
+        seen["model"] = weakref.ref(self.model)
+        return train(self, *args, **kwargs)
+
+    def note_release(*args, **kwargs):
+        seen["alive_at_merge"] = seen["model"]() is not None
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_class, "train", note_dtypes)
+    monkeypatch.setattr(train_module, "_merge_fresh", note_release)
+    config = TrainConfig(batch_size=2, learning_rate=[1e-3], lora_r=4, lora_alpha=8, heldout_share=0)
+    out = tmp_path / "out"
+    train_policy(tiny_model, make_pairs(4), config, ModelConfig(dtype="bf16"), 1, out)
+    assert seen["frozen"] == {torch.bfloat16} and seen["trained"] == {torch.float32}
+    assert seen["alive_at_merge"] is False
+    merged = load_file(str(out / "merged" / "model.safetensors"))
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    expected = PeftModel.from_pretrained(fresh, out / "adapter").merge_and_unload().state_dict()
+    base = load_file(f"{tiny_model}/model.safetensors")
+    assert {t.dtype for t in merged.values()} == {torch.float32}
+    assert all(torch.equal(merged[k], expected[k]) for k in merged)
+    assert any(not torch.equal(merged[k], base[k]) for k in merged), "merging the adapter changed no weight"
