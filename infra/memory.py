@@ -5,6 +5,9 @@ kernel's high-water mark (VmHWM) is reset on entry (``/proc/self/clear_refs``) a
 each stage reports its own peak, not the process's so far. Where the reset is refused the figure
 is the process's peak since start (``ru_maxrss``), flagged ``since_start``.
 
+``drop_file_pages`` hands back the pages a tensor read from a file mapping holds resident (a
+checkpoint's fp32 weights once they are converted), without waiting for the whole file to be unmapped.
+
 ``release_memory`` hands freed memory back to the system after a stage: unreachable model
 objects (reference cycles) are collected and glibc's allocator trims its free lists, which
 otherwise keep a freed model's pages resident for the rest of the process.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import mmap
 import resource
 import sys
 from dataclasses import dataclass
@@ -90,3 +94,42 @@ def release_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+_MADV_DONTNEED = 4  # Linux's number; the same on every architecture
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """The address ranges of this process's private mappings of files (``/proc/self/maps``)."""
+    ranges = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/") and fields[1].endswith("p"):
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((low, high))
+    return ranges
+
+
+def drop_file_pages(tensors) -> int:
+    """Hand back the resident pages of ``tensors`` that lie in a private mapping of a file (a
+    safetensors checkpoint transformers maps instead of reading); returns the bytes handed back.
+    Reading such a tensor again reads the file again, so its values stay what they were, as long
+    as nothing wrote to it (writes to a private mapping are lost); tensors in ordinary memory are
+    left alone. Only whole pages inside a tensor are dropped."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    mappings = _file_mappings()
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    page, dropped = mmap.PAGESIZE, 0
+    for tensor in tensors:
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        low, high = -(-start // page) * page, end // page * page
+        if high > low and any(a <= start and end <= b for a, b in mappings):
+            if madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), _MADV_DONTNEED) == 0:
+                dropped += high - low
+    return dropped

@@ -436,9 +436,9 @@ def train_policy(
     and ``shared_dir`` must then be a folder they all share, for the datasets (TRL's reference
     pass caches its log-probs beside them) and the epoch checkpoints of ``keep_best_epoch``;
     None: one process, with temporary folders."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from infra.models import pick_device, pick_dtype
+    from infra.models import load_causal_lm, pick_device, pick_dtype
     from tasks.trainers import flywheel_dpo_trainer, lm_head_tiles
 
     if len(pairs) < 1:
@@ -450,12 +450,12 @@ def train_policy(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     frozen_dtype = base_dtype(device, dtype)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=frozen_dtype)
+    model = load_causal_lm(checkpoint, frozen_dtype)
     reference_is_start = reference_checkpoint is None or _same_checkpoint(reference_checkpoint, checkpoint)
     trainer_class = objective.trainer_class()
     shared = reference_logps if issubclass(trainer_class, flywheel_dpo_trainer()) and reference_logps else None
     needs_ref_model = objective.uses_reference and not reference_is_start and shared is None
-    ref_model = AutoModelForCausalLM.from_pretrained(reference_checkpoint, dtype=frozen_dtype) if needs_ref_model else None
+    ref_model = load_causal_lm(reference_checkpoint, frozen_dtype) if needs_ref_model else None
     own_pairs, heldout_pairs = split_heldout(pairs, config.heldout_share, config.seed + round_index)
     train_pairs, replayed = mix_replay(own_pairs, earlier_pairs, config.replay_share, config.seed + round_index)
     train_rows = objective.rows(train_pairs, _feedback_rows(config, objective))

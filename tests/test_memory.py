@@ -37,3 +37,30 @@ def test_release_memory_hands_freed_pages_back():
     release_memory()
     assert rss_mb() < before + 50
     del kept
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/maps")
+def test_dropped_file_pages_leave_the_resident_set_and_the_values_stay(tmp_path):
+    """A tensor viewing a private mapping of a file (as transformers maps a checkpoint) gives its
+    pages back; read again, it holds the file's values. Ordinary memory is left alone."""
+    import mmap
+
+    import torch
+
+    from infra.memory import _status_mb, drop_file_pages
+
+    values = torch.arange(16 * 2**20, dtype=torch.float32)  # 64 MB
+    path = tmp_path / "weights.bin"
+    path.write_bytes(values.numpy().tobytes())
+    with path.open("r+b") as file:
+        mapping = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_PRIVATE)
+    mapped = torch.frombuffer(mapping, dtype=torch.float32)
+    assert torch.equal(mapped, values)  # read: resident now
+    resident = _status_mb("RssFile")
+    assert drop_file_pages([mapped]) >= 63 * 2**20
+    assert _status_mb("RssFile") < resident - 60
+    assert torch.equal(mapped, values)
+    ordinary = values.clone()
+    assert drop_file_pages([ordinary]) == 0 and torch.equal(ordinary, values)
+    del mapped
+    mapping.close()
