@@ -30,3 +30,36 @@ def test_a_checkpoint_not_in_fp32_is_left_to_transformers(tiny_model, tmp_path):
     assert not _saved_in_fp32(str(tmp_path / "missing"))
     model = load_causal_lm(str(tmp_path / "bf16"), torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+_SHAPES = """
+import sys, torch
+from infra.memory import release_memory, rss_mb
+from infra.models import bound_kernel_caches
+bound_kernel_caches()
+layer = torch.nn.Linear(576, 1536).to(torch.bfloat16)
+before = rss_mb()
+for rows in range(50, 350):  # as many shapes as a round's sequence lengths make
+    layer(torch.randn(rows, 576, dtype=torch.bfloat16, requires_grad=True)).sum().backward()
+release_memory()
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("infra.models", fromlist=["cpu_supports_bf16"]).cpu_supports_bf16(),
+                    reason="bf16 products go through oneDNN only on a CPU with native bf16")
+def test_bf16_kernel_caches_are_capped_unless_the_environment_says_otherwise():
+    """300 shapes of bf16 products: with the caps, what stays resident after them is far less than
+    with oneDNN's and ideep's own capacity (1024), which a user can still choose."""
+    import os
+    import subprocess
+    import sys
+
+    def kept_mb(**env) -> float:
+        clean = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+        out = subprocess.run([sys.executable, "-c", _SHAPES], env={**clean, **env}, capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    capped = kept_mb()
+    uncapped = kept_mb(ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024", LRU_CACHE_CAPACITY="1024")
+    assert uncapped > capped + 150, (capped, uncapped)
