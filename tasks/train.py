@@ -137,7 +137,7 @@ def base_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 # Pairs per pass on a CPU under micro_batch_size 'auto', by training dtype. benchmarks/bench_memory.py, 12 pairs
 # with responses of up to 160 tokens: fp32 peaked at 3.1-3.2 GB with 2 pairs a pass and 2.1-2.2 GB with 1, in
 # about the same time (45-47 s both); bf16 autocast at 2.7-2.8 GB with 2 (infra/settings.py says more). With the
-# base in bf16 (21 pairs, 2026-12-01): 2.17-2.20 GB with 2, 1.87 GB with 1 at 9% fewer pairs/s, so bf16 keeps 2.
+# base in bf16 (22 pairs, 2026-12-01): 2.17-2.20 GB with 2, 1.87 GB with 1 at 9% fewer pairs/s, so bf16 keeps 2.
 CPU_MICRO_BATCH = {torch.float32: 1, torch.bfloat16: 2}
 
 
