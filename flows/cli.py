@@ -20,8 +20,7 @@ from infra.settings import ConfigError, FlywheelConfig
 
 
 def _prepare_environment(config: FlywheelConfig) -> None:
-    """Point Prefect at a home under the data folder (ephemeral API, offline) unless the user chose one;
-    cap the CPU kernel caches (infra.models.bound_kernel_caches)."""
+    """Point Prefect at a home under the data folder (ephemeral API, offline) unless the user chose one."""
     data_dir = Path(config.storage.data_dir).resolve()
     prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(data_dir / "prefect")))
     prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last folder
@@ -32,9 +31,6 @@ def _prepare_environment(config: FlywheelConfig) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from infra.models import bound_kernel_caches
-
-    bound_kernel_caches()
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:

@@ -116,7 +116,8 @@ def drop_file_pages(tensors) -> int:
     safetensors checkpoint transformers maps instead of reading); returns the bytes handed back.
     Reading such a tensor again reads the file again, so its values stay what they were, as long
     as nothing wrote to it (writes to a private mapping are lost); tensors in ordinary memory are
-    left alone. Only whole pages inside a tensor are dropped."""
+    left alone. Only whole pages inside a tensor are dropped. The mappings are read once, so
+    ``tensors`` may be a generator that makes each tensor as the last one's pages go."""
     if not sys.platform.startswith("linux"):
         return 0
     mappings = _file_mappings()

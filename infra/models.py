@@ -155,10 +155,14 @@ def load_causal_lm(path: str, dtype: torch.dtype):
     from infra.memory import drop_file_pages
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    for parameter in model.parameters():  # tied weights come once
-        fp32 = parameter.data
-        parameter.data = fp32.to(dtype)
-        drop_file_pages([fp32])
+
+    def converted():
+        for parameter in model.parameters():  # tied weights come once
+            fp32 = parameter.data
+            parameter.data = fp32.to(dtype)
+            yield fp32  # its pages are handed back before the next weight is converted
+
+    drop_file_pages(converted())
     model.config.dtype = dtype
     return model
 
