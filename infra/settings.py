@@ -406,6 +406,12 @@ class TrainConfig(Section):
         return value
 
     max_length: int = Field(320, ge=16, description="Prompt + response tokens kept per sequence.")
+    share_prompt: bool = Field(
+        True,
+        description="The DPO family's objectives put each pair in one row, the prompt once, then both answers (a 4D "
+        "attention mask keeps them apart): the same log-probs and gradients for about a third fewer tokens at the "
+        "demo's lengths (tasks/shared_prompt.py). Off: TRL's two rows a pair, the prompt computed twice.",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank; higher ranks overfit small pair sets sooner.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")

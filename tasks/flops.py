@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from tasks.trainers import pair_lengths
+
 FLOPS_PER_PARAM_AND_TOKEN = 4  # forward 2 + backward (activation gradients) 2
 
 
@@ -48,12 +50,15 @@ def matmul_params(model: torch.nn.Module) -> int:
     return total if tied else total - embeddings.numel()
 
 
-def trained_tokens(dataset, max_length: int) -> int:
+def trained_tokens(dataset, max_length: int, share_prompt: bool = False) -> int:
     """Tokens one epoch trains on: every (prompt + answer) sequence of a TRL-tokenised dataset, cut
     at ``max_length``, pads excluded. DPOTrainer and KTOTrainer keep the prompt apart
     (``prompt_ids`` + ``chosen_ids`` / ``rejected_ids`` / ``completion_ids``); CPO and ORPO keep
-    whole sequences (``chosen_input_ids`` / ``rejected_input_ids``)."""
+    whole sequences (``chosen_input_ids`` / ``rejected_input_ids``). With ``share_prompt`` a pair
+    is its packed row (tasks/shared_prompt.py): the prompt counted once."""
     columns = dataset.column_names or []
+    if share_prompt and (packed := pair_lengths(dataset, max_length, share_prompt=True)) is not None:
+        return sum(packed)
     prompts = [len(ids) for ids in dataset["prompt_ids"]] if "prompt_ids" in columns else None
     total = 0
     for name in ("chosen_ids", "rejected_ids", "completion_ids"):

@@ -117,7 +117,8 @@ def _utilisation(trainer, config: TrainConfig, device: torch.device, dtype: torc
     from tasks.flops import matmul_params, measured_peak_flops, trained_tokens, utilisation
 
     seconds = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), runtime)
-    tokens = round(trained_tokens(trainer.train_dataset, config.max_length) * config.epochs)
+    shares_prompt = bool(getattr(trainer, "_share_prompt", False))
+    tokens = round(trained_tokens(trainer.train_dataset, config.max_length, shares_prompt) * config.epochs)
     achieved, mfu = utilisation(matmul_params(trainer.model), tokens, seconds, measured_peak_flops(str(device), dtype))
     return achieved, mfu, tokens
 
@@ -465,7 +466,7 @@ def train_policy(
         args = trainer_args(config, round_index, device, dtype, scratch, eval_each_epoch=bool(heldout_pairs), objective=objective)
         forward = _log_callback(on_log) if on_log else None
         started = time.perf_counter()
-        extra = {"reference_logps": shared} if issubclass(trainer_class, flywheel_dpo_trainer()) else {}
+        extra = {"reference_logps": shared, "share_prompt": config.share_prompt} if issubclass(trainer_class, flywheel_dpo_trainer()) else {}
         if objective.uses_reference:
             extra["ref_model"] = ref_model
         # The reference's log-probs (objectives that have one) are computed here, once, for the

@@ -9,6 +9,8 @@
   a plain shuffle, are ordered by length before they are cut into micro-batches
   (``StepSortedSampler``), and the reference pass runs over the pairs sorted by length; the
   log-probs come back in the dataset's order. Both only change which pairs are padded together.
+* With ``share_prompt`` each pair's prompt goes through the model once for both answers
+  (tasks/shared_prompt.py), in training, held-out scoring and the reference pass.
 * Under gradient accumulation (``train.micro_batch_size``) each micro-batch's loss is weighed by
   its share of the optimizer step, so the step's loss is the whole batch's: TRL averages the
   preference term over a micro-batch's pairs and the NLL term over its chosen tokens, and the
@@ -25,6 +27,8 @@ from typing import Iterator
 
 import torch
 from torch.utils.data import Sampler
+
+from tasks.shared_prompt import SharedPromptForward, packed_length
 
 # TRL's fused LM head projects the hidden states onto the vocabulary in tiles of 32768 columns (up
 # to 4096 tokens each) and, without Triton, folds every tile into the log-softmax with torch ops
@@ -71,12 +75,16 @@ def flywheel_dpo_trainer() -> type:
     return type("FlywheelDPOTrainer", (_Additions, DPOTrainer), {})
 
 
-def pair_lengths(dataset, max_length: int | None = None) -> list[int] | None:
+def pair_lengths(dataset, max_length: int | None = None, share_prompt: bool = False) -> list[int] | None:
     """Each tokenized pair's padded length in a batch: its prompt and the longer of its two
-    responses (TRL pads chosen and rejected to one length); None for a dataset that is not paired."""
+    responses (TRL pads chosen and rejected to one length), or its packed row's with
+    ``share_prompt``; None for a dataset that is not paired."""
     if dataset is None or not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names or ()):
         return None
-    lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    triples = [(len(p), len(c), len(r)) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    if share_prompt:
+        return [packed_length(p, c, r, max_length) for p, c, r in triples]
+    lengths = [p + max(c, r) for p, c, r in triples]
     return [min(n, max_length) for n in lengths] if max_length else lengths
 
 
@@ -117,8 +125,10 @@ def _chosen_mask(inputs):
 class _Additions:
     """Mixed in before DPOTrainer."""
 
-    def __init__(self, *args, reference_logps: dict[str, tuple[list[float], list[float]]] | None = None, **kwargs):
+    def __init__(self, *args, reference_logps: dict[str, tuple[list[float], list[float]]] | None = None,
+                 share_prompt: bool = False, **kwargs):
         self._given_reference_logps = reference_logps or {}
+        self._share_prompt = share_prompt
         self._step: _Step | None = None
         super().__init__(*args, **kwargs)
 
@@ -129,7 +139,7 @@ class _Additions:
             if len(chosen) != len(dataset) or len(rejected) != len(dataset):
                 raise ValueError(f"reference log-probs for {name!r} cover {len(chosen)} pairs, the dataset has {len(dataset)}")
             return dataset.add_column("ref_chosen_logps", list(chosen)).add_column("ref_rejected_logps", list(rejected))
-        lengths = pair_lengths(dataset, self.args.max_length)
+        lengths = pair_lengths(dataset, self.args.max_length, self._share_prompt)
         if lengths is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         # Longest first, so that a batch pads little (and its memory peaks at the first batch).
@@ -137,9 +147,15 @@ class _Additions:
         inverse = sorted(range(len(order)), key=lambda k: order[k])
         return super()._precompute_ref_logps(dataset.select(order), name, batch_size).select(inverse)
 
+    def compute_ref_log_probs(self, model, inputs):
+        return super().compute_ref_log_probs(self._forward(model), inputs)
+
+    def _forward(self, model):
+        return SharedPromptForward(model) if self._share_prompt else model
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        lengths = pair_lengths(dataset, self.args.max_length)
+        lengths = pair_lengths(dataset, self.args.max_length, self._share_prompt)
         if lengths is None or self.args.train_sampling_strategy != "random":
             return super()._get_train_sampler(train_dataset)
         # The global step: every process's micro-batches of it (accelerate deals the batches out in turn).
@@ -154,6 +170,7 @@ class _Additions:
         return batches, num_items
 
     def _compute_loss(self, model, inputs, return_outputs):
+        model = self._forward(model)
         accumulating = self.model.training and self.args.gradient_accumulation_steps > 1 and self._step is not None
         if "sft" not in self.loss_types and not accumulating:
             return super()._compute_loss(model, inputs, return_outputs)

@@ -18,6 +18,8 @@ def test_tokens_count_prompt_and_answer_cut_at_max_length():
     assert trained_tokens(apart, max_length=12) == 5 + 12 + 4 + 12
     whole = Dataset.from_dict({"prompt_input_ids": [[1, 2]], "chosen_input_ids": [[1, 2, 4, 5]], "rejected_input_ids": [[1, 2, 6]]})
     assert trained_tokens(whole, max_length=12) == 4 + 3
+    # One packed row a pair (train.share_prompt): the prompt once, its last token again, both answers (each cut as TRL cuts it).
+    assert trained_tokens(apart, max_length=12, share_prompt=True) == (3 + 2 + 1 + 1) + (10 + 2 + 1 + 2)
 
 
 def test_utilisation_is_four_flops_per_parameter_and_token():

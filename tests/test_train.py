@@ -327,7 +327,8 @@ def test_training_micro_batches_of_a_step_run_longest_first(tiny_model, tmp_path
 
     def spied(self, *args, **kwargs):
         batches, n = batch_samples(self, *args, **kwargs)
-        steps.append([int(b["attention_mask"].sum(dim=1).max()) for b in batches])
+        # One pair a micro-batch: its packed row's length (train.share_prompt), the prompt counted once.
+        steps.append([int(b["attention_mask"].sum()) - int(b["completion_mask"][0].argmax()) + 1 for b in batches])
         return batches, n
 
     monkeypatch.setattr(trainer_class, "get_batch_samples", spied)
