@@ -29,6 +29,11 @@ from tqdm.auto import tqdm
 from infra.records import Candidate, Prompt
 from infra.settings import GenerateConfig
 
+# A sort of the whole vocabulary (49k) costs about 1.5 ms a row on a 2-core CPU, a top-4096 0.3 ms.
+# Sampling the bench's 16 prompts x 4 temperatures (top_p 0.95, bf16), 541 of 3,814 rows needed
+# more than the 256-token shortlist, 16 more than 4,096 and none more than 8,192.
+LONG_SHORTLIST = 16
+
 
 class RowTemperatureNucleus:
     """Logits processor: divide row i by temperature i, then keep the smallest set of tokens
@@ -70,14 +75,22 @@ class RowTemperatureNucleus:
         return tokens
 
     def _ranked(self, probs: torch.Tensor):
-        """(rows, probabilities high to low, their token ids): every row's shortlist first, then a
-        full sort for the rows whose shortlist holds less than ``top_p``, which replaces theirs."""
-        top_probs, top_idx = probs.topk(min(self.shortlist, probs.shape[-1]), dim=-1)
+        """(rows, probabilities high to low, their token ids): every row's shortlist first, then for
+        the rows whose shortlist holds less than ``top_p`` a longer one (``LONG_SHORTLIST`` times as
+        long), then a full sort for those whose longer list still does; each replaces the last."""
+        vocab = probs.shape[-1]
+        top_probs, top_idx = probs.topk(min(self.shortlist, vocab), dim=-1)
         yield slice(None), top_probs, top_idx
-        short = top_probs.sum(-1) < self.top_p
-        if short.any():
-            rows = short.nonzero().squeeze(1)
-            yield (rows, *probs[rows].sort(dim=-1, descending=True))
+        rows = (top_probs.sum(-1) < self.top_p).nonzero().squeeze(1)
+        for length in (self.shortlist * LONG_SHORTLIST, vocab):
+            if len(rows) == 0 or self.shortlist >= vocab:
+                return
+            if length >= vocab:
+                yield (rows, *probs[rows].sort(dim=-1, descending=True))
+                return
+            ranked_probs, ranked_idx = probs[rows].topk(length, dim=-1)
+            yield rows, ranked_probs, ranked_idx
+            rows = rows[ranked_probs.sum(-1) < self.top_p]
 
 
 def _outside_nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:

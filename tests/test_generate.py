@@ -43,19 +43,22 @@ def test_row_temperature_nucleus_matches_transformers_warpers():
     import torch
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from tasks.generate import RowTemperatureNucleus
+    from tasks.generate import LONG_SHORTLIST, RowTemperatureNucleus
 
     torch.manual_seed(0)
-    scores = torch.randn(4, 5000) * 4
-    scores[3] = torch.randn(5000) * 0.01  # nearly flat: the shortlist misses top_p, full-sort fallback
-    temperatures = torch.tensor([0.5, 0.7, 1.0, 1.3])
+    scores = torch.randn(5, 5000) * 4
+    scores[3] = torch.randn(5000) * 0.01  # nearly flat: past the longer shortlist too, full-sort fallback
+    scores[4] = -10.0
+    scores[4, torch.randperm(5000)[:300]] = 5 + torch.randn(300) * 0.2  # a nucleus past the shortlist, within the longer one
+    temperatures = torch.tensor([0.5, 0.7, 1.0, 1.3, 1.0])
     ours = RowTemperatureNucleus(temperatures, top_p=0.9, shortlist=64)(None, scores)
     for row, t in enumerate(temperatures.tolist()):
         reference = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(t)(None, scores[row : row + 1].clone()))
         assert torch.equal(torch.isinf(ours[row]), torch.isinf(reference[0])), row
         kept = ~torch.isinf(ours[row])
         assert torch.allclose(ours[row][kept], reference[0][kept])
-    assert (~torch.isinf(ours[3])).sum() > 64  # the fallback row kept more than the shortlist
+    assert (~torch.isinf(ours[3])).sum() > 64 * LONG_SHORTLIST  # the full sort's row
+    assert 64 < (~torch.isinf(ours[4])).sum() <= 64 * LONG_SHORTLIST  # the longer shortlist's row
 
 
 def test_truncated_flag_tells_a_cut_off_answer_from_one_that_ended(tiny_model):
