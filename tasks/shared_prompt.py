@@ -60,10 +60,10 @@ def pack_pairs(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: to
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.dim() != 2:
         return None
-    lengths = attention_mask.sum(dim=1).tolist()
+    row_lengths = attention_mask.sum(dim=1).tolist()
     spans = []
     for i in range(pairs):
-        chosen_len, rejected_len = int(lengths[i]), int(lengths[pairs + i])
+        chosen_len, rejected_len = int(row_lengths[i]), int(row_lengths[pairs + i])
         if not attention_mask[i, :chosen_len].all() or not attention_mask[pairs + i, :rejected_len].all():
             return None  # not right-padded
         chosen, rejected = _answer_span(labels[i], chosen_len), _answer_span(labels[pairs + i], rejected_len)
@@ -81,34 +81,35 @@ def pack_pairs(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: to
     allowed = torch.zeros(pairs, width, width, dtype=torch.bool, device=input_ids.device)
     source = torch.zeros(rows, length - 1, dtype=torch.long, device=input_ids.device)
     valid = torch.zeros(rows, length - 1, dtype=torch.bool, device=input_ids.device)
-    causal = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril()
+    device = input_ids.device
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     for i, (prompt, chosen_len, rejected_len) in enumerate(spans):
         n = chosen_len + 1 + rejected_len - prompt
         second = chosen_len  # where the repeated prompt token, then the rejected answer, begin
         packed_ids[i, :chosen_len] = input_ids[i, :chosen_len]
         packed_ids[i, second] = input_ids[i, prompt - 1]
         packed_ids[i, second + 1:n] = input_ids[pairs + i, prompt:rejected_len]
-        positions[i, :chosen_len] = torch.arange(chosen_len)
+        positions[i, :chosen_len] = torch.arange(chosen_len, device=device)
         positions[i, second] = prompt - 1
-        positions[i, second + 1:n] = torch.arange(prompt, rejected_len)
+        positions[i, second + 1:n] = torch.arange(prompt, rejected_len, device=device)
         packed_labels[i, :chosen_len] = labels[i, :chosen_len]
         packed_labels[i, second + 1:n] = labels[pairs + i, prompt:rejected_len]
         allowed[i, :n, :n] = causal[:n, :n]
         # The second half sees neither the chosen answer nor the prompt's last token, whose copy stands in for it.
         allowed[i, second:n, prompt - 1:second] = False
-        pad = torch.arange(n, width)
+        pad = torch.arange(n, width, device=device)
         allowed[i, pad, pad] = True  # padding attends to itself: no query without a key
         # Output position t scores label t + 1: the chosen row's positions are the packed row's own,
         # the rejected row's are shifted past the chosen answer and the repeated token.
         offset = i * (width - 1)
-        chosen_out = torch.arange(prompt - 1, chosen_len - 1)
+        chosen_out = torch.arange(prompt - 1, chosen_len - 1, device=device)
         source[i, chosen_out] = offset + chosen_out
         valid[i, chosen_out] = True
-        rejected_out = torch.arange(prompt - 1, rejected_len - 1)
+        rejected_out = torch.arange(prompt - 1, rejected_len - 1, device=device)
         source[pairs + i, rejected_out] = offset + rejected_out + (chosen_len + 1 - prompt)
         valid[pairs + i, rejected_out] = True
-    lengths = tuple(c + 1 + r - p for p, c, r in spans)
-    return PackedPairs(packed_ids, positions, allowed.unsqueeze(1), packed_labels, source, valid, lengths)
+    return PackedPairs(packed_ids, positions, allowed.unsqueeze(1), packed_labels, source, valid,
+                       tuple(c + 1 + r - p for p, c, r in spans))
 
 
 def unpack(packed_output: torch.Tensor, packed: PackedPairs) -> torch.Tensor:

@@ -77,3 +77,19 @@ def test_the_gpu_matmul_peak_is_measured_on_the_gpu():
     gpu = measured_peak_flops("cuda", torch.bfloat16, seconds=0.3)
     cpu = measured_peak_flops("cpu", torch.float32, size=512, seconds=0.3)
     assert gpu > cpu > 0
+
+
+def test_a_shared_prompt_trains_as_two_rows_do_on_the_gpu(tiny_model, tmp_path):
+    """train.share_prompt on CUDA (SDPA with a 4D mask): the same reference log-probs and losses
+    as two rows a pair, in fp32."""
+    from tasks.train import train_policy
+
+    runs = {}
+    for share in (False, True):
+        config = TrainConfig(epochs=1, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8,
+                             heldout_share=0, nll_weight=0.5, share_prompt=share)
+        runs[share] = train_policy(tiny_model, _pairs(8), config, ModelConfig(dtype="fp32"), 1, tmp_path / str(share))
+    flat = [x for row in runs[False].reference_logps for x in row]
+    assert [x for row in runs[True].reference_logps for x in row] == pytest.approx(flat, abs=1e-3)
+    losses = [[h["loss"] for h in r.log_history if "loss" in h and "train_loss" not in h] for r in runs.values()]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3) and runs[True].trained_tokens < runs[False].trained_tokens
