@@ -78,19 +78,16 @@ class RowTemperatureNucleus:
         """(rows, probabilities high to low, their token ids): every row's shortlist first, then for
         the rows whose shortlist holds less than ``top_p`` a longer one (``LONG_SHORTLIST`` times as
         long), then a full sort for those whose longer list still does; each replaces the last."""
-        vocab = probs.shape[-1]
-        top_probs, top_idx = probs.topk(min(self.shortlist, vocab), dim=-1)
+        top_probs, top_idx = probs.topk(min(self.shortlist, probs.shape[-1]), dim=-1)
         yield slice(None), top_probs, top_idx
         rows = (top_probs.sum(-1) < self.top_p).nonzero().squeeze(1)
-        for length in (self.shortlist * LONG_SHORTLIST, vocab):
-            if len(rows) == 0 or self.shortlist >= vocab:
-                return
-            if length >= vocab:
-                yield (rows, *probs[rows].sort(dim=-1, descending=True))
-                return
-            ranked_probs, ranked_idx = probs[rows].topk(length, dim=-1)
+        longer = self.shortlist * LONG_SHORTLIST
+        if len(rows) and longer < probs.shape[-1]:
+            ranked_probs, ranked_idx = probs[rows].topk(longer, dim=-1)
             yield rows, ranked_probs, ranked_idx
             rows = rows[ranked_probs.sum(-1) < self.top_p]
+        if len(rows):
+            yield (rows, *probs[rows].sort(dim=-1, descending=True))
 
 
 def _outside_nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:

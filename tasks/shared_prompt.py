@@ -9,9 +9,9 @@ answers up to 80). Here a pair's two rows become one:
 with position ids that start the repeated token and the rejected answer where the prompt ends,
 and a 4D attention mask under which the second half sees the prompt (the repeated token standing
 in for the prompt's last) but not the chosen answer. Every answer token then sees what it saw in
-its own row, so the log-probs are the same (up to
-the order of floating-point sums). The prompt's last token is repeated because its hidden state
-predicts the first token of both answers, and a position carries one label.
+its own row, so the log-probs are the same (up to the order of floating-point sums). The prompt's
+last token is repeated because its hidden state predicts the first token of both answers, and a
+position carries one label.
 
 The model's per-token outputs are put back in the two-row layout TRL's loss reads, so the loss,
 its metrics and its gradients are computed by TRL as before. Batches this cannot pack (a prompt
@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-# Attention implementations that take a custom 4D mask as it is (flash attention reads only padding).
-MASKABLE_ATTENTION = {"sdpa": torch.bool, "eager": "additive"}
+# Attention implementations that take a custom 4D mask as it is (flash attention reads only padding):
+# SDPA a boolean one, eager attention one added to the scores.
+BOOLEAN_MASK_ATTENTION = {"sdpa"}
+ADDITIVE_MASK_ATTENTION = {"eager"}
 IGNORE = -100
 
 
@@ -75,13 +77,13 @@ def pack_pairs(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: to
         spans.append((prompt, chosen_len, rejected_len))
 
     width = max(c + 1 + r - p for p, c, r in spans)
-    packed_ids = input_ids.new_zeros(pairs, width)
-    positions = torch.zeros(pairs, width, dtype=torch.long, device=input_ids.device)
-    packed_labels = torch.full((pairs, width), IGNORE, dtype=labels.dtype, device=labels.device)
-    allowed = torch.zeros(pairs, width, width, dtype=torch.bool, device=input_ids.device)
-    source = torch.zeros(rows, length - 1, dtype=torch.long, device=input_ids.device)
-    valid = torch.zeros(rows, length - 1, dtype=torch.bool, device=input_ids.device)
     device = input_ids.device
+    packed_ids = input_ids.new_zeros(pairs, width)
+    positions = torch.zeros(pairs, width, dtype=torch.long, device=device)
+    packed_labels = torch.full((pairs, width), IGNORE, dtype=labels.dtype, device=device)
+    allowed = torch.zeros(pairs, width, width, dtype=torch.bool, device=device)
+    source = torch.zeros(rows, length - 1, dtype=torch.long, device=device)
+    valid = torch.zeros(rows, length - 1, dtype=torch.bool, device=device)
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     for i, (prompt, chosen_len, rejected_len) in enumerate(spans):
         n = chosen_len + 1 + rejected_len - prompt
@@ -119,15 +121,16 @@ def unpack(packed_output: torch.Tensor, packed: PackedPairs) -> torch.Tensor:
     return flat.masked_fill(~packed.valid, 0)
 
 
-def attention_mask_for(model, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """``allowed`` in the form the model's attention takes: None for one that takes no custom mask."""
-    config = getattr(model, "config", None)
-    kind = MASKABLE_ATTENTION.get(getattr(config, "_attn_implementation", None) or "eager")
-    if kind is None:
-        return None
-    if kind == "additive":
+def attention_mask_for(model, allowed: torch.Tensor) -> torch.Tensor | None:
+    """``allowed`` in the form ``model``'s attention takes: None for one that takes no custom mask."""
+    inner = _unwrapped(model)
+    kind = getattr(getattr(inner, "config", None), "_attn_implementation", None) or "eager"
+    if kind in BOOLEAN_MASK_ATTENTION:
+        return allowed
+    if kind in ADDITIVE_MASK_ATTENTION:
+        dtype = next((p.dtype for p in inner.parameters() if p.is_floating_point()), torch.float32)
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    return allowed
+    return None
 
 
 class SharedPromptForward:
@@ -141,7 +144,7 @@ class SharedPromptForward:
         packed = None
         if kwargs.get("fused_lm_head") and labels is not None and input_ids is not None and "position_ids" not in kwargs:
             packed = pack_pairs(input_ids, labels, attention_mask)
-        mask = packed and attention_mask_for(_unwrapped(self.model), packed.attention_mask, _float_dtype(self.model))
+        mask = packed and attention_mask_for(self.model, packed.attention_mask)
         if packed is None or mask is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         outputs = self.model(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
@@ -155,10 +158,6 @@ def _unwrapped(model):
     """The module under DDP's and PEFT's wrappers (its config names the attention kernel)."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _float_dtype(model) -> torch.dtype:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def packed_length(prompt: int, chosen: int, rejected: int, max_length: int | None = None) -> int:
