@@ -148,7 +148,8 @@ class GenerateConfig(Section):
     dispatch_timeout_s: float = Field(2 * 3600, gt=0, description="How long the round waits for a dispatched generation run.")
     share_prefill: bool = Field(
         True, description="Backend 'hf': the k candidates of a prompt share one prefill (the prompt's KV cache is "
-        "computed once and copied to each row). Same samples either way; off only to measure it.",
+        "computed once and copied to each row), and the opening all prompts of a batch share (the chat template's "
+        "system prompt) is encoded once. Same samples either way; off only to measure it.",
     )
     openai: OpenAIGenerateConfig = Field(default_factory=OpenAIGenerateConfig, description="Backend 'openai' settings.")
     vllm: VLLMGenerateConfig = Field(default_factory=VLLMGenerateConfig, description="Backend 'vllm' settings.")

@@ -6,7 +6,8 @@ Writes: ``candidates.jsonl`` (one Candidate a line).
 Decoding is batched: prompts are rendered with the tokenizer's chat template,
 left-padded, and grouped by token length so a batch wastes little on padding; the k
 candidates of a prompt share one prefill (its KV cache is computed once and copied to
-each of its rows), and a row that has ended leaves the batch rather than being decoded to the
+each of its rows), the opening every prompt of a batch shares (the chat template's system
+prompt) is encoded once for the batch, and a row that has ended leaves the batch rather than being decoded to the
 longest row's end (``decode``, a loop of the model's forward passes: ``model.generate`` cannot drop
 rows), its KV cache written in place (``tasks/kv_cache.py``). The backends that sample (this one, ``hf``, and servers or engines) are
 in ``tasks/backends.py``.
@@ -164,14 +165,16 @@ def sample_batched(
     for batch_no, batch in enumerate(length_grouped_batches(requests, lengths, batch_size)):
         temperatures = torch.tensor([requests[i].temperature for i in batch])
         texts = [rendered[i] for i in batch]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        cache = shared_prefill(model, tokenizer, texts, device, room=max_new_tokens + 1) if share_prefill else None
+        prefill = shared_prefill(model, tokenizer, texts, device, room=max_new_tokens + 1) if share_prefill else None
+        if prefill is None:
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            prefill = Prefilled(None, enc["input_ids"], enc["attention_mask"])
         # A seed per batch: results do not depend on what ran before in the process.
         torch.manual_seed(seed * 100_003 + batch_no)
         # Temperature and top-p are applied per row by our processor; greedy rows take the argmax.
         nucleus = RowTemperatureNucleus(temperatures, top_p) if temperatures[0] > 0 else None
-        rows = decode(model, enc["input_ids"], enc["attention_mask"], cache, max_new_tokens, eos_ids, nucleus)
-        del cache
+        rows = decode(model, prefill.input_ids, prefill.attention_mask, prefill.cache, max_new_tokens, eos_ids, nucleus)
+        del prefill
         for ids, i in zip(rows, batch):
             n = _count_until_eos(ids, eos_ids, tokenizer.pad_token_id)
             text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
@@ -236,28 +239,62 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
     return new_tokens
 
 
-def shared_prefill(model, tokenizer, texts: list[str], device, room: int = 0):
-    """The KV cache of ``texts`` (a batch's rows, left-padded as ``model.generate`` will see them)
-    with each distinct text encoded once, or None when no text repeats.
+class Prefilled(NamedTuple):
+    """A batch ready for ``decode``: the KV cache of every prompt token but the last (None: not
+    computed yet), the rows' tokens (the last prompt token at least) and their attention mask, one
+    column per cached token and per token in ``input_ids``."""
+    cache: object
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
 
-    The cache holds every prompt token but the last, so ``generate`` (handed the full rows and
-    this cache) starts by feeding the last one, exactly as it would continue its own prefill.
-    Positions follow the attention mask as ``generate`` computes them for left-padded rows. The
+
+def common_prefix_length(token_lists: list[list[int]]) -> int:
+    """How many leading tokens every list shares."""
+    shortest = min(token_lists, key=len)
+    for n, token in enumerate(shortest):
+        if any(ids[n] != token for ids in token_lists):
+            return n
+    return len(shortest)
+
+
+def shared_prefill(model, tokenizer, texts: list[str], device, room: int = 0) -> Prefilled | None:
+    """The batch's prompts prefilled with no token encoded twice, or None when nothing is shared.
+
+    Two things are shared: the tokens every prompt starts with (the chat template's system
+    prompt: 31 of the bench's 50-79 tokens) are encoded once, in one row; then each distinct
+    prompt's remaining tokens once, in one row a prompt, attending to that prefix; the k rows
+    asking a prompt get copies of its cache. The cache holds every prompt token but the last, so
+    ``decode`` starts by feeding the last one, as it would after its own prefill. Each row's
+    columns are the prefix, its padding, then the rest of its prompt: positions and the mask
+    follow the tokens, as they do for left-padded rows, so the model computes the same thing. The
     cache keeps ``room`` tokens free for decoding (``tasks/kv_cache.py``)."""
-    distinct = list(dict.fromkeys(texts))
-    if len(distinct) == len(texts):
-        return None
     from tasks.kv_cache import reserved_cache
 
-    enc = tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    mask = enc["attention_mask"]
-    positions = left_padded_positions(mask)
+    distinct = list(dict.fromkeys(texts))
+    token_lists = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    # Every prompt keeps at least its last token out of the cache, for decode's first step.
+    prefix = min(common_prefix_length(token_lists), min(len(ids) for ids in token_lists) - 1)
+    if len(distinct) == len(texts) and prefix < 2:
+        return None
     cache = reserved_cache(model, room)
-    model(input_ids=enc["input_ids"][:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-          cache=cache, use_cache=True, logits_to_keep=1)
+    if prefix:
+        model(input_ids=torch.tensor([token_lists[0][:prefix]], device=device), cache=cache, use_cache=True,
+              position_ids=torch.arange(prefix, device=device).unsqueeze(0), logits_to_keep=1)
+        cache.batch_select_indices(torch.zeros(len(distinct), dtype=torch.long, device=device))
+    rests = [ids[prefix:-1] for ids in token_lists]
+    width = max(len(rest) for rest in rests)
+    pad = tokenizer.pad_token_id
+    rest_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=device)
+    rest_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests], device=device)
+    mask = torch.cat([rest_mask.new_ones((len(distinct), prefix)), rest_mask], dim=1)
+    if width:
+        positions = left_padded_positions(mask)[:, prefix:]
+        model(input_ids=rest_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
     row_of = {text: row for row, text in enumerate(distinct)}
-    cache.batch_select_indices(torch.tensor([row_of[t] for t in texts], device=device))
-    return cache
+    rows = torch.tensor([row_of[t] for t in texts], device=device)
+    cache.batch_select_indices(rows)
+    last = torch.tensor([[ids[-1]] for ids in token_lists], device=device)[rows]
+    return Prefilled(cache, last, torch.cat([mask[rows], mask.new_ones((len(texts), 1))], dim=1))
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

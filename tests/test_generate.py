@@ -109,13 +109,49 @@ def test_shared_prefill_gives_the_same_samples_as_plain_sampling(tiny_model):
         handle.remove()
     assert shared == plain and len(shared) == len(requests) == 20
     assert plain_prefills == [8, 8, 4]  # every row encodes its prompt
-    assert shared_prefills == [2, 2, 1]  # each batch's distinct prompts, once (rows of a prompt sort together)
+    # Each batch: the system prompt every prompt starts with, in one row, then the rest of each
+    # distinct prompt once (rows of a prompt sort together); the last batch asks one prompt only.
+    assert shared_prefills == [1, 2, 1, 2, 1]
 
     config = GenerateConfig(n_candidates=4, temperatures=[0.6, 1.0], max_new_tokens=6, batch_size=8)
     plain_backend = HFBackend.from_loaded(model, tokenizer, config.model_copy(update={"share_prefill": False}))
     shared_candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer, config), PROMPTS, config, seed=2, progress=False)
     assert shared_candidates == generate_candidates(plain_backend, PROMPTS, config, seed=2, progress=False)
     assert [sum(c.prompt_id == p.id for c in shared_candidates) for p in PROMPTS] == [4] * 5
+
+
+def test_distinct_prompts_encode_their_common_prefix_once(tiny_model):
+    """Prompts that all differ still share the chat template's opening: it is encoded once, in one
+    row, and each prompt's remaining tokens once; greedy answers and samples are those of plain
+    left-padded batches, and every token a plain prefill encodes (but the padding) is encoded."""
+    from tasks.generate import common_prefix_length, render_chat, sample_batched, shared_prefill
+
+    model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
+    texts = [render_chat(tokenizer, p.text) for p in PROMPTS]
+    token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    prefix = common_prefix_length(token_lists)
+    assert 10 < prefix < min(len(ids) for ids in token_lists)  # the system prompt and the user turn's opening
+    assert common_prefix_length([[1, 2, 3], [1, 2], [1, 2, 4]]) == 2 and common_prefix_length([[5], [6]]) == 0
+
+    fed = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
+                                             with_kwargs=True)
+    try:
+        prefill = shared_prefill(model, tokenizer, texts, model.device, room=4)
+    finally:
+        handle.remove()
+    widest_rest = max(len(ids) for ids in token_lists) - 1 - prefix
+    assert fed == [(1, prefix), (len(texts), widest_rest)]
+    assert prefill.cache.get_seq_length() == prefix + widest_rest
+    assert prefill.input_ids[:, 0].tolist() == [ids[-1] for ids in token_lists]
+    assert prefill.attention_mask.sum(1).tolist() == [len(ids) for ids in token_lists]
+
+    for temperature in (0.0, 1.0):
+        requests = [SampleRequest(key=(p.id,), prompt=p.text, temperature=temperature) for p in PROMPTS]
+        shared = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=3, top_p=0.9)
+        plain = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=3, top_p=0.9,
+                               share_prefill=False)
+        assert shared == plain
 
 
 def test_shared_prefill_samples_each_row_at_its_temperature(tiny_model):
