@@ -261,7 +261,7 @@ def shared_prefill(model, tokenizer, texts: list[str], device, room: int = 0) ->
     """The batch's prompts prefilled with no token encoded twice, or None when nothing is shared.
 
     Two things are shared: the tokens every prompt starts with (the chat template's system
-    prompt: 31 of the bench's 50-79 tokens) are encoded once, in one row; then each distinct
+    prompt: 24 of the bench's 50-79 tokens) are encoded once, in one row; then each distinct
     prompt's remaining tokens once, in one row a prompt, attending to that prefix; the k rows
     asking a prompt get copies of its cache. The cache holds every prompt token but the last, so
     ``decode`` starts by feeding the last one, as it would after its own prefill. Each row's
