@@ -157,18 +157,18 @@ def sample_batched(
     copied to every row that asks them, instead of each row encoding its prompt again. The rows,
     their order and their random numbers are the same either way, so are the samples."""
     rendered = [render_chat(tokenizer, r.prompt) for r in requests]
-    lengths = [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+    encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    lengths = [len(ids) for ids in encoded]
     device = next(model.parameters()).device
     eos_ids = _eos_ids(model, tokenizer)
     results: dict[tuple, Decoded] = {}
     bar = tqdm(total=len(requests), desc=progress, unit="seq", disable=progress is None)
     for batch_no, batch in enumerate(length_grouped_batches(requests, lengths, batch_size)):
         temperatures = torch.tensor([requests[i].temperature for i in batch])
-        texts = [rendered[i] for i in batch]
-        prefill = shared_prefill(model, tokenizer, texts, device, room=max_new_tokens + 1) if share_prefill else None
+        prompts = [encoded[i] for i in batch]
+        prefill = shared_prefill(model, prompts, tokenizer.pad_token_id, device, room=max_new_tokens + 1) if share_prefill else None
         if prefill is None:
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            prefill = Prefilled(None, enc["input_ids"], enc["attention_mask"])
+            prefill = Prefilled(None, *left_padded(prompts, tokenizer.pad_token_id, device))
         # A seed per batch: results do not depend on what ran before in the process.
         torch.manual_seed(seed * 100_003 + batch_no)
         # Temperature and top-p are applied per row by our processor; greedy rows take the argmax.
@@ -183,6 +183,15 @@ def sample_batched(
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def left_padded(token_lists: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``token_lists`` padded on the left to the longest, as the
+    tokenizer pads for decoding."""
+    width = max(len(ids) for ids in token_lists)
+    ids = torch.tensor([[pad_id] * (width - len(t)) + list(t) for t in token_lists], device=device)
+    mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in token_lists], device=device)
+    return ids, mask
 
 
 def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -257,8 +266,9 @@ def common_prefix_length(token_lists: list[list[int]]) -> int:
     return len(shortest)
 
 
-def shared_prefill(model, tokenizer, texts: list[str], device, room: int = 0) -> Prefilled | None:
-    """The batch's prompts prefilled with no token encoded twice, or None when nothing is shared.
+def shared_prefill(model, prompts: list[list[int]], pad_id: int, device, room: int = 0) -> Prefilled | None:
+    """The batch's prompts (token ids, a row each) prefilled with no token encoded twice, or None
+    when nothing is shared.
 
     Two things are shared: the tokens every prompt starts with (the chat template's system
     prompt: 24 of the bench's 50-79 tokens) are encoded once, in one row; then each distinct
@@ -270,31 +280,26 @@ def shared_prefill(model, tokenizer, texts: list[str], device, room: int = 0) ->
     cache keeps ``room`` tokens free for decoding (``tasks/kv_cache.py``)."""
     from tasks.kv_cache import reserved_cache
 
-    distinct = list(dict.fromkeys(texts))
-    token_lists = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    distinct = list(dict.fromkeys(map(tuple, prompts)))
     # Every prompt keeps at least its last token out of the cache, for decode's first step.
-    prefix = min(common_prefix_length(token_lists), min(len(ids) for ids in token_lists) - 1)
-    if len(distinct) == len(texts) and prefix < 2:
+    prefix = min(common_prefix_length(distinct), min(len(ids) for ids in distinct) - 1)
+    if len(distinct) == len(prompts) and prefix < 2:
         return None
     cache = reserved_cache(model, room)
     if prefix:
-        model(input_ids=torch.tensor([token_lists[0][:prefix]], device=device), cache=cache, use_cache=True,
+        model(input_ids=torch.tensor([distinct[0][:prefix]], device=device), cache=cache, use_cache=True,
               position_ids=torch.arange(prefix, device=device).unsqueeze(0), logits_to_keep=1)
         cache.batch_select_indices(torch.zeros(len(distinct), dtype=torch.long, device=device))
-    rests = [ids[prefix:-1] for ids in token_lists]
-    width = max(len(rest) for rest in rests)
-    pad = tokenizer.pad_token_id
-    rest_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=device)
-    rest_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests], device=device)
+    rest_ids, rest_mask = left_padded([ids[prefix:-1] for ids in distinct], pad_id, device)
     mask = torch.cat([rest_mask.new_ones((len(distinct), prefix)), rest_mask], dim=1)
-    if width:
+    if rest_ids.shape[1]:
         positions = left_padded_positions(mask)[:, prefix:]
         model(input_ids=rest_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-    row_of = {text: row for row, text in enumerate(distinct)}
-    rows = torch.tensor([row_of[t] for t in texts], device=device)
+    row_of = {ids: row for row, ids in enumerate(distinct)}
+    rows = torch.tensor([row_of[tuple(ids)] for ids in prompts], device=device)
     cache.batch_select_indices(rows)
-    last = torch.tensor([[ids[-1]] for ids in token_lists], device=device)[rows]
-    return Prefilled(cache, last, torch.cat([mask[rows], mask.new_ones((len(texts), 1))], dim=1))
+    last = torch.tensor([[ids[-1]] for ids in distinct], device=device)[rows]
+    return Prefilled(cache, last, torch.cat([mask[rows], mask.new_ones((len(prompts), 1))], dim=1))
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -137,7 +137,7 @@ def test_distinct_prompts_encode_their_common_prefix_once(tiny_model):
     handle = model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
                                              with_kwargs=True)
     try:
-        prefill = shared_prefill(model, tokenizer, texts, model.device, room=4)
+        prefill = shared_prefill(model, token_lists, tokenizer.pad_token_id, model.device, room=4)
     finally:
         handle.remove()
     widest_rest = max(len(ids) for ids in token_lists) - 1 - prefix
