@@ -16,18 +16,24 @@ import collections
 import gc
 import json
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` importable whether run as a file or with -m
 
 SMALL = ["prompts.n_train=12", "prompts.n_eval=8", "generate.n_candidates=4", "generate.max_new_tokens=100",
          "evaluate.max_new_tokens=40", "evaluate.n_unconstrained=2", "regression.limit=4"]
 
 
 def live_objects() -> dict:
-    """Resident memory after collecting and trimming, and what torch objects are still reachable."""
+    """Resident memory after collecting and trimming; what is allocated through glibc's malloc
+    (``malloc_in_use_mb``: resident memory that grows while this stays is fragmentation, not memory
+    held); Python's small-object blocks; and what torch objects are still reachable."""
     import torch
 
-    from infra.memory import release_memory, rss_mb
+    from infra.memory import malloc_in_use_mb, release_memory, rss_mb
 
     release_memory()
     storages, models = {}, collections.Counter()
@@ -40,7 +46,9 @@ def live_objects() -> dict:
                 models[type(obj).__name__] += 1
         except (RuntimeError, ReferenceError):  # meta tensors, dead weak proxies
             continue
-    return {"rss_mb": round(rss_mb()), "tensor_storages": len(storages), "tensor_mb": round(sum(storages.values()) / 2**20, 1),
+    in_use = malloc_in_use_mb()
+    return {"rss_mb": round(rss_mb()), "malloc_in_use_mb": None if in_use is None else round(in_use, 1),
+            "python_blocks": sys.getallocatedblocks(), "tensor_storages": len(storages), "tensor_mb": round(sum(storages.values()) / 2**20, 1),
             "models": dict(models)}
 
 
@@ -48,21 +56,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--out", type=Path, help="also write the rounds' figures to this JSON file")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mlflow import MlflowClient
+
+    from benchmarks.bench_round import STAGES
     from flows.cli import _prepare_environment
     from flows.round import run_next_round
+    from infra.tracking import tracking_uri
     from tasks.config_checks import load_checked_config
 
-    print("before", json.dumps(live_objects()), flush=True)
+    rows = [{"round": 0, **live_objects()}]
+    print("before", json.dumps(rows[0]), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-round-memory-") as work:
         for i in range(args.rounds):
             config = load_checked_config(None, [*SMALL, *args.overrides, f"storage.data_dir={work}", f"loop=memory-{i}"])
             _prepare_environment(config)
             started = time.perf_counter()
-            run_next_round(config)
-            print(f"after round {i + 1} ({time.perf_counter() - started:.0f} s)", json.dumps(live_objects()), flush=True)
+            summary = run_next_round(config)
+            seconds = time.perf_counter() - started
+            metrics = MlflowClient(tracking_uri(config.storage)).get_run(summary.mlflow_run_id).data.metrics
+            peaks = {s: round(metrics[f"{s}/peak_rss_mb"]) for s in STAGES if f"{s}/peak_rss_mb" in metrics}
+            rows.append({"round": i + 1, "seconds": round(seconds), **live_objects(), "stage_peak_rss_mb": peaks})
+            print(f"after round {i + 1} ({seconds:.0f} s)", json.dumps(rows[-1]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"overrides": [*SMALL, *args.overrides], "rounds": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ checkpoint's fp32 weights once they are converted), without waiting for the whol
 ``release_memory`` hands freed memory back to the system after a stage: unreachable model
 objects (reference cycles) are collected and glibc's allocator trims its free lists, which
 otherwise keep a freed model's pages resident for the rest of the process.
+
+``malloc_in_use_mb`` is what the program holds through glibc's allocator (``mallinfo2``), apart
+from what the allocator keeps resident: a process whose resident memory grows while this does not
+is fragmenting its heap, not holding more.
 """
 
 from __future__ import annotations
@@ -94,6 +98,24 @@ def release_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_in_use_mb() -> float | None:
+    """Bytes allocated and not freed through glibc's malloc, in every arena and in mapped blocks
+    (MB); None without glibc >= 2.33. Python objects of over 512 bytes, native libraries' memory and
+    CPU tensors are all allocated here; Python's small objects live in its own arenas, which it maps apart."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
 
 
 _MADV_DONTNEED = 4  # Linux's number; the same on every architecture

@@ -64,3 +64,22 @@ def test_dropped_file_pages_leave_the_resident_set_and_the_values_stay(tmp_path)
     assert drop_file_pages([ordinary]) == 0 and torch.equal(ordinary, values)
     del mapped
     mapping.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallinfo2")
+def test_malloc_in_use_counts_what_is_held_not_what_is_resident():
+    """Freed heap chunks kept resident (not yet trimmed) leave the in-use figure; held ones stay in it."""
+    from infra.memory import malloc_in_use_mb
+
+    before = malloc_in_use_mb()
+    if before is None:
+        pytest.skip("glibc older than 2.33")
+    chunks = [np.ones(8000) for _ in range(5000)]  # 64 KB each, on the heap: 320 MB
+    assert malloc_in_use_mb() > before + 300
+    kept = chunks[::50]
+    del chunks
+    held = malloc_in_use_mb()
+    assert before + 5 < held < before + 20  # 100 chunks of 64 KB held, the rest freed though resident
+    release_memory()
+    assert abs(malloc_in_use_mb() - held) < 5  # trimming hands back pages, not allocations
+    del kept
