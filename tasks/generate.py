@@ -155,7 +155,9 @@ def sample_batched(
     With ``share_prefill`` the rows of a batch that ask the same prompt (the k candidates of a
     prompt) share one prefill: the batch's distinct prompts are encoded once and their KV cache is
     copied to every row that asks them, instead of each row encoding its prompt again. The rows,
-    their order and their random numbers are the same either way, so are the samples."""
+    their order and their random numbers are the same either way, so are the samples, up to
+    rounding: the prefill groups its arithmetic differently, and where a distribution is flat a
+    last-bit difference can move a draw across a token boundary."""
     rendered = [render_chat(tokenizer, r.prompt) for r in requests]
     encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     lengths = [len(ids) for ids in encoded]
