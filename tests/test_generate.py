@@ -85,22 +85,35 @@ def test_truncated_flag_tells_a_cut_off_answer_from_one_that_ended(tiny_model):
     assert share == sum(c.truncated for c in candidates) / len(candidates)
 
 
-def first_step_logits(monkeypatch) -> list:
+class FirstStepLogits:
     """Records, batch by batch, the logits of the first sampling step: what the prefill (shared or
     plain) leads to, before any sampled token can make two runs differ."""
-    import tasks.generate as generate
 
-    seen, original = {}, generate.RowTemperatureNucleus.sample
+    def __init__(self, monkeypatch):
+        import tasks.generate as generate
 
-    def sample(self, logits):
-        seen.setdefault(self, logits.clone())  # one nucleus a batch: its first call is the first step
-        return original(self, logits)
+        self.seen, original = {}, generate.RowTemperatureNucleus.sample
 
-    monkeypatch.setattr(generate.RowTemperatureNucleus, "sample", sample)
-    return seen
+        def sample(nucleus, logits):
+            self.seen.setdefault(nucleus, logits.clone())  # one nucleus a batch: its first call is the first step
+            return original(nucleus, logits)
+
+        monkeypatch.setattr(generate.RowTemperatureNucleus, "sample", sample)
+
+    def take(self) -> list:
+        """The logits recorded since the last call, a tensor a batch."""
+        taken = list(self.seen.values())
+        self.seen.clear()
+        return taken
 
 
-def assert_same_logits_mostly_same_samples(shared_logits: dict, plain_logits: dict, shared: list, plain: list):
+def assert_mostly_same(shared: list, plain: list):
+    """Equal but for one row in ten (one in any case): see ``assert_same_logits_mostly_same_samples``."""
+    assert len(shared) == len(plain)
+    assert sum(a == b for a, b in zip(shared, plain)) >= len(shared) - max(1, len(shared) // 10)
+
+
+def assert_same_logits_mostly_same_samples(shared_logits: list, plain_logits: list, shared: list, plain: list):
     """The prefill computes the same numbers but in other groupings, so they agree to rounding
     (about 1e-7 here; a position off by one moves them by 2e-4). The random numbers are the same
     too, yet on the tiny random model's near-flat distributions (logits' spread 0.1) a rounding
@@ -110,10 +123,9 @@ def assert_same_logits_mostly_same_samples(shared_logits: dict, plain_logits: di
     import torch
 
     assert len(shared_logits) == len(plain_logits) > 0
-    for ours, theirs in zip(shared_logits.values(), plain_logits.values()):
+    for ours, theirs in zip(shared_logits, plain_logits):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
-    assert len(shared) == len(plain)
-    assert sum(a == b for a, b in zip(shared, plain)) >= len(shared) - max(1, len(shared) // 10)
+    assert_mostly_same(shared, plain)
 
 
 def test_shared_prefill_gives_the_same_samples_as_plain_sampling(tiny_model, monkeypatch):
@@ -131,14 +143,13 @@ def test_shared_prefill_gives_the_same_samples_as_plain_sampling(tiny_model, mon
         if ids is not None and ids.shape[1] > 1:  # a prefill (decoding steps feed one token a row)
             first_forward_rows.append(ids.shape[0])
 
-    logits = first_step_logits(monkeypatch)
+    logits = FirstStepLogits(monkeypatch)
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         shared = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=True)
-        shared_prefills, first_forward_rows[:], shared_logits = list(first_forward_rows), [], dict(logits)
-        logits.clear()
+        shared_prefills, first_forward_rows[:], shared_logits = list(first_forward_rows), [], logits.take()
         plain = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=False)
-        plain_prefills, plain_logits = list(first_forward_rows), dict(logits)
+        plain_prefills, plain_logits = list(first_forward_rows), logits.take()
     finally:
         handle.remove()
     assert list(shared) == list(plain) and len(shared) == len(requests) == 20
@@ -150,12 +161,10 @@ def test_shared_prefill_gives_the_same_samples_as_plain_sampling(tiny_model, mon
 
     config = GenerateConfig(n_candidates=4, temperatures=[0.6, 1.0], max_new_tokens=6, batch_size=8)
     plain_backend = HFBackend.from_loaded(model, tokenizer, config.model_copy(update={"share_prefill": False}))
-    logits.clear()
     shared_candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer, config), PROMPTS, config, seed=2, progress=False)
-    shared_logits = dict(logits)
-    logits.clear()
+    shared_logits = logits.take()
     plain_candidates = generate_candidates(plain_backend, PROMPTS, config, seed=2, progress=False)
-    assert_same_logits_mostly_same_samples(shared_logits, dict(logits), shared_candidates, plain_candidates)
+    assert_same_logits_mostly_same_samples(shared_logits, logits.take(), shared_candidates, plain_candidates)
     assert [(c.prompt_id, c.index, c.temperature) for c in shared_candidates] == \
         [(c.prompt_id, c.index, c.temperature) for c in plain_candidates]
     assert [sum(c.prompt_id == p.id for c in shared_candidates) for p in PROMPTS] == [4] * 5
@@ -187,20 +196,18 @@ def test_distinct_prompts_encode_their_common_prefix_once(tiny_model, monkeypatc
     assert prefill.input_ids[:, 0].tolist() == [ids[-1] for ids in token_lists]
     assert prefill.attention_mask.sum(1).tolist() == [len(ids) for ids in token_lists]
 
-    logits = first_step_logits(monkeypatch)
+    logits = FirstStepLogits(monkeypatch)
     for temperature in (0.0, 1.0):
         requests = [SampleRequest(key=(p.id,), prompt=p.text, temperature=temperature) for p in PROMPTS]
         shared = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=3, top_p=0.9)
-        shared_logits = dict(logits)
-        logits.clear()
+        shared_logits = logits.take()
         plain = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=3, top_p=0.9,
                                share_prefill=False)
         assert list(shared) == list(plain)
-        if temperature:  # greedy rows are not sampled: their texts say it, all but one of them
-            assert_same_logits_mostly_same_samples(shared_logits, dict(logits), list(shared.values()), list(plain.values()))
-        else:
-            assert sum(shared[k] == plain[k] for k in shared) >= len(shared) - 1
-        logits.clear()
+        if temperature:
+            assert_same_logits_mostly_same_samples(shared_logits, logits.take(), list(shared.values()), list(plain.values()))
+        else:  # greedy rows are not sampled, so no logits are recorded: their texts say it
+            assert_mostly_same(list(shared.values()), list(plain.values()))
 
 
 def test_shared_prefill_samples_each_row_at_its_temperature(tiny_model):

@@ -40,18 +40,17 @@ def test_shared_prefill_gives_the_same_samples_on_the_gpu(tiny_model, monkeypatc
     seed to the same samples, as on the CPU (tests/test_generate.py)."""
     from infra.models import load_model, load_tokenizer
     from tasks.generate import SampleRequest, sample_batched
-    from tests.test_generate import assert_same_logits_mostly_same_samples, first_step_logits
+    from tests.test_generate import FirstStepLogits, assert_same_logits_mostly_same_samples
 
     model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
     assert next(model.parameters()).device.type == "cuda"
     requests = [SampleRequest(key=(p.id, i), prompt=p.text, temperature=(0.6, 1.0, 1.4)[i % 3]) for p in PROMPTS for i in range(4)]
-    logits = first_step_logits(monkeypatch)
+    logits = FirstStepLogits(monkeypatch)
     shared = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=True)
-    shared_logits = dict(logits)
-    logits.clear()
+    shared_logits = logits.take()
     plain = sample_batched(model, tokenizer, requests, max_new_tokens=8, batch_size=8, seed=5, share_prefill=False)
     assert len(shared) == 20 and list(shared) == list(plain)
-    assert_same_logits_mostly_same_samples(shared_logits, dict(logits), list(shared.values()), list(plain.values()))
+    assert_same_logits_mostly_same_samples(shared_logits, logits.take(), list(shared.values()), list(plain.values()))
 
 
 def _pairs(n: int) -> list[PreferencePair]:
