@@ -2,8 +2,8 @@
 
 A config names where its key is (``api_key_block``: a Prefect Secret block, used when set;
 ``api_key_env``: an environment variable) and ``api_key`` reads it there. A local server
-(``base_url`` set) needs no key, but the openai client insists on one, so it gets a placeholder;
-OpenAI itself (no ``base_url``) does, and a key that is missing stops the call with an error naming
+(``base_url`` set, or ``OPENAI_BASE_URL``) needs no key, but the openai client insists on one, so
+it gets a placeholder; OpenAI itself does, and a key that is missing stops the call with an error naming
 where it was looked for. The key itself is never logged nor put in a message.
 """
 
@@ -34,7 +34,8 @@ def api_key(config: KeyedClientConfig) -> str:
     key = os.environ.get(config.api_key_env)
     if key:
         return key
-    if config.base_url is None:
+    # The openai client takes its server from OPENAI_BASE_URL when the config names none.
+    if not (config.base_url or os.environ.get("OPENAI_BASE_URL")):
         raise MissingSecretError(f"the OpenAI API needs a key, and the environment variable {config.api_key_env} (api_key_env) "
                                  "is not set: set it, name a Prefect Secret block in api_key_block, or point base_url at a "
                                  "local server")
