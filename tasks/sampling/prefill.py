@@ -28,10 +28,12 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Each token's position in its own row of a left-padded batch, as ``model.generate`` computes them."""
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
+
 class Prefilled(NamedTuple):
     """A batch ready for ``decode``: the KV cache of every prompt token but the last (None: not
     computed yet), the rows' tokens (the last prompt token at least) and their attention mask, one
     column per cached token and per token in ``input_ids``."""
+
     cache: object
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
