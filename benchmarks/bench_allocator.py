@@ -41,8 +41,8 @@ def run_sequence(spec: dict) -> list[dict]:
     from infra.models import resolve_checkpoint
     from infra.records import Prompt
     from infra.settings import FlywheelConfig
-    from tasks.backends import open_backend
     from tasks.generate import generate_candidates
+    from tasks.sampling.backends import open_backend
     from tasks.train import train_policy
 
     config = FlywheelConfig.model_validate({"model": {"dtype": spec["dtype"]},

@@ -3,7 +3,7 @@
 Same model (the bundled SmolLM2-135M-Instruct unless --model), same prompts, same
 token budget, one process, one run:
 
-* generation: the hf backend, ``tasks.generate.sample_batched`` (chat template,
+* generation: the hf backend, ``tasks.sampling.decode.sample_batched`` (chat template,
   length-grouped batches, the k samples of a prompt sharing one prefill, bf16 where
   the CPU/GPU supports it unless --dtype), and the same without the shared prefill,
   against the guide's recipe: one ``model.generate`` call per prompt and candidate
@@ -41,7 +41,7 @@ def cpu_name() -> str:
 
 def guide_generate(model, tokenizer, rendered: list[str], temperatures: list[float], max_new_tokens: int, eos_ids) -> int:
     """The guide's loop: one prompt, one sample, one generate call at a time; returns new tokens."""
-    from tasks.generate import _count_until_eos
+    from tasks.sampling.decode import count_until_eos
 
     n_tokens = 0
     for i, text in enumerate(rendered):
@@ -53,7 +53,7 @@ def guide_generate(model, tokenizer, rendered: list[str], temperatures: list[flo
                     **inputs, max_new_tokens=max_new_tokens, temperature=temperature, do_sample=True,
                     top_p=0.95, top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids,
                 )
-            n_tokens += _count_until_eos(out[0, inputs["input_ids"].shape[1]:].tolist(), eos_ids, tokenizer.pad_token_id)
+            n_tokens += count_until_eos(out[0, inputs["input_ids"].shape[1]:].tolist(), eos_ids, tokenizer.pad_token_id)
     return n_tokens
 
 
@@ -62,7 +62,8 @@ def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int
     from infra.memory import peak_rss
     from infra.models import load_model, load_tokenizer
     from infra.settings import ModelConfig
-    from tasks.generate import SampleRequest, _eos_ids, render_chat, sample_batched
+    from tasks.sampling.decode import eos_token_ids, sample_batched
+    from tasks.sampling.requests import SampleRequest, render_chat
 
     tokenizer = load_tokenizer(checkpoint)
     # Warm-up on both models, so one-off costs (kernel selection, allocations) count for neither.
@@ -88,7 +89,7 @@ def bench_generation(checkpoint: str, prompts, temperatures, max_new_tokens: int
     plain = AutoModelForCausalLM.from_pretrained(checkpoint)  # as the guide loads it: fp32, on the GPU if there is one
     plain.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     rendered = [render_chat(tokenizer, p.text) for p in prompts]
-    eos_ids = _eos_ids(plain, tokenizer)
+    eos_ids = eos_token_ids(plain, tokenizer)
     guide_generate(plain, tokenizer, rendered[:1], temperatures[:1], 4, eos_ids)
     started = time.perf_counter()
     guide_tokens = guide_generate(plain, tokenizer, rendered, temperatures, max_new_tokens, eos_ids)
@@ -155,7 +156,8 @@ def make_pairs(checkpoint: str, prompts, max_new_tokens: int):
     from infra.models import load_model, load_tokenizer
     from infra.records import PreferencePair
     from infra.settings import ModelConfig
-    from tasks.generate import SampleRequest, sample_batched
+    from tasks.sampling.decode import sample_batched
+    from tasks.sampling.requests import SampleRequest
 
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint, ModelConfig())

@@ -27,8 +27,9 @@ from benchmarks.bench_speed import guide_train
 from infra.models import load_model, load_tokenizer
 from infra.records import PreferencePair
 from infra.settings import ModelConfig, TrainConfig
-from tasks.generate import SampleRequest, sample_batched
 from tasks.prompts import builtin_prompts
+from tasks.sampling.decode import sample_batched
+from tasks.sampling.requests import SampleRequest
 from tasks.train import train_policy
 
 

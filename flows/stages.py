@@ -177,8 +177,8 @@ def select_prompts_task(ctx: RoundContext) -> StageResult:
 @task(name=layout.GENERATE, cache_policy=NO_CACHE)
 def generate_candidates_task(ctx: RoundContext, prompts: StageResult) -> StageResult:
     """k candidates per training prompt, sampled from the champion."""
-    from tasks.backends import open_backend
     from tasks.generate import GenerateSummary, generate_candidates, summarize_candidates
+    from tasks.sampling.backends import open_backend
 
     def compute(out: Path) -> GenerateSummary:
         train = _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
@@ -360,8 +360,8 @@ def champion_answers(ctx: RoundContext, held_out: list[Prompt], everyday: list[P
     """The champion's answers to the held-out and everyday prompts, generated once per champion
     (its weights' checksums), sampling settings and prompts, and cached beside the loop: every
     ablation cell, and an evaluate stage run again, meets the same answers without regenerating them."""
-    from tasks.backends import open_backend
     from tasks.evaluate import generate_answer_sets
+    from tasks.sampling.backends import open_backend
 
     config, champion = ctx.config, ctx.champion
     manifest = ctx.store.manifest(champion.train_key) if champion.train_key else None
@@ -386,8 +386,8 @@ def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list
     length is measured against the same answers. ``answers``: the round-0 policy's, already
     generated (it is the champion), cached instead of generating them when none are cached yet."""
     from infra.champion import base_policy, local_checkpoint
-    from tasks.backends import open_backend
     from tasks.evaluate import generate_completions
+    from tasks.sampling.backends import open_backend
 
     if not prompts:
         return []

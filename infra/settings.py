@@ -136,7 +136,7 @@ class GenerateConfig(Section):
     batch_size: int = Field(64, ge=1, description="Sequences decoded together; batches are grouped by prompt length.")
     seed: int = Field(0, description="Base seed; each round and batch derive their own from it.")
     backend: str = Field(
-        "hf", description="Registered generation backend (tasks/backends.py) of every stage that samples (candidates, "
+        "hf", description="Registered generation backend (tasks/sampling/backends.py) of every stage that samples (candidates, "
         "pairwise eval, compare): 'hf' (transformers, in process), 'openai' (an OpenAI-compatible server, generate.openai) "
         "or 'vllm' (vLLM's offline engine on a GPU, generate.vllm).",
     )

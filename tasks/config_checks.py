@@ -16,7 +16,6 @@ from pathlib import Path
 
 from infra.registry import Registry
 from infra.settings import MANAGED_DPO_ARGS, FlywheelConfig, config_origin, invalid_config, load_config
-from tasks.backends import BACKENDS
 from tasks.constraints import known_constraints
 from tasks.diagnostics import ALARMS
 from tasks.failure_modes import FAILURE_MODES
@@ -24,6 +23,7 @@ from tasks.judge import JUDGES
 from tasks.objectives import OBJECTIVES, FeedbackFileError, load_feedback
 from tasks.prompts import PROMPT_SOURCES, carries_unseen, split_counts, unseen_types
 from tasks.regression import BENCHMARKS
+from tasks.sampling.backends import BACKENDS
 
 
 def check_config(config: FlywheelConfig, origin: str = "checked config") -> FlywheelConfig:

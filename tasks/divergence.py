@@ -19,7 +19,7 @@ from infra.settings import EvalConfig, GenerateConfig, ModelConfig
 @torch.no_grad()
 def answer_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8) -> list[float]:
     """Each answer's summed token log-probability given its prompt (rendered with the chat template)."""
-    from tasks.generate import render_chat
+    from tasks.sampling.requests import render_chat
 
     device = next(model.parameters()).device
     totals: list[float] = []
@@ -50,8 +50,8 @@ def sampled_kl(policy_checkpoint: str, start_checkpoint: str, prompts: list[Prom
     """Mean over ``prompts`` of log p_policy(y) - log p_start(y), y sampled from the policy at temperature 1."""
     from infra.memory import release_memory
     from infra.models import load_model, load_tokenizer
-    from tasks.backends import open_backend
     from tasks.evaluate import generate_completions
+    from tasks.sampling.backends import open_backend
 
     with open_backend(policy_checkpoint, generate, model_config) as backend:
         answers = generate_completions(backend, prompts, "challenger", evaluate.model_copy(update={"temperature": 1.0}))

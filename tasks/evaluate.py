@@ -25,8 +25,8 @@ from infra import layout
 from infra.records import Completion, Prompt, Verdict, write_jsonl
 from infra.settings import EvalConfig
 from tasks.constraints import check_constraints
-from tasks.generate import SampleRequest
 from tasks.judge import Judge
+from tasks.sampling.requests import SampleRequest
 
 
 class PairVerdict(BaseModel):
@@ -116,7 +116,7 @@ def length_controlled_win_rate(outcomes: list[float], length_diffs: list[float],
 
 
 def generate_completions(backend, prompts: list[Prompt], policy: str, config: EvalConfig) -> list[Completion]:
-    """One response per held-out prompt from ``backend`` (a tasks.backends.SamplingBackend), scored
+    """One response per held-out prompt from ``backend`` (a tasks.sampling.backends.SamplingBackend), scored
     against the prompt's constraints."""
     return generate_answer_sets(backend, [prompts], policy, config)[0]
 
@@ -214,7 +214,7 @@ def evaluate_pairwise(
     diffs = [words["challenger"][v.prompt_id] - words["champion"][v.prompt_id] for v in verdicts]
     lc = length_controlled_win_rate(list(scores), diffs)
     by_id = {p.id: p for p in prompts}
-    rates = {policy: failure_rates([c for c in completions if c.prompt_id in kept], by_id, judge_verbose_words(judge))
+    rates = {policy: failure_rates([c for c in completions if c.prompt_id in kept], by_id, judge.verbose_words)
              for policy, completions in (("champion", champion), ("challenger", challenger))}
     kinds = {policy: rates_by_kind(prompts, completions, unseen_types) for policy, completions in (("champion", champion), ("challenger", challenger))}
     return (
@@ -328,9 +328,9 @@ def pairwise_between(
     FlywheelConfig ``config``; the unconstrained answers by its model judge, if any, and
     measured against ``baseline`` (the round-0 policy's answers to them). ``champion_answers``
     (to ``prompts``, to ``unconstrained``): the champion's, already generated, so it is not loaded."""
-    from tasks.backends import open_backend
     from tasks.judge import build_judge
     from tasks.prompts import unseen_types
+    from tasks.sampling.backends import open_backend
 
     completions, answers = {}, {}
     policies = (("champion", champion_checkpoint), ("challenger", challenger_checkpoint))
@@ -352,7 +352,7 @@ def pairwise_between(
             config.judge.model_copy(update={"name": name}), store=store)
         found, unconstrained_verdicts = evaluate_unconstrained(
             list(unconstrained), answers["champion"], answers["challenger"], config.evaluate,
-            judge_verbose_words(judge), baseline, model_judge,
+            judge.verbose_words, baseline, model_judge,
         )
         result = result.model_copy(update={"unconstrained": found})
     return PairwiseRun(completions, result, verdicts, answers, unconstrained_verdicts)
@@ -389,11 +389,6 @@ def pairwise_metrics(result: PairwiseResult) -> dict[str, float]:
     if result.unconstrained is not None:
         metrics.update(_figures(result.unconstrained, "unconstrained/"))
     return metrics
-
-
-def judge_verbose_words(judge: Judge) -> int:
-    config = getattr(judge, "config", None)
-    return getattr(config, "verbose_words", 150)
 
 
 def failure_rates(completions: list[Completion], prompts: dict[str, Prompt], verbose_words: int = 150) -> dict[str, float]:

@@ -37,7 +37,14 @@ class Comparison:
 
 
 class Judge(abc.ABC):
+    """Compares two responses to a prompt; built from the ``judge`` section (``JudgeConfig``)."""
+
     name: str = "judge"
+
+    def __init__(self, config: JudgeConfig):
+        # Responses longer than this many words are verbose, in the judge's scores and in the
+        # eval's failure rates of the answers it judges (whichever judge it is).
+        self.verbose_words = config.verbose_words
 
     @abc.abstractmethod
     def compare(self, prompt: Prompt, response_a: str, response_b: str) -> Comparison:
@@ -71,6 +78,7 @@ class VerifierJudge(Judge):
         unknown = sorted(set(config.failure_penalties) - set(FAILURE_MODES))
         if unknown:
             raise ValueError(f"judge.failure_penalties: unknown failure modes {unknown}; known: {', '.join(FAILURE_MODES)}")
+        super().__init__(config)
         self.config = config
         self._scores: dict[tuple[str, str], tuple[float, str]] = {}
 
@@ -83,7 +91,7 @@ class VerifierJudge(Judge):
 
     def _score(self, prompt: Prompt, response: str) -> tuple[float, str]:
         satisfied = constraint_score(response, prompt.constraints)
-        modes = [m for m, found in detect_failure_modes(response, prompt, self.config.verbose_words).items() if found]
+        modes = [m for m, found in detect_failure_modes(response, prompt, self.verbose_words).items() if found]
         score = satisfied - sum(self.penalty(m) for m in modes)
         why = f"constraints {satisfied:.2f}" + (f", failure modes: {', '.join(modes)}" if modes else "")
         return score, why

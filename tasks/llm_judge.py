@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 import re
 import time
@@ -29,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from infra.records import Prompt
+from infra.secrets import api_key
 from infra.settings import JudgeConfig, OpenAIJudgeConfig
 from tasks.judge import Comparison, Judge
 
@@ -115,21 +115,13 @@ class RateBudget:
             await asyncio.sleep(min(wait, 1.0))
 
 
-def _api_key(config: OpenAIJudgeConfig) -> str:
-    if config.api_key_block:
-        from prefect.blocks.system import Secret
-
-        return Secret.load(config.api_key_block).get()
-    # Local servers need no key, but the client insists on one.
-    return os.environ.get(config.api_key_env) or "not-needed"
-
-
 class OpenAIJudge(Judge):
     """Pairwise verdicts from a model behind an OpenAI-compatible chat completions API."""
 
     name = "openai"
 
     def __init__(self, config: JudgeConfig, store=None):
+        super().__init__(config)
         self.config = config.openai
         self.store = store
         self.template = (self.config.template or DEFAULT_TEMPLATE).read_text()
@@ -217,7 +209,7 @@ class OpenAIJudge(Judge):
     async def _judge_all(self, items: list[tuple[Prompt, str, str]]) -> list[Comparison | None]:
         import openai
 
-        client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=_api_key(self.config), max_retries=0, timeout=self.config.timeout_s)
+        client = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=api_key(self.config), max_retries=0, timeout=self.config.timeout_s)
         budget = RateBudget(self.config.requests_per_minute, self.config.tokens_per_minute)
         semaphore = asyncio.Semaphore(self.config.max_in_flight)
 

@@ -19,7 +19,7 @@ ANSWERS = ["Blue.", "It is quiet, with old trees and a bakery on the corner.", "
 
 
 def _alone(model, tokenizer, prompt: str, answer: str) -> float:
-    from tasks.generate import render_chat
+    from tasks.sampling.requests import render_chat
 
     context = tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     ids = context + tokenizer(answer, add_special_tokens=False)["input_ids"]

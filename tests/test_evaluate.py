@@ -147,10 +147,10 @@ def test_answer_sets_share_one_sampling_call_and_come_back_apart(tiny_model):
     to its own set, even where two sets use the same prompt id."""
     from infra.models import load_model, load_tokenizer
     from infra.settings import ModelConfig
-    from tasks.backends import HFBackend
     from tasks.evaluate import generate_answer_sets
+    from tests.sampling_helpers import hf_backend_from_loaded
 
-    backend = HFBackend.from_loaded(load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model))
+    backend = hf_backend_from_loaded(load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model))
     calls = []
     sample = backend.sample
     backend.sample = lambda requests, *args, **kwargs: calls.append(len(requests)) or sample(requests, *args, **kwargs)

@@ -1,8 +1,9 @@
 from infra.models import load_model, load_tokenizer
 from infra.records import Prompt
 from infra.settings import GenerateConfig, ModelConfig
-from tasks.backends import HFBackend
-from tasks.generate import SampleRequest, generate_candidates, length_grouped_batches
+from tasks.generate import generate_candidates
+from tasks.sampling.requests import SampleRequest, length_grouped_batches
+from tests.sampling_helpers import hf_backend_from_loaded
 
 PROMPTS = [Prompt(id=f"p{i}", text="Tell me about cats. " * (i + 1)) for i in range(5)]
 
@@ -10,7 +11,7 @@ PROMPTS = [Prompt(id=f"p{i}", text="Tell me about cats. " * (i + 1)) for i in ra
 def test_candidates_per_prompt_with_their_temperatures(tiny_model):
     model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
     config = GenerateConfig(n_candidates=3, temperatures=[0.7, 1.0], max_new_tokens=8, batch_size=4)
-    candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=1, progress=False)
+    candidates = generate_candidates(hf_backend_from_loaded(model, tokenizer), PROMPTS, config, seed=1, progress=False)
     assert len(candidates) == 15
     assert {(c.prompt_id, c.index) for c in candidates} == {(p.id, i) for p in PROMPTS for i in range(3)}
     assert [c.temperature for c in candidates if c.prompt_id == "p0"] == [0.7, 1.0, 0.7]
@@ -21,9 +22,9 @@ def test_candidates_per_prompt_with_their_temperatures(tiny_model):
 def test_generation_is_seeded(tiny_model):
     model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
     config = GenerateConfig(n_candidates=2, max_new_tokens=6, batch_size=8)
-    first = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=3, progress=False)
-    second = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=3, progress=False)
-    other = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=4, progress=False)
+    first = generate_candidates(hf_backend_from_loaded(model, tokenizer), PROMPTS, config, seed=3, progress=False)
+    second = generate_candidates(hf_backend_from_loaded(model, tokenizer), PROMPTS, config, seed=3, progress=False)
+    other = generate_candidates(hf_backend_from_loaded(model, tokenizer), PROMPTS, config, seed=4, progress=False)
     assert first == second
     assert first != other
 
@@ -43,7 +44,7 @@ def test_row_temperature_nucleus_matches_transformers_warpers():
     import torch
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from tasks.generate import LONG_SHORTLIST, RowTemperatureNucleus
+    from tasks.sampling.nucleus import LONG_SHORTLIST, RowTemperatureNucleus
 
     torch.manual_seed(0)
     scores = torch.randn(5, 5000) * 4
@@ -64,7 +65,9 @@ def test_row_temperature_nucleus_matches_transformers_warpers():
 def test_truncated_flag_tells_a_cut_off_answer_from_one_that_ended(tiny_model):
     """The tiny random model never says EOS within a few tokens: every answer is cut at the budget.
     Once the token it produces third counts as EOS, the same greedy answer ends there instead."""
-    from tasks.generate import render_chat, sample_batched, summarize_candidates
+    from tasks.generate import summarize_candidates
+    from tasks.sampling.decode import sample_batched
+    from tasks.sampling.requests import render_chat
 
     model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
     requests = [SampleRequest(key=("p0",), prompt=PROMPTS[0].text, temperature=0.0)]
@@ -79,7 +82,7 @@ def test_truncated_flag_tells_a_cut_off_answer_from_one_that_ended(tiny_model):
     assert not ended.truncated and ended.n_tokens <= 2
 
     config = GenerateConfig(n_candidates=2, max_new_tokens=5, batch_size=4)
-    candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer), PROMPTS, config, seed=1, progress=False)
+    candidates = generate_candidates(hf_backend_from_loaded(model, tokenizer), PROMPTS, config, seed=1, progress=False)
     assert all(c.truncated == (c.n_tokens == 5) for c in candidates)
     share = summarize_candidates(candidates, seconds=1.0).truncated_share
     assert share == sum(c.truncated for c in candidates) / len(candidates)
@@ -90,15 +93,15 @@ class FirstStepLogits:
     plain) leads to, before any sampled token can make two runs differ."""
 
     def __init__(self, monkeypatch):
-        import tasks.generate as generate
+        from tasks.sampling.nucleus import RowTemperatureNucleus
 
-        self.seen, original = {}, generate.RowTemperatureNucleus.sample
+        self.seen, original = {}, RowTemperatureNucleus.sample
 
         def sample(nucleus, logits):
             self.seen.setdefault(nucleus, logits.clone())  # one nucleus a batch: its first call is the first step
             return original(nucleus, logits)
 
-        monkeypatch.setattr(generate.RowTemperatureNucleus, "sample", sample)
+        monkeypatch.setattr(RowTemperatureNucleus, "sample", sample)
 
     def take(self) -> list:
         """The logits recorded since the last call, a tensor a batch."""
@@ -132,7 +135,7 @@ def test_shared_prefill_gives_the_same_samples_as_plain_sampling(tiny_model, mon
     """The k rows of a prompt share one prefill (a forward over the distinct prompts only), which
     leads to the logits of plain batched sampling, and so, at the same seed (same rows, same random
     numbers), to its samples."""
-    from tasks.generate import sample_batched
+    from tasks.sampling.decode import sample_batched
 
     model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
     requests = [SampleRequest(key=(p.id, i), prompt=p.text, temperature=(0.6, 1.0, 1.4)[i % 3]) for p in PROMPTS for i in range(4)]
@@ -160,8 +163,8 @@ def test_shared_prefill_gives_the_same_samples_as_plain_sampling(tiny_model, mon
     assert shared_prefills == [1, 2, 1, 2, 1]
 
     config = GenerateConfig(n_candidates=4, temperatures=[0.6, 1.0], max_new_tokens=6, batch_size=8)
-    plain_backend = HFBackend.from_loaded(model, tokenizer, config.model_copy(update={"share_prefill": False}))
-    shared_candidates = generate_candidates(HFBackend.from_loaded(model, tokenizer, config), PROMPTS, config, seed=2, progress=False)
+    plain_backend = hf_backend_from_loaded(model, tokenizer, config.model_copy(update={"share_prefill": False}))
+    shared_candidates = generate_candidates(hf_backend_from_loaded(model, tokenizer, config), PROMPTS, config, seed=2, progress=False)
     shared_logits = logits.take()
     plain_candidates = generate_candidates(plain_backend, PROMPTS, config, seed=2, progress=False)
     assert_same_logits_mostly_same_samples(shared_logits, logits.take(), shared_candidates, plain_candidates)
@@ -174,7 +177,9 @@ def test_distinct_prompts_encode_their_common_prefix_once(tiny_model, monkeypatc
     """Prompts that all differ still share the chat template's opening: it is encoded once, in one
     row, and each prompt's remaining tokens once; greedy answers and samples are those of plain
     left-padded batches, and every token a plain prefill encodes (but the padding) is encoded."""
-    from tasks.generate import common_prefix_length, render_chat, sample_batched, shared_prefill
+    from tasks.sampling.decode import sample_batched
+    from tasks.sampling.prefill import common_prefix_length, shared_prefill
+    from tasks.sampling.requests import render_chat
 
     model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
     texts = [render_chat(tokenizer, p.text) for p in PROMPTS]
@@ -218,7 +223,8 @@ def test_shared_prefill_samples_each_row_at_its_temperature(tiny_model):
 
     import torch
 
-    from tasks.generate import render_chat, sample_batched
+    from tasks.sampling.decode import sample_batched
+    from tasks.sampling.requests import render_chat
 
     model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
     with torch.no_grad():
@@ -256,7 +262,8 @@ def test_ended_rows_leave_the_batch_and_the_others_decode_as_before(tiny_model):
     what it would have: each row is its unstopped decoding cut after its first end token."""
     import torch
 
-    from tasks.generate import decode, render_chat
+    from tasks.sampling.decode import decode
+    from tasks.sampling.requests import render_chat
 
     model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)
     noise = torch.Generator().manual_seed(0)
@@ -298,8 +305,9 @@ def test_reserved_cache_holds_what_the_dynamic_cache_holds(tiny_model):
     import torch
     from transformers import DynamicCache
 
-    from tasks.generate import left_padded_positions, render_chat
-    from tasks.kv_cache import reserved_cache
+    from tasks.sampling.kv_cache import reserved_cache
+    from tasks.sampling.prefill import left_padded_positions
+    from tasks.sampling.requests import render_chat
 
     model, tokenizer = load_model(tiny_model, ModelConfig()), load_tokenizer(tiny_model)
     texts = [render_chat(tokenizer, p.text) for p in PROMPTS[:3]]
@@ -332,7 +340,7 @@ def test_nucleus_sampling_draws_each_kept_token_at_its_probability():
     shortlist rows, a flat row past the shortlist (full sort) and top_p 1 (the whole vocabulary)."""
     import torch
 
-    from tasks.generate import RowTemperatureNucleus, _draw
+    from tasks.sampling.nucleus import RowTemperatureNucleus, _draw
 
     torch.manual_seed(0)
     logits = torch.randn(3, 300) * 3

@@ -7,8 +7,8 @@ import pytest
 
 from infra.records import Prompt
 from infra.settings import GenerateConfig, ModelConfig
-from tasks.backends import open_backend
 from tasks.generate import generate_candidates
+from tasks.sampling.backends import open_backend
 from tests.test_judge_serve import served  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def test_candidates_from_the_served_policy(served, tiny_model):  # noqa: F811
 
 
 def test_a_server_refusing_n_is_named_with_the_fix(served, tiny_model):  # noqa: F811
-    from tasks.openai_backend import GenerationServerError
+    from tasks.sampling.openai_backend import GenerationServerError
 
     config = served_config(served, use_n=True)
     with open_backend(tiny_model, config, ModelConfig(dtype="fp32")) as backend:

@@ -18,8 +18,8 @@ PROMPTS = [Prompt(id=f"p{i}", text="Tell me about cats. " * (i + 1)) for i in ra
 
 
 def test_hf_backend_samples_on_the_gpu_in_bf16_and_is_seeded(tiny_model):
-    from tasks.backends import open_backend
     from tasks.generate import generate_candidates
+    from tasks.sampling.backends import open_backend
 
     config = GenerateConfig(n_candidates=4, temperatures=[0.7, 1.0], max_new_tokens=12, batch_size=16)
     with open_backend(tiny_model, config, ModelConfig()) as backend:
@@ -39,7 +39,8 @@ def test_shared_prefill_gives_the_same_samples_on_the_gpu(tiny_model, monkeypatc
     """In fp32 the shared prefill leads to the plain prefill's logits (to rounding), so at the same
     seed to the same samples, as on the CPU (tests/test_generate.py)."""
     from infra.models import load_model, load_tokenizer
-    from tasks.generate import SampleRequest, sample_batched
+    from tasks.sampling.decode import sample_batched
+    from tasks.sampling.requests import SampleRequest
     from tests.test_generate import FirstStepLogits, assert_same_logits_mostly_same_samples
 
     model, tokenizer = load_model(tiny_model, ModelConfig(dtype="fp32")), load_tokenizer(tiny_model)

@@ -121,3 +121,25 @@ def test_adversarial_responses_stay_inside_their_fences_and_decide_nothing():
             assert sent.count(f"END RESPONSE A {fence}") == 1 and fence not in a + b
     finally:
         tie_judge.close()
+
+
+def test_the_eval_counts_verbose_answers_by_judge_verbose_words_with_the_openai_judge(stub):
+    """``judge.verbose_words`` reaches the pairwise eval's failure rates through the openai judge as
+    through the verifier: answers of 40 words are verbose at 30 words, not at the default 150."""
+    from infra.records import Completion
+    from infra.settings import EvalConfig
+    from tasks.evaluate import evaluate_pairwise
+
+    prompts = [Prompt(id=f"p{i}", text="Describe the sea.", constraints=[], split="eval") for i in range(3)]
+    long_answer = " ".join(f"word{n}" for n in range(40))
+    champion = [Completion(prompt_id=p.id, policy="champion", text=long_answer, constraint_score=1.0) for p in prompts]
+    challenger = [Completion(prompt_id=p.id, policy="challenger", text="GOOD: calm and blue.", constraint_score=1.0) for p in prompts]
+    verbose_rates = {}
+    for verbose_words in (150, 30):
+        config = JudgeConfig(name="openai", verbose_words=verbose_words, openai={"base_url": stub.url, "model": "stub-judge"})
+        judge = build_judge(config)
+        assert isinstance(judge, OpenAIJudge) and judge.verbose_words == verbose_words
+        result, verdicts = evaluate_pairwise(prompts, champion, challenger, judge, EvalConfig())
+        assert result.wins == 3 and len(verdicts) == 3  # judged by the server
+        verbose_rates[verbose_words] = (result.champion_failure_rates["verbose"], result.challenger_failure_rates["verbose"])
+    assert verbose_rates == {150: (0.0, 0.0), 30: (1.0, 0.0)}

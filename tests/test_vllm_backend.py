@@ -9,8 +9,8 @@ import pytest
 
 from infra.records import Prompt
 from infra.settings import GenerateConfig, ModelConfig
-from tasks.backends import open_backend
 from tasks.generate import generate_candidates
+from tasks.sampling.backends import open_backend
 
 
 def _has_cuda_and_vllm() -> bool:
@@ -21,7 +21,7 @@ def _has_cuda_and_vllm() -> bool:
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_missing_vllm_is_named_with_the_way_out(tiny_model):
-    from tasks.vllm_backend import VLLMMissingError
+    from tasks.sampling.vllm_backend import VLLMMissingError
 
     with pytest.raises(VLLMMissingError, match="docker/Dockerfile.cuda"):
         open_backend(tiny_model, GenerateConfig(backend="vllm"), ModelConfig())

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tasks.backends import PromptGroup, SamplingBackend, group_requests
-from tasks.generate import Decoded
+from infra.secrets import api_key
+from tasks.sampling.backends import SamplingBackend
+from tasks.sampling.requests import Decoded, PromptGroup, group_requests
 
 
 class GenerationServerError(RuntimeError):
@@ -37,9 +38,7 @@ class OpenAIBackend(SamplingBackend):
     async def _sample_all(self, groups: list[PromptGroup], max_new_tokens: int, seed: int, top_p: float) -> list[list[Decoded]]:
         import openai
 
-        from tasks.llm_judge import _api_key
-
-        client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=_api_key(self.settings),
+        client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=api_key(self.settings),
                                     timeout=self.settings.timeout_s, max_retries=self.settings.max_retries)
         semaphore = asyncio.Semaphore(self.settings.max_in_flight)
 

@@ -8,8 +8,8 @@ installs it in the GPU worker's image, and it is imported only when this backend
 
 from __future__ import annotations
 
-from tasks.backends import SamplingBackend, group_requests
-from tasks.generate import Decoded, render_chat
+from tasks.sampling.backends import SamplingBackend
+from tasks.sampling.requests import Decoded, group_requests, render_chat
 
 
 class VLLMMissingError(RuntimeError):

@@ -1,7 +1,7 @@
 """Generation backends: what samples the answers of every stage that samples (the candidates, the
 pairwise eval's answers, `flywheel compare`), chosen by ``generate.backend``.
 
-* ``hf`` (default): transformers in this process (``tasks.generate.sample_batched``): batches
+* ``hf`` (default): transformers in this process (``decode.sample_batched``): batches
   grouped by prompt length, one temperature per row, a prompt's k rows sharing one prefill.
 * ``openai``: an OpenAI-compatible server (``vllm serve``, ``transformers serve``, ...) through
   the openai client, a prompt's samples at one temperature in one request (``n``).
@@ -9,7 +9,8 @@ pairwise eval's answers, `flywheel compare`), chosen by ``generate.backend``.
   for GPU machines (``docker/Dockerfile.cuda`` installs vllm, which pins its own torch).
 
 A backend is opened on one policy checkpoint and closed when the stage is done with it, so its
-model leaves memory before the next one loads::
+model leaves memory before the next one loads. Every backend takes ``SampleRequest``s and answers
+a ``Decoded`` per request key (``requests.py``)::
 
     with open_backend(checkpoint, config.generate, config.model) as backend:
         decoded = backend.sample(requests, max_new_tokens=160, batch_size=64, seed=0, top_p=0.95)
@@ -18,13 +19,10 @@ model leaves memory before the next one loads::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, NamedTuple
 
 from infra.registry import Registry
 from infra.settings import GenerateConfig, ModelConfig
-
-if TYPE_CHECKING:  # tasks.generate imports torch and transformers: only the hf backend needs them at run time
-    from tasks.generate import Decoded, SampleRequest
+from tasks.sampling.requests import Decoded, SampleRequest
 
 
 class SamplingBackend(ABC):
@@ -66,16 +64,9 @@ class HFBackend(SamplingBackend):
         super().__init__(checkpoint, config, model)
         self.model, self.tokenizer = load_model(checkpoint, model), load_tokenizer(checkpoint)
 
-    @classmethod
-    def from_loaded(cls, model, tokenizer, config: GenerateConfig | None = None) -> "HFBackend":
-        """A backend over a model already in memory (tests, benchmarks)."""
-        backend = cls.__new__(cls)
-        SamplingBackend.__init__(backend, getattr(model, "name_or_path", ""), config or GenerateConfig(), ModelConfig())
-        backend.model, backend.tokenizer = model, tokenizer
-        return backend
-
     def sample(self, requests, max_new_tokens, batch_size, seed, top_p=1.0, progress=None):
-        from tasks.generate import sample_batched
+        # torch and transformers load with the hf backend only, not with the registry
+        from tasks.sampling.decode import sample_batched
 
         return sample_batched(self.model, self.tokenizer, requests, max_new_tokens, batch_size, seed, top_p=top_p,
                               progress=progress, share_prefill=self.config.share_prefill)
@@ -87,26 +78,11 @@ class HFBackend(SamplingBackend):
         release_memory()
 
 
-BACKENDS.add_lazy("openai", "tasks.openai_backend:OpenAIBackend")
-BACKENDS.add_lazy("vllm", "tasks.vllm_backend:VLLMBackend")
+BACKENDS.add_lazy("openai", "tasks.sampling.openai_backend:OpenAIBackend")
+BACKENDS.add_lazy("vllm", "tasks.sampling.vllm_backend:VLLMBackend")
 
 
 def open_backend(checkpoint: str, config: GenerateConfig, model: ModelConfig) -> SamplingBackend:
     """The configured backend (``config.backend``) opened on ``checkpoint``."""
     return BACKENDS.get(config.backend)(checkpoint, config, model)
 
-
-class PromptGroup(NamedTuple):
-    """The requests that ask one prompt at one temperature: one request to a server (``n`` samples)."""
-
-    prompt: str
-    temperature: float
-    keys: list[tuple]
-
-
-def group_requests(requests: list[SampleRequest]) -> list[PromptGroup]:
-    """Requests grouped by (prompt, temperature), in the order each group first appears."""
-    groups: dict[tuple[str, float], list[tuple]] = {}
-    for r in requests:
-        groups.setdefault((r.prompt, r.temperature), []).append(r.key)
-    return [PromptGroup(prompt, temperature, keys) for (prompt, temperature), keys in groups.items()]
