@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -19,6 +19,9 @@ from infra import layout
 from infra.champion import crown
 from infra.records import Candidate, Judgment, PreferencePair, Prompt, write_jsonl
 from infra.store import hash_json
+
+if TYPE_CHECKING:
+    from tasks.train import TrainResult
 
 
 @task(name=layout.PROMPTS, cache_policy=NO_CACHE)
@@ -168,28 +171,30 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
                         f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)
         return result
 
-    def metrics(result: TrainResult) -> dict[str, float]:
-        figures = {
-            "initial_loss": result.initial_loss, "final_loss": result.final_loss,
-            "final_reward_accuracy": result.final_reward_accuracy, "final_reward_margin": result.final_reward_margin,
-            "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
-            "alarms": len(result.alarms), "n_pairs": result.n_pairs, "n_replayed": result.n_replayed,
-            "nll_weight": result.nll_weight, "reference_initial": float(result.reference == "initial"),
-            "lora_r": result.lora_r or 0, "reference_free": float(result.reference == "none"),
-            "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
-        }
-        if result.mfu is not None:
-            figures.update(achieved_tflops=result.achieved_tflops, mfu=result.mfu, trained_tokens=result.trained_tokens)
-        if result.best_epoch is not None:
-            figures.update(best_epoch=result.best_epoch, kept_heldout_loss=result.kept_heldout_loss)
-        return figures
-
     trained = run_stage(ctx, layout.TRAIN, compute, result_type=TrainResult, result_file=layout.TRAIN_RESULT,
                         reads=[pairs, *replay_from], starts_from=ctx.champion.checkpoint, config_sections=["model", "train"],
-                        metrics=metrics)
+                        metrics=train_metrics)
     ctx.tracker.log_artifact(ctx.store.local_path(trained.key) / layout.TRAINING_FIGURE, layout.FIGURES)
     ctx.tracker.set_tags({"flywheel.objective": trained.result.objective})
     return trained
+
+
+def train_metrics(result: TrainResult) -> dict[str, float]:
+    """What MLflow records of a training, as ``train/<name>``."""
+    figures = {
+        "initial_loss": result.initial_loss, "final_loss": result.final_loss,
+        "final_reward_accuracy": result.final_reward_accuracy, "final_reward_margin": result.final_reward_margin,
+        "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
+        "alarms": len(result.alarms), "n_pairs": result.n_pairs, "n_replayed": result.n_replayed,
+        "nll_weight": result.nll_weight, "reference_initial": float(result.reference == "initial"),
+        "lora_r": result.lora_r or 0, "reference_free": float(result.reference == "none"),
+        "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
+    }
+    if result.mfu is not None:
+        figures.update(achieved_tflops=result.achieved_tflops, mfu=result.mfu, trained_tokens=result.trained_tokens)
+    if result.best_epoch is not None:
+        figures.update(best_epoch=result.best_epoch, kept_heldout_loss=result.kept_heldout_loss)
+    return figures
 
 
 @task(name=layout.EVALUATE, cache_policy=NO_CACHE)
