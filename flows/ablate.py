@@ -28,8 +28,10 @@ from pydantic import BaseModel, model_validator
 
 from flows.publish import artifact_key, figure_markdown
 from flows.render import as_markdown, as_records
-from flows.rows import Table
-from flows.stages import RoundContext, StageResult, check_regression_task, evaluate_pairwise_task
+from flows.round_records import read_history
+from flows.stage_runner import RoundContext, StageResult, read_stage_records
+from flows.stages import check_regression_task, evaluate_pairwise_task
+from flows.table import Table
 from flows.train_flow import train_challenger
 from infra import layout
 from infra.champion import local_checkpoint
@@ -114,8 +116,6 @@ def _finished_round(store: ArtifactStore, config: FlywheelConfig, round_index: i
         if not done(round_index):
             raise AblationError(f"round {round_index} of loop {config.loop!r} has no complete pairs and prompts to ablate on")
         return round_index
-    from flows.summary import read_history
-
     rounds = [r.round for r in read_history(store, config.loop) if done(r.round)]
     if not rounds:
         raise AblationError(f"loop {config.loop!r} has no finished round to ablate on: run `flywheel round` first")
@@ -171,11 +171,10 @@ KL_PROMPTS = 32  # held-out prompts sampled for the KL estimate: enough to rank 
 
 def _kl_to_start(ctx: RoundContext, challenger: StageResult, prompts: StageResult) -> float:
     """KL(trained policy || the champion it started from), on the policy's samples (tasks/divergence.py)."""
-    from flows.stages import _records
     from infra.records import Prompt
     from tasks.divergence import sampled_kl
 
-    held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)[:KL_PROMPTS]
+    held_out = read_stage_records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)[:KL_PROMPTS]
     policy = str(ctx.store.local_path(challenger.key) / layout.MERGED)
     return sampled_kl(policy, ctx.champion_checkpoint, held_out, ctx.config.generate, ctx.config.model, ctx.config.evaluate)
 

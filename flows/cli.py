@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_outcome(config: FlywheelConfig, summaries) -> None:
-    from flows.summary import summary_table
+    from flows.render import summary_table
     from infra.tracking import tracking_uri
 
     print()
@@ -119,7 +119,8 @@ def _show_config(config: FlywheelConfig, args) -> int:
 
 
 def _history(config: FlywheelConfig, args) -> int:
-    from flows.summary import read_history, summary_table
+    from flows.render import summary_table
+    from flows.round_records import read_history
     from infra.store import store_from_config
 
     print(summary_table(read_history(store_from_config(config.storage), config.loop)))
@@ -128,7 +129,7 @@ def _history(config: FlywheelConfig, args) -> int:
 
 def _report(config: FlywheelConfig, args) -> int:
     from flows.report import write_report
-    from flows.summary import read_history
+    from flows.round_records import read_history
     from infra.store import store_from_config
 
     store = store_from_config(config.storage)
@@ -139,9 +140,11 @@ def _report(config: FlywheelConfig, args) -> int:
 
 
 def _compare(config: FlywheelConfig, args) -> int:
-    from flows.compare import CompareError, compare_rounds, examples_markdown
+    from flows.compare import CompareError, compare_rounds
+    from flows.publish import examples_markdown
     from flows.render import as_text
-    from flows.rows import comparison_rows, figure_table
+    from flows.rows import comparison_rows
+    from flows.table import figure_table
     from infra.champion import ChampionError
 
     try:

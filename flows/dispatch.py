@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from flows.stages import RoundContext
+from flows.stage_runner import RoundContext
 from infra.champion import local_checkpoint
 from infra.records import Champion
 from infra.settings import FlywheelConfig

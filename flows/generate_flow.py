@@ -12,7 +12,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.dispatch import run_on_deployment, worker_context
-from flows.stages import RoundContext, StageResult, generate_candidates_task
+from flows.stage_runner import RoundContext, StageResult
+from flows.stages import generate_candidates_task
 from infra import layout
 from infra.records import Champion
 from infra.settings import FlywheelConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.round import run_next_round
-from flows.summary import RoundSummary
+from flows.round_records import RoundSummary
 from infra.settings import FlywheelConfig
 from tasks.config_checks import load_checked_config
 

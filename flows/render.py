@@ -1,11 +1,16 @@
-"""A :class:`flows.rows.Table` as the terminal prints it, as Prefect markdown, as a Prefect table
-artifact's records, and as HTML."""
+"""A :class:`flows.table.Table` as the terminal prints it, as Prefect markdown, as a Prefect table
+artifact's records, and as HTML; and the loop's history as the command line prints it."""
 
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
-from flows.rows import Table
+from flows.rows import history_table
+from flows.table import Table
+
+if TYPE_CHECKING:
+    from flows.round_records import RoundSummary
 
 
 def as_text(table: Table) -> str:
@@ -30,3 +35,8 @@ def as_html(table: Table) -> str:
     cells = lambda row, tag: "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row)  # noqa: E731
     body = "".join(f"<tr>{cells(row, 'td')}</tr>" for row in table.rows)
     return f"<table><tr>{cells(table.header, 'th')}</tr>{body}</table>"
+
+
+def summary_table(rounds: list[RoundSummary]) -> str:
+    """The rounds as a plain-text table, one row per round."""
+    return as_text(history_table(rounds)) if rounds else "no rounds yet"

@@ -9,14 +9,14 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.render import as_html
+from flows.render import as_html, summary_table
 from flows.rows import comparisons_table, history_table
-from flows.summary import RoundSummary, summary_table
 from infra import layout
 from tasks.figures import loop_figure
 
 if TYPE_CHECKING:
-    from flows.compare import Comparison
+    from flows.comparison_records import Comparison
+    from flows.round_records import RoundSummary
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -53,7 +53,7 @@ def write_report(store, loop: str, history: list[RoundSummary], out: Path) -> st
         key = layout.stage_key(loop, r.round, layout.TRAIN)
         if store.is_complete(key) and (store.local_path(key) / layout.TRAINING_FIGURE).exists():
             training[r.round] = (store.local_path(key) / layout.TRAINING_FIGURE).read_bytes()
-    from flows.compare import read_comparisons
+    from flows.comparison_records import read_comparisons  # here: its records load tasks.evaluate, and torch with it
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(loop, history, training, read_comparisons(store, loop)))

@@ -16,9 +16,9 @@ from prefect.runtime import flow_run
 from flows.exclusive import exclusive
 from flows.generate_flow import generate_challenger_candidates
 from flows.publish import publish_round
+from flows.round_records import RoundSummary, append_history, read_history, with_round
+from flows.stage_runner import RoundContext, StageResult
 from flows.stages import (
-    RoundContext,
-    StageResult,
     check_regression_task,
     evaluate_pairwise_task,
     figure_bytes,
@@ -28,7 +28,6 @@ from flows.stages import (
     select_prompts_task,
     write_figures_task,
 )
-from flows.summary import RoundSummary, append_history, read_history, with_round
 from flows.train_flow import train_challenger
 from infra import layout
 from infra.champion import local_checkpoint, starting_champion

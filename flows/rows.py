@@ -1,38 +1,17 @@
-"""What a round, the loop's history and a comparison show, as rows built once.
-
-``flows/render.py`` turns a :class:`Table` into the terminal table, Prefect markdown, a Prefect
-table artifact or HTML, so the places that show a figure cannot drift apart.
-"""
+"""What a round, the loop's history and a comparison show, as rows and tables (``flows/table.py``)
+built once from their records; ``flows/render.py`` turns those into text, markdown or HTML."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from flows.table import Row, Table, side_by_side
 
 if TYPE_CHECKING:
-    from flows.compare import Comparison
-    from flows.summary import RoundSummary
+    from flows.comparison_records import Comparison
+    from flows.round_records import RoundSummary
     from tasks.evaluate import UnconstrainedResult
-
-Cell = str | int  # counts stay numbers, so a Prefect table artifact keeps them as such
-Row = tuple[str, Cell]  # (figure, value)
-
-
-class Table(NamedTuple):
-    header: list[str]
-    rows: list[list[Cell]]
-
-
-def figure_table(rows: list[Row]) -> Table:
-    """One record's figures as a two-column table."""
-    return Table(["figure", "value"], [list(row) for row in rows])
-
-
-def side_by_side(records: list[list[Row]]) -> Table:
-    """Several records' figures as one table: a row per record, a column per figure (in the order
-    they first appear), '-' where a record lacks one."""
-    header = list(dict.fromkeys(name for record in records for name, _ in record))
-    return Table(header, [[dict(record).get(name, "-") for name in header] for record in records])
 
 
 def _num(value: float | None, spec: str = ".3f") -> str:

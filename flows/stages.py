@@ -1,162 +1,27 @@
-"""The round's stages as Prefect tasks: each loads its inputs, calls its stage's core in tasks/,
-and hands the rest to one runner.
-
-``run_stage`` owns what every stage repeats: the stage key, the identity of its inputs (the
-checksums of the upstream stages it reads) and of its config sections, resuming past a stage
-already complete with the same identity, staging its files so they are committed whole or not
-at all, reloading its typed result, logging its metrics as ``<stage>/<name>`` (with its wall
-time, ``seconds``, and its peak resident memory, ``peak_rss_mb``; what it loaded is released
-after it), and one summary line in the Prefect log. Every stage task returns the same shape: ``StageResult(key, result)``.
-
-No stage is retried as a whole: the network calls inside (S3, MLflow, the judge's API) retry
-on their own, and training is never rerun on a transient error.
+"""The round's nine stages as Prefect tasks, in the order a round runs them: each loads its inputs,
+calls its stage's core in tasks/, and hands the rest (resume, staging, metrics) to
+``flows/stage_runner.py``'s ``run_stage``. Every task returns ``StageResult(key, result)``.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import TYPE_CHECKING, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from flows.answer_cache import baseline_answers, champion_answers, regression_between
+from flows.stage_runner import RoundContext, StageResult, config_hash, inputs_hash, read_stage_records, run_stage, stage_logger
 from infra import layout
 from infra.champion import crown
-from infra.memory import peak_rss, release_memory
-from infra.records import Candidate, Champion, Completion, Judgment, PreferencePair, Prompt, read_jsonl, write_jsonl
-from infra.settings import FlywheelConfig
-from infra.store import ArtifactStore, ArtifactStoreError, CorruptArtifactError, hash_json
-from infra.tracking import Tracker
+from infra.records import Candidate, Judgment, PreferencePair, Prompt, write_jsonl
+from infra.store import hash_json
 
-R = TypeVar("R", bound=BaseModel)
-
-
-@dataclass
-class RoundContext:
-    """What a round's stages are handed: built once by the flow, so no stage reaches storage or
-    tracking through a global."""
-
-    config: FlywheelConfig
-    round_index: int
-    store: ArtifactStore
-    tracker: Tracker
-    champion: Champion  # the policy the round started from
-    champion_checkpoint: str  # where this machine loads it from
-    # An ablation cell's stages live under its own folder, not the round's (None: the round's).
-    key_prefix: str | None = None
-    # Where the reference's log-probs of the round's pairs are shared (JSON), for cells that
-    # train on the same pairs against the same reference; None: computed by each training.
-    reference_logps_key: str | None = None
-
-    @property
-    def loop(self) -> str:
-        return self.config.loop
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.config.storage.data_dir)
-
-    def key(self, stage: str) -> str:
-        if self.key_prefix:
-            return f"{self.key_prefix}/{stage}"
-        return layout.stage_key(self.loop, self.round_index, stage)
-
-
-@dataclass(frozen=True)
-class StageResult(Generic[R]):
-    key: str  # where the stage's files are, in the artifact store
-    result: R  # its typed result, also saved in the stage as JSON
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("flywheel")
-
-
-def inputs_hash(store: ArtifactStore, upstream: Sequence[StageResult], extra: str = "") -> str:
-    """Identity of a stage's inputs: the contents (checksums) of the upstream stages it reads."""
-    digests = []
-    for stage in upstream:
-        manifest = store.manifest(stage.key)
-        if manifest is None:
-            raise FileNotFoundError(f"stage {stage.key} has no complete artifacts to read")
-        digests.append([(f.path, f.sha256) for f in manifest.files])
-    return hash_json({"upstream": digests, "extra": extra})
-
-
-def config_hash(config: FlywheelConfig, sections: Sequence[str]) -> str:
-    dumped = config.model_dump(mode="json")
-    return hash_json({name: dumped[name] for name in sections})
-
-
-def _reload(store: ArtifactStore, key: str, result_file: str, result_type: type[R]) -> R:
-    return result_type.model_validate_json((store.local_path(key) / result_file).read_text())
-
-
-def run_stage(
-    ctx: RoundContext,
-    stage: str,
-    compute: Callable[[Path], R],
-    *,
-    result_type: type[R],
-    result_file: str,
-    reads: Sequence[StageResult] = (),
-    starts_from: str = "",
-    config_sections: Sequence[str] = (),
-    metrics: Callable[[R], dict[str, float]] | None = None,
-) -> StageResult[R]:
-    """Run ``compute(folder)`` (it writes the stage's files into ``folder`` and returns its result)
-    unless the stage is complete from the same ``reads``, ``starts_from`` (the policy it starts
-    from) and ``config_sections``; log ``metrics(result)`` as ``<stage>/<name>``."""
-    log = _logger()
-    key = ctx.key(stage)
-    input_id = inputs_hash(ctx.store, reads, starts_from)
-    config_id = config_hash(ctx.config, config_sections)
-    manifest = ctx.store.manifest(key)
-    if manifest is not None and (manifest.input_hash, manifest.config_hash) == (input_id, config_id):
-        try:
-            result = _reload(ctx.store, key, result_file, result_type)
-            log.info("%s: complete with the same inputs and config, not run again", key)
-            return StageResult(key, result)
-        except CorruptArtifactError as err:
-            log.warning("%s: %s; running the stage again", key, err)
-    log.info("%s: running", key)
-    started = time.perf_counter()
-    with peak_rss() as memory:
-        try:
-            with ctx.store.stage(key, input_hash=input_id, config_hash=config_id) as out:
-                result = compute(out)
-                (out / result_file).write_text(result.model_dump_json(indent=2))
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            raise ArtifactStoreError(
-                f"{key}: the disk is full ({err.filename or 'while writing'}): the stage is not marked complete and none of it "
-                "is kept; free some space, then run the round again (it resumes at this stage)") from err
-        release_memory()  # what the stage loaded (models, datasets) is not held into the next one
-    seconds = time.perf_counter() - started
-    figures = {**(metrics(result) if metrics else {}), "seconds": seconds, "peak_rss_mb": memory.peak_mb, "rss_after_mb": memory.end_mb}
-    ctx.tracker.log_metrics({f"{stage}/{name}": value for name, value in figures.items()})
-    shown = ", ".join(f"{name} {value:.4g}" for name, value in list(figures.items())[:6] if isinstance(value, (int, float)))
-    log.info("%s: done in %.1f s, peak RSS %.0f MB (%s)", stage, seconds, memory.peak_mb, shown)
-    return StageResult(key, result)
-
-
-def _records(ctx: RoundContext, stage: StageResult, file: str, model: type[R]) -> list[R]:
-    return read_jsonl(ctx.store.local_path(stage.key) / file, model)
-
-
-# --- the stages, in the order a round runs them ---------------------------------------------
+if TYPE_CHECKING:
+    from tasks.train import TrainResult
 
 
 @task(name=layout.PROMPTS, cache_policy=NO_CACHE)
@@ -181,7 +46,7 @@ def generate_candidates_task(ctx: RoundContext, prompts: StageResult) -> StageRe
     from tasks.sampling.backends import open_backend
 
     def compute(out: Path) -> GenerateSummary:
-        train = _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
+        train = read_stage_records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
         with open_backend(ctx.champion_checkpoint, ctx.config.generate, ctx.config.model) as backend:
             started = time.perf_counter()
             seed = ctx.config.generate.seed * 1000 + ctx.round_index
@@ -203,8 +68,8 @@ def judge_pairs_task(ctx: RoundContext, prompts: StageResult, candidates: StageR
     from tasks.judge import JudgeSummary, build_judge, judge_agreement, judge_pairs, judge_summary
 
     def compute(out: Path) -> JudgeSummary:
-        train = _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
-        sampled = _records(ctx, candidates, layout.CANDIDATES, Candidate)
+        train = read_stage_records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt)
+        sampled = read_stage_records(ctx, candidates, layout.CANDIDATES, Candidate)
         judge = build_judge(ctx.config.judge, store=ctx.store)
         judgments = judge_pairs(train, sampled, judge)
         n_pairs = len(train) * math.comb(ctx.config.generate.n_candidates, 2)
@@ -233,9 +98,9 @@ def filter_pairs_task(ctx: RoundContext, prompts: StageResult, candidates: Stage
 
     def compute(out: Path) -> FilterReport:
         pairs, report = filter_pairs(
-            _records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt),
-            _records(ctx, candidates, layout.CANDIDATES, Candidate),
-            _records(ctx, judgments, layout.JUDGMENTS, Judgment),
+            read_stage_records(ctx, prompts, layout.TRAIN_PROMPTS, Prompt),
+            read_stage_records(ctx, candidates, layout.CANDIDATES, Candidate),
+            read_stage_records(ctx, judgments, layout.JUDGMENTS, Judgment),
             ctx.config.filter,
         )
         write_jsonl(out / layout.PAIRS, pairs)
@@ -283,15 +148,15 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, step=step)
 
     def compute(out: Path) -> TrainResult:
-        kept = _records(ctx, pairs, layout.PAIRS, PreferencePair)
-        earlier = [pair for stage in replay_from for pair in _records(ctx, stage, layout.PAIRS, PreferencePair)]
+        kept = read_stage_records(ctx, pairs, layout.PAIRS, PreferencePair)
+        earlier = [pair for stage in replay_from for pair in read_stage_records(ctx, stage, layout.PAIRS, PreferencePair)]
         reference = local_checkpoint(base_policy(cfg), ctx.store, ctx.data_dir) if cfg.train.reference == "initial" else None
         # The reference pass's log-probs go to the store before the first step (one process), under a
         # key naming what they depend on, so a rerun of a killed training reads them instead of redoing it.
         logps_key = ctx.reference_logps_key or reference_logps_key(ctx, [pairs, *replay_from])
         shared = ctx.store.read_json(logps_key)
         if shared is not None:
-            _logger().info("%s: the reference's log-probs read from %s (no reference pass)", ctx.key(layout.TRAIN), logps_key)
+            stage_logger().info("%s: the reference's log-probs read from %s (no reference pass)", ctx.key(layout.TRAIN), logps_key)
 
         def keep(logps: dict) -> None:
             ctx.store.write_json(logps_key, logps)
@@ -306,28 +171,30 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
                         f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)
         return result
 
-    def metrics(result: TrainResult) -> dict[str, float]:
-        figures = {
-            "initial_loss": result.initial_loss, "final_loss": result.final_loss,
-            "final_reward_accuracy": result.final_reward_accuracy, "final_reward_margin": result.final_reward_margin,
-            "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
-            "alarms": len(result.alarms), "n_pairs": result.n_pairs, "n_replayed": result.n_replayed,
-            "nll_weight": result.nll_weight, "reference_initial": float(result.reference == "initial"),
-            "lora_r": result.lora_r or 0, "reference_free": float(result.reference == "none"),
-            "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
-        }
-        if result.mfu is not None:
-            figures.update(achieved_tflops=result.achieved_tflops, mfu=result.mfu, trained_tokens=result.trained_tokens)
-        if result.best_epoch is not None:
-            figures.update(best_epoch=result.best_epoch, kept_heldout_loss=result.kept_heldout_loss)
-        return figures
-
     trained = run_stage(ctx, layout.TRAIN, compute, result_type=TrainResult, result_file=layout.TRAIN_RESULT,
                         reads=[pairs, *replay_from], starts_from=ctx.champion.checkpoint, config_sections=["model", "train"],
-                        metrics=metrics)
+                        metrics=train_metrics)
     ctx.tracker.log_artifact(ctx.store.local_path(trained.key) / layout.TRAINING_FIGURE, layout.FIGURES)
     ctx.tracker.set_tags({"flywheel.objective": trained.result.objective})
     return trained
+
+
+def train_metrics(result: TrainResult) -> dict[str, float]:
+    """What MLflow records of a training, as ``train/<name>``."""
+    figures = {
+        "initial_loss": result.initial_loss, "final_loss": result.final_loss,
+        "final_reward_accuracy": result.final_reward_accuracy, "final_reward_margin": result.final_reward_margin,
+        "pairs_per_s": result.pairs_per_s, "beta": result.beta, "learning_rate_round": result.learning_rate,
+        "alarms": len(result.alarms), "n_pairs": result.n_pairs, "n_replayed": result.n_replayed,
+        "nll_weight": result.nll_weight, "reference_initial": float(result.reference == "initial"),
+        "lora_r": result.lora_r or 0, "reference_free": float(result.reference == "none"),
+        "start_train_margin": result.start.train_margin, "start_heldout_margin": result.start.heldout_margin,
+    }
+    if result.mfu is not None:
+        figures.update(achieved_tflops=result.achieved_tflops, mfu=result.mfu, trained_tokens=result.trained_tokens)
+    if result.best_epoch is not None:
+        figures.update(best_epoch=result.best_epoch, kept_heldout_loss=result.kept_heldout_loss)
+    return figures
 
 
 @task(name=layout.EVALUATE, cache_policy=NO_CACHE)
@@ -338,7 +205,7 @@ def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: 
     from tasks.prompts import unconstrained_prompts
 
     def compute(out: Path) -> PairwiseResult:
-        held_out = _records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)
+        held_out = read_stage_records(ctx, prompts, layout.EVAL_PROMPTS, Prompt)
         everyday = unconstrained_prompts(ctx.config.evaluate.n_unconstrained, ctx.config.evaluate.seed)
         champion = champion_answers(ctx, held_out, everyday)
         # While the champion is the round-0 policy its answers are the baseline's: not generated twice.
@@ -354,86 +221,6 @@ def evaluate_pairwise_task(ctx: RoundContext, challenger: StageResult, prompts: 
     return run_stage(ctx, layout.EVALUATE, compute, result_type=PairwiseResult, result_file=layout.PAIRWISE,
                      reads=[challenger, prompts], starts_from=ctx.champion.checkpoint,
                      config_sections=["model", "prompts", "evaluate", "judge"], metrics=pairwise_metrics)
-
-
-def champion_answers(ctx: RoundContext, held_out: list[Prompt], everyday: list[Prompt]) -> tuple[list[Completion], list[Completion]]:
-    """The champion's answers to the held-out and everyday prompts, generated once per champion
-    (its weights' checksums), sampling settings and prompts, and cached beside the loop: every
-    ablation cell, and an evaluate stage run again, meets the same answers without regenerating them."""
-    from tasks.evaluate import generate_answer_sets
-    from tasks.sampling.backends import open_backend
-
-    config, champion = ctx.config, ctx.champion
-    manifest = ctx.store.manifest(champion.train_key) if champion.train_key else None
-    weights = sorted((f.path, f.sha256) for f in manifest.files if f.path.startswith(layout.MERGED)) if manifest else None
-    digest = hash_json({"checkpoint": champion.checkpoint, "weights": weights, "model": config.model.model_dump(mode="json"),
-                        "generate": config.generate.model_dump(mode="json"), "evaluate": config.evaluate.model_dump(mode="json"),
-                        "prompts": [p.model_dump(mode="json") for p in [*held_out, *everyday]]})
-    key = layout.champion_answers_key(config.loop, digest)
-    cached = ctx.store.read_json(key)
-    if cached is not None:
-        return tuple([Completion.model_validate(c) for c in cached[part]] for part in ("held_out", "unconstrained"))
-    with open_backend(ctx.champion_checkpoint, config.generate, config.model) as backend:
-        answers = tuple(generate_answer_sets(backend, [held_out, everyday], "champion", config.evaluate))
-    ctx.store.write_json(key, {part: [a.model_dump(mode="json") for a in found] for part, found in zip(("held_out", "unconstrained"), answers)})
-    return answers
-
-
-def baseline_answers(store: ArtifactStore, config: FlywheelConfig, prompts: list[Prompt],
-                     answers: list[Completion] | None = None) -> list[Completion]:
-    """The round-0 policy's answers to the unconstrained ``prompts``, generated once and cached in
-    the store beside the loop (keyed by the base model and the eval's settings), so every round's
-    length is measured against the same answers. ``answers``: the round-0 policy's, already
-    generated (it is the champion), cached instead of generating them when none are cached yet."""
-    from infra.champion import base_policy, local_checkpoint
-    from tasks.evaluate import generate_completions
-    from tasks.sampling.backends import open_backend
-
-    if not prompts:
-        return []
-    digest = hash_json({"checkpoint": config.model.base, "model": config.model.model_dump(mode="json"),
-                        "evaluate": config.evaluate.model_dump(mode="json"), "prompts": [p.model_dump(mode="json") for p in prompts]})
-    cache_key = layout.baseline_answers_key(config.loop, digest)
-    cached = store.read_json(cache_key)
-    if cached is not None:
-        return [Completion.model_validate(c) for c in cached]
-    if answers is None:
-        checkpoint = local_checkpoint(base_policy(config), store, config.storage.data_dir)
-        with open_backend(checkpoint, config.generate, config.model) as backend:
-            # Recorded as the champion's: the round-0 policy is the champion the first round meets.
-            answers = generate_completions(backend, prompts, "champion", config.evaluate)
-    store.write_json(cache_key, [a.model_dump(mode="json") for a in answers])
-    return answers
-
-
-def benchmark_scores(store: ArtifactStore, config: FlywheelConfig, checkpoint: str, identity: str) -> dict:
-    """Benchmark scores of ``checkpoint`` (known as ``identity`` on every machine), cached in the
-    store beside the loop, so a policy is scored once however many rounds and comparisons meet it."""
-    from infra.models import load_model, load_tokenizer
-    from tasks.regression import BenchmarkScore, score_benchmarks
-
-    settings = config.regression
-    digest = hash_json({"checkpoint": identity, "tasks": settings.tasks, "limit": settings.limit,
-                        "model": config.model.model_dump(mode="json")})
-    cache_key = layout.benchmark_scores_key(config.loop, digest)
-    cached = store.read_json(cache_key)
-    if cached is not None:
-        return {name: BenchmarkScore.model_validate(score) for name, score in cached.items()}
-    model = load_model(checkpoint, config.model)
-    scores = score_benchmarks(model, load_tokenizer(checkpoint), settings.tasks, settings.limit, settings.batch_size,
-                              Path(config.storage.data_dir) / "lm_eval")
-    store.write_json(cache_key, {name: score.model_dump() for name, score in scores.items()})
-    return scores
-
-
-def regression_between(store: ArtifactStore, config: FlywheelConfig, before: tuple[str, str], after: tuple[str, str]):
-    """Both policies' benchmark scores and the promotion gate's check of the drop; each policy is
-    given as (local checkpoint, identity)."""
-    from tasks.regression import compare_scores
-
-    settings = config.regression
-    scores = benchmark_scores(store, config, *before), benchmark_scores(store, config, *after)
-    return (*scores, compare_scores(*scores, settings.tolerance, settings.stderr_multiple, settings.per_task_tolerance))
 
 
 @task(name=layout.REGRESSION, cache_policy=NO_CACHE)

@@ -12,7 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as this_run
 
 from flows.dispatch import run_on_deployment, worker_context
-from flows.stages import RoundContext, StageResult, train_policy_task
+from flows.stage_runner import RoundContext, StageResult
+from flows.stages import train_policy_task
 from infra import layout
 from infra.records import Champion
 from infra.settings import FlywheelConfig

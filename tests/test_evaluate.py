@@ -165,7 +165,7 @@ def test_answer_sets_share_one_sampling_call_and_come_back_apart(tiny_model):
 def test_round_zero_answers_handed_in_are_cached_as_the_baseline(tmp_path):
     """While the champion is the round-0 policy, its everyday answers become the baseline's: cached,
     and read back later without loading a model (the base named here does not exist)."""
-    from flows.stages import baseline_answers
+    from flows.answer_cache import baseline_answers
     from infra.store import store_from_config
 
     config = FlywheelConfig.model_validate({"loop": "baseline", "model": {"base": str(tmp_path / "no-such-model")},

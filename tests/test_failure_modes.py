@@ -241,8 +241,8 @@ def test_failure_rates_read_each_completion_with_its_prompt():
 
 
 def test_round_summary_and_gate_show_the_new_modes():
+    from flows.round_records import RoundSummary
     from flows.rows import summary_rows
-    from flows.summary import RoundSummary
     from infra.settings import PromotionConfig
     from tasks.evaluate import PairwiseResult
     from tasks.filter import FilterReport

@@ -46,7 +46,7 @@ def _s3_config(tiny_model: str, s3_server, loop: str, root: Path, **sections) ->
 
 def _assert_champion_and_history(store, config: FlywheelConfig, summary) -> None:
     """One history row for round 1, the summary's; the champion is round 1's policy exactly when it was promoted."""
-    from flows.summary import read_history
+    from flows.round_records import read_history
 
     [row] = read_history(store, config.loop)
     assert (row.round, row.mlflow_run_id, row.promoted) == (1, summary.mlflow_run_id, summary.promoted)
@@ -98,7 +98,7 @@ def test_non_finite_loss_stops_training_and_rejects_the_round(tiny_model, prefec
 
 def test_corrupted_s3_object_is_detected_and_its_stage_redone(tiny_model, s3_server, prefect_harness, tmp_path):
     from flows.round import run_next_round, run_round
-    from flows.stages import StageResult, inputs_hash
+    from flows.stage_runner import StageResult, inputs_hash
     from infra import layout
     from infra.records import Champion
 

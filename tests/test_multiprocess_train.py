@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.stages import RoundContext, StageResult, train_policy_task
+from flows.stage_runner import RoundContext, StageResult
+from flows.stages import train_policy_task
 from infra import layout
 from infra.local_store import LocalArtifactStore
 from infra.records import Champion, write_jsonl

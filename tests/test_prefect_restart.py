@@ -127,7 +127,7 @@ def test_a_round_completes_through_a_prefect_server_restart(tiny_model, prefect_
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     from flows.round import EXCLUSIVE_LIMIT
-    from flows.summary import read_history
+    from flows.round_records import read_history
 
     loop = "restart"
     config = tiny_round_config(tiny_model, loop, word_band_prompt_file(tmp_path / "prompts.jsonl"), tmp_path / "data")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from flows.report import loop_figure, render_html, write_report
-from flows.summary import RoundSummary
+from flows.round_records import RoundSummary
 from infra.local_store import LocalArtifactStore
 
 
@@ -46,7 +46,7 @@ def test_write_report_embeds_each_rounds_training_figure(tmp_path):
 
 
 def test_report_shows_comparisons_against_earlier_rounds():
-    from flows.compare import Comparison
+    from flows.comparison_records import Comparison
     from tasks.evaluate import PairwiseResult
 
     result = PairwiseResult(

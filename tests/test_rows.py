@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import html
 
-from flows.compare import Comparison, comparison_markdown
-from flows.publish import round_markdown
-from flows.render import as_html, as_markdown, as_records, as_text
-from flows.rows import Table, comparison_rows, comparisons_table, history_table, side_by_side, summary_rows
-from flows.summary import RoundSummary, append_history, read_history, summary_table
+from flows.comparison_records import Comparison
+from flows.publish import comparison_markdown, round_markdown
+from flows.render import as_html, as_markdown, as_records, as_text, summary_table
+from flows.round_records import RoundSummary, append_history, read_history
+from flows.rows import comparison_rows, comparisons_table, history_table, summary_rows
+from flows.table import Table, side_by_side
 from infra.local_store import LocalArtifactStore
 from tasks.diagnostics import Alarm
 from tasks.evaluate import PairwiseResult, UnconstrainedResult

@@ -9,7 +9,7 @@ import logging
 import pytest
 from pydantic import BaseModel
 
-from flows.stages import RoundContext, StageResult, run_stage
+from flows.stage_runner import RoundContext, StageResult, run_stage
 from infra import layout
 from infra.local_store import LocalArtifactStore
 from infra.records import Champion

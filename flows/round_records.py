@@ -1,5 +1,5 @@
-"""A round's figures in one record, built from the stage results; the loop's history of them in
-``<loop>/history.json``; and the table the command line prints."""
+"""A round's figures in one record, built from the stage results, and the loop's history of them
+in ``<loop>/history.json``. How they are shown is ``flows/rows.py``'s and ``flows/render.py``'s."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from flows.render import as_text
-from flows.rows import history_table
 from infra import layout
 
 if TYPE_CHECKING:
@@ -139,7 +137,3 @@ def append_history(store, summary: RoundSummary) -> list[RoundSummary]:
     store.write_json(layout.history_key(summary.loop), [r.model_dump() for r in history])
     return history
 
-
-def summary_table(rounds: list[RoundSummary]) -> str:
-    """The rounds as a plain-text table, one row per round."""
-    return as_text(history_table(rounds)) if rounds else "no rounds yet"
