@@ -21,7 +21,7 @@ from infra import layout
 from infra.champion import current_champion, local_checkpoint, policy_of_round
 from infra.retries import call_with_retries
 from infra.settings import FlywheelConfig
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from infra.tracking import Tracker
 from tasks.evaluate import Example, PairwiseResult
 from tasks.regression import RegressionResult
