@@ -38,7 +38,8 @@ from infra.champion import local_checkpoint
 from infra.records import Champion
 from infra.retries import call_with_retries
 from infra.settings import FlywheelConfig
-from infra.store import ArtifactStore, hash_json, store_from_config
+from infra.store import ArtifactStore, hash_json
+from infra.store_factory import store_from_config
 from infra.tracking import Tracker
 from tasks.ablation import AblationCell, CellResult, Recommendation, ablation_figure, cell_figures, matrix, recommend, table_rows
 

@@ -121,7 +121,7 @@ def _show_config(config: FlywheelConfig, args) -> int:
 def _history(config: FlywheelConfig, args) -> int:
     from flows.render import summary_table
     from flows.round_records import read_history
-    from infra.store import store_from_config
+    from infra.store_factory import store_from_config
 
     print(summary_table(read_history(store_from_config(config.storage), config.loop)))
     return 0
@@ -130,7 +130,7 @@ def _history(config: FlywheelConfig, args) -> int:
 def _report(config: FlywheelConfig, args) -> int:
     from flows.report import write_report
     from flows.round_records import read_history
-    from infra.store import store_from_config
+    from infra.store_factory import store_from_config
 
     store = store_from_config(config.storage)
     out = args.out or Path(config.storage.data_dir) / "reports" / f"{config.loop}.html"
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 def _holding_the_loop(config: FlywheelConfig, args) -> int:
     """Run the command holding the loop's lease: a second process on the same loop waits or is refused (exit 4)."""
     from infra.lease import LoopBusyError, hold_loop
-    from infra.store import store_from_config
+    from infra.store_factory import store_from_config
 
     try:
         with hold_loop(store_from_config(config.storage), config.loop, config.storage.loop_wait_s, config.storage.loop_lease_s):

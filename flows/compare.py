@@ -20,7 +20,8 @@ from infra import layout
 from infra.champion import current_champion, local_checkpoint, policy_of_round
 from infra.records import Champion, Prompt
 from infra.settings import FlywheelConfig
-from infra.store import ArtifactStore, store_from_config
+from infra.store import ArtifactStore
+from infra.store_factory import store_from_config
 from infra.tracking import Tracker
 
 

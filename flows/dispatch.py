@@ -10,7 +10,7 @@ from flows.stage_runner import RoundContext
 from infra.champion import local_checkpoint
 from infra.records import Champion
 from infra.settings import FlywheelConfig
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from infra.tracking import Tracker
 
 

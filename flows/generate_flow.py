@@ -48,6 +48,6 @@ def generate_round(config: FlywheelConfig, round_index: int, champion: Champion,
     generated = generate_candidates_task(ctx, StageResult(prompts_key, None))
     get_run_logger().info("%d candidates at %.0f tokens/s", generated.result.n_candidates, generated.result.tokens_per_s)
     # The round's process owns the MLflow run; what this worker queued during an outage is sent now.
-    if not tracker.flush_pending():
-        get_run_logger().warning("some generation metrics could not reach MLflow yet; they wait in %s", tracker.pending_dir)
+    if not tracker.queue.flush():
+        get_run_logger().warning("some generation metrics could not reach MLflow yet; they wait in %s", tracker.queue.pending_dir)
     return generated.key

@@ -34,7 +34,7 @@ from infra.champion import local_checkpoint, starting_champion
 from infra.effective_config import save_effective_config
 from infra.lease import hold_loop
 from infra.settings import FlywheelConfig
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from infra.tracking import Tracker
 from tasks.config_checks import check_config
 

@@ -57,13 +57,13 @@ def train_round(config: FlywheelConfig, round_index: int, champion: Champion, pa
         # Completed and tells the round why there is no challenger (the train stage stays incomplete).
         log.error("%s", err)
         store.write_json(ctx.key(NOT_TRAINED), {"flow_run_id": str(this_run.id), "reason": f"no challenger: {err}"})
-        tracker.flush_pending()
+        tracker.queue.flush()
         return ""
     result = trained.result
     log.info("trained %d pairs in %.0f s; final loss %.4f", result.n_pairs, result.runtime_s, result.final_loss)
     # The round's process owns the MLflow run; what this worker queued during an outage is sent now.
-    if not tracker.flush_pending():
-        log.warning("some training metrics could not reach MLflow yet; they wait in %s", tracker.pending_dir)
+    if not tracker.queue.flush():
+        log.warning("some training metrics could not reach MLflow yet; they wait in %s", tracker.queue.pending_dir)
     return trained.key
 
 

@@ -41,7 +41,7 @@ def champion_from_tags(tags: dict[str, str]) -> Champion:
 
 def current_champion(store: ArtifactStore, tracker, config: FlywheelConfig) -> Champion:
     """The loop's champion now."""
-    tags = tracker.champion_tags(registered_model_name(config))
+    tags = tracker.registry.champion_tags(registered_model_name(config))
     return champion_from_tags(tags) if tags else read_champion(store, config)
 
 
@@ -117,8 +117,9 @@ def crown(store: ArtifactStore, tracker, config: FlywheelConfig, train_key: str,
     """Make the policy trained at ``train_key`` the champion: a new registry version carrying the
     alias ``champion`` (with its lineage), then the store's pointer."""
     champion = trained_policy(store, train_key, round_index).model_copy(update={"promoted_at": datetime.now(timezone.utc).isoformat()})
-    model_version = tracker.register_champion(
+    model_version = tracker.registry.register_champion(
         registered_model_name(config),
+        tracker.run_id,
         store.local_path(train_key) / layout.ADAPTER,
         lineage_tags(store, config, champion, started_from),
     )

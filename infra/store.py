@@ -7,7 +7,8 @@ at all. Reading a stage checks its files against the manifest: a corrupted file 
 (``CorruptArtifactError``), never training data.
 
 Two stores keep the contract: ``LocalArtifactStore`` (infra/local_store.py, the embedded
-default) and ``S3ArtifactStore`` (infra/s3_store.py). ``open_store`` picks one by the root.
+default) and ``S3ArtifactStore`` (infra/s3_store.py); ``open_store`` (infra/store_factory.py)
+picks one by the root.
 """
 
 from __future__ import annotations
@@ -138,20 +139,3 @@ class StagingStore(abc.ABC):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-
-def open_store(root: str, cache_dir: str | Path | None = None, endpoint_url: str | None = None,
-               retry_s: float = 120.0) -> ArtifactStore:
-    """A local folder store, or an S3 store for ``s3://bucket/prefix`` roots."""
-    if root.startswith("s3://"):
-        from infra.s3_store import S3ArtifactStore
-
-        return S3ArtifactStore(root, cache_dir or Path(".flywheel") / "s3-cache", endpoint_url, retry_s=retry_s)
-    from infra.local_store import LocalArtifactStore
-
-    return LocalArtifactStore(root)
-
-
-def store_from_config(storage) -> ArtifactStore:
-    """The artifact store a ``StorageConfig`` describes."""
-    return open_store(storage.resolved_artifact_root(), Path(storage.data_dir) / "s3-cache", storage.s3_endpoint_url,
-                      storage.s3_retry_s)

@@ -1,6 +1,6 @@
 """Checks of a loaded config against what exists: registered names, alarms, trl.DPOConfig keys.
 
-``infra/settings.py`` checks values and shapes but cannot see the registries, which live
+``infra/settings/`` checks values and shapes but cannot see the registries, which live
 here in ``tasks/``; without these checks a misspelt judge or benchmark fails only after
 generation, and a misspelt blocking alarm silently turns a gate off. Run ``check_config``
 right after ``load_config``, before anything is written::

@@ -18,7 +18,8 @@ import yaml
 
 from infra import layout
 from infra.settings import FlywheelConfig
-from infra.store import Manifest, store_from_config
+from infra.store import Manifest
+from infra.store_factory import store_from_config
 from tests.proxy import HoldingProxy
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 

@@ -13,7 +13,7 @@ import pytest
 
 from flows.ablate import AblationSpec, adopt_ablation, read_ablations, run_ablation
 from infra import layout
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 pytestmark = pytest.mark.slow

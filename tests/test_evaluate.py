@@ -166,7 +166,7 @@ def test_round_zero_answers_handed_in_are_cached_as_the_baseline(tmp_path):
     """While the champion is the round-0 policy, its everyday answers become the baseline's: cached,
     and read back later without loading a model (the base named here does not exist)."""
     from flows.answer_cache import baseline_answers
-    from infra.store import store_from_config
+    from infra.store_factory import store_from_config
 
     config = FlywheelConfig.model_validate({"loop": "baseline", "model": {"base": str(tmp_path / "no-such-model")},
                                             "storage": {"data_dir": str(tmp_path / "data")}})

@@ -22,7 +22,7 @@ import pytest
 
 from infra import layout
 from infra.settings import FlywheelConfig
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from tests.killed_round import KILL_AT, ROUND_STAGES
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from infra.settings import FlywheelConfig
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from tasks.evaluate import PairwiseResult
 from tasks.promote import decide_promotion
 from tasks.regression import RegressionResult

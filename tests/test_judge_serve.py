@@ -57,7 +57,7 @@ def test_round_judges_through_the_served_model(served, tiny_model, prefect_harne
     from mlflow import MlflowClient
 
     from flows.round import run_next_round
-    from infra.store import store_from_config
+    from infra.store_factory import store_from_config
     from infra.tracking import tracking_uri
 
     prompts = tmp_path / "prompts.jsonl"

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from infra.lease import LEASE_FILE, LoopBusyError, hold_loop
-from infra.store import open_store
+from infra.store_factory import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from infra.lease import hold_loop
-    from infra.store import open_store
+    from infra.store_factory import open_store
     store = open_store(sys.argv[1], sys.argv[2], sys.argv[3] or None)
     with hold_loop(store, "busy", ttl_s=float(sys.argv[4])):
         print("held", flush=True)

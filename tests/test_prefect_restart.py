@@ -27,7 +27,7 @@ from typing import Iterator
 import pytest
 
 from infra.stack import PREFECT_LEASES_ON_DISK
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from tests.conftest import free_port
 from tests.killed_round import kill_session, start_round, wait_for_log
 from tests.tiny_round import tiny_round_config, word_band_prompt_file

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from infra import layout
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from tests.killed_round import ROUND_STAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]  # `make test-stack`

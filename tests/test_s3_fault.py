@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from infra.store import store_from_config
+from infra.store_factory import store_from_config
 from tests.proxy import CuttingProxy
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 

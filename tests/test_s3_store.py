@@ -7,7 +7,8 @@ import uuid
 import pytest
 
 from infra.s3_store import S3ArtifactStore
-from infra.store import ArtifactStoreError, open_store
+from infra.store import ArtifactStoreError
+from infra.store_factory import open_store
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def test_import_has_no_side_effects(tmp_path):
     import subprocess
     import sys
 
-    root = Path(settings.__file__).parents[1]
+    root = Path(settings.__file__).parents[2]  # infra/settings/__init__.py
     subprocess.run([sys.executable, "-c", "import infra.settings"], cwd=tmp_path, check=True,
                    env={**os.environ, "PYTHONPATH": str(root)})
     assert list(tmp_path.iterdir()) == []

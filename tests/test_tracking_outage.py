@@ -83,11 +83,11 @@ def spill_files(data_dir: Path) -> list[Path]:
 
 
 def test_a_tracker_queues_metrics_while_the_server_is_away_and_sends_them_when_it_returns(mlflow_server, tmp_path, caplog, monkeypatch):
-    import infra.tracking
+    import infra.mlflow_retries
     from infra.settings import FlywheelConfig
     from infra.tracking import Tracker
 
-    monkeypatch.setitem(infra.tracking.LONG, "attempts", 2)  # end_round's long wait, shortened
+    monkeypatch.setitem(infra.mlflow_retries.LONG, "attempts", 2)  # end_round's long wait, shortened
     proxy = CuttingProxy(mlflow_server.port, marker=b"never sent")
     tracker = Tracker(proxy.url, "queue", data_dir=tmp_path)
     run_id = tracker.start_run("queued", {}, FlywheelConfig())
@@ -108,7 +108,7 @@ def test_a_tracker_queues_metrics_while_the_server_is_away_and_sends_them_when_i
     # The process that queued them is gone; another one sends the spill file once the server is back.
     proxy.restore()
     later = Tracker(proxy.url, "queue", data_dir=tmp_path)
-    assert later.adopt_spill(spill)
+    assert later.queue.adopt_spill(spill)
     assert spill_files(tmp_path) == []
     run = mlflow_server.client().get_run(run_id)
     history = mlflow_server.client().get_metric_history(run_id, "train/loss")
@@ -128,7 +128,7 @@ def test_a_tracker_sends_its_queue_before_the_next_update(mlflow_server, tmp_pat
     tracker.log_metrics({"train/loss": 0.69}, step=1)
     assert len(spill_files(tmp_path)) == 1
     proxy.restore()
-    assert tracker.flush_pending()
+    assert tracker.queue.flush()
     tracker.log_metrics({"train/loss": 0.5}, step=2)
     history = mlflow_server.client().get_metric_history(run_id, "train/loss")
     assert [m.step for m in history] == [1, 2] and spill_files(tmp_path) == []
@@ -138,27 +138,27 @@ def test_a_tracker_sends_its_queue_before_the_next_update(mlflow_server, tmp_pat
 def test_the_model_registry_retries_then_raises_rather_than_guess(mlflow_server, tmp_path, monkeypatch):
     from mlflow.exceptions import MlflowException
 
-    import infra.tracking
+    import infra.mlflow_retries
     from infra.settings import FlywheelConfig
     from infra.tracking import Tracker
 
-    monkeypatch.setitem(infra.tracking.LONG, "attempts", 2)
+    monkeypatch.setitem(infra.mlflow_retries.LONG, "attempts", 2)
     proxy = CuttingProxy(mlflow_server.port, marker=b"never sent")
     tracker = Tracker(proxy.url, "registry", data_dir=tmp_path)
     tracker.start_run("registry", {}, FlywheelConfig())
-    assert tracker.champion_tags("registry-policy") is None  # no champion yet: a plain answer
+    assert tracker.registry.champion_tags("registry-policy") is None  # no champion yet: a plain answer
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    assert tracker.register_champion("registry-policy", adapter, {"round": "1"}) == "1"
+    assert tracker.registry.register_champion("registry-policy", tracker.run_id, adapter, {"round": "1"}) == "1"
 
     proxy.down.set()
     with pytest.raises(MlflowException):
-        tracker.champion_tags("registry-policy")  # not None: that would restart the loop from base
+        tracker.registry.champion_tags("registry-policy")  # not None: that would restart the loop from base
     with pytest.raises(MlflowException):
-        tracker.register_champion("registry-policy", adapter, {"round": "2"})
+        tracker.registry.register_champion("registry-policy", tracker.run_id, adapter, {"round": "2"})
     proxy.restore()
-    assert tracker.champion_tags("registry-policy") == {"round": "1"}
+    assert tracker.registry.champion_tags("registry-policy") == {"round": "1"}
     proxy.close()
 
 

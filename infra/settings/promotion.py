@@ -1,0 +1,46 @@
+"""`promotion`: the gate a challenger must pass to become the champion."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from infra.settings.base import Section
+
+
+class PromotionConfig(Section):
+    min_win_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The challenger must beat this win rate (ties count half) against the champion; which end "
+        "of the estimate must beat it is win_rate_bound.",
+    )
+    win_rate_bound: Literal["lower", "point"] = Field(
+        "lower",
+        description="'lower': the win rate's 95% interval (bootstrap over prompts) must lie above min_win_rate, so "
+        "a win is more than a coin flip (prompts.n_eval sizes the interval); 'point': the win rate itself must.",
+    )
+    max_length_drift: float | None = Field(
+        0.25, gt=0,
+        description="Largest accepted change of the mean answer length on the unconstrained prompts against the "
+        "ROUND-0 policy (0.25 = within +-25% of its mean words), so length drift cannot add up round by round. "
+        "None disables; no check when evaluate.n_unconstrained is 0.",
+    )
+    require_regression_pass: bool = Field(True, description="Block promotion when a benchmark drops beyond tolerance.")
+    require_length_controlled_win: bool = Field(
+        True,
+        description="A challenger whose answers are longer on average must beat min_win_rate at equal length "
+        "too (length-controlled win rate): no promotion for winning by length.",
+    )
+    max_failure_increase: float = Field(
+        0.05, ge=0, le=1,
+        description="Largest accepted rise in the share of answers showing any failure mode (tasks/failure_modes.py), "
+        "on the held-out prompts and, apart, on the unconstrained prompts.",
+    )
+    blocking_alarms: list[str] = Field(
+        ["reference_mismatch", "over_optimization"],
+        description="Training alarms that block promotion (of reference_mismatch, not_learning, overfitting, "
+        "same_direction_drift, over_optimization; thresholds in train.diagnostics); the others are recorded and shown.",
+    )

@@ -1,0 +1,49 @@
+"""`prompts`: where the self-play and held-out prompts come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from infra.settings.base import Section
+
+
+class PromptsConfig(Section):
+    source: str = Field(
+        "builtin",
+        description="'builtin' (templated IFEval-style prompts) or 'jsonl' (read from `path`).",
+    )
+    path: Path | None = Field(
+        None,
+        description="JSONL prompt file for source 'jsonl': one object per line with 'text' and optional "
+        "'id', 'topic', 'split' ('train'/'eval') and 'constraints' ([{id, kwargs}]).",
+    )
+    n_train: int = Field(128, ge=1, description="Training-pool prompts sampled per round.")
+    n_eval: int = Field(
+        128, ge=1,
+        description="Held-out prompts for the pairwise eval (fixed across rounds; the built-in pool holds ~415). "
+        "Sized for promotion.win_rate_bound 'lower': a per-prompt score (win 1, tie 0.5, loss 0) has a standard "
+        "deviation of at most 0.5, so the 95% interval reaches at most 1.96 x 0.5 / sqrt(n) below the win rate: "
+        "0.087 at 128 prompts (0.071 at 192, 0.141 at 48), less with ties. A challenger winning ~59% without "
+        "ties, or ~56% with half the pairs tied, clears a 0.5 bar at 128.",
+    )
+    eval_topic_share: float = Field(
+        0.25, gt=0, lt=1, description="Share of built-in topics reserved for the held-out set."
+    )
+    unseen_types: list[str] | None = Field(
+        None,
+        description="IFEval constraint ids held out of training to measure generalisation: no training prompt "
+        "carries one, and the eval reports satisfaction on them apart from the others. None: for the built-in "
+        "source, a quarter of its 15 types drawn by `seed` (tasks/prompts.py::default_unseen_types; about half "
+        "the held-out prompts then carry one); for a prompt file, none. For a prompt file, training prompts "
+        "carrying a listed type are left out of the training pool (the count is logged); its eval prompts keep them. "
+        "[] turns the split off.",
+    )
+    seed: int = Field(0, description="Seed of the built-in prompt generator, of the split and of the default unseen types.")
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self) -> "PromptsConfig":
+        if self.source == "jsonl" and self.path is None:
+            raise ValueError("prompts.path is required when prompts.source is 'jsonl'")
+        return self
