@@ -115,9 +115,8 @@ def load_tokenizer(path: str):
 
 # oneDNN, which runs bf16 matrix products on a CPU, keeps every kernel it builds, one per shape,
 # up to 1024, and ideep's cache above it does the same: over a round's many sequence lengths those
-# kernels held 0.3-0.9 GB for the rest of the process. 64 each: training 22 pairs (bf16, 2-core
-# Xeon with AMX) peaked at 1.54-1.59 GB instead of 1.86-1.89 GB, at 0.87-0.88 pairs/s against
-# 0.88-0.91; 16 each thrashed (0.57 pairs/s). A capacity set in the environment is kept.
+# kernels stay held for the rest of the process. 64 each lowers training's peak at no measurable
+# cost in speed; 16 each thrashed (figures in docs/speed.md). A capacity set in the environment is kept.
 KERNEL_CACHE_CAPACITY = 64
 
 
