@@ -272,37 +272,6 @@ class DiagnosticsConfig(Section):
         return self
 
 
-# trl.DPOConfig keys that Flywheel sets itself, with what to change instead; train.dpo_args may not set them.
-MANAGED_DPO_ARGS = {
-    "beta": "set train.beta (a per-round schedule) instead",
-    "learning_rate": "set train.learning_rate (a per-round schedule) instead",
-    "num_train_epochs": "set train.epochs instead",
-    "max_steps": "set train.epochs instead",
-    "per_device_train_batch_size": "set train.batch_size instead",
-    "per_device_eval_batch_size": "set train.batch_size instead",
-    "gradient_accumulation_steps": "set train.micro_batch_size instead (train.batch_size pairs per step still)",
-    "max_length": "set train.max_length instead",
-    "seed": "set train.seed instead",
-    "bf16": "set model.dtype instead",
-    "use_cpu": "set model.device instead",
-    "eval_strategy": "set train.heldout_share instead (held-out pairs are scored each epoch)",
-    "output_dir": "the train stage saves the adapter and merged model in its own folder",
-    "save_strategy": "the train stage saves the adapter and merged model in its own folder",
-    "logging_steps": "the training alarms read every step's log",
-    "report_to": "Flywheel logs the training metrics to MLflow itself",
-    "loss_type": "set train.objective instead (dpo, dpo_nll, ipo, robust, apo_zero, simpo, orpo, kto), and "
-                 "train.nll_weight for the NLL term of dpo and dpo_nll",
-    "loss_weights": "set train.nll_weight instead (the weight of the NLL term of dpo and dpo_nll; the DPO term's is 1)",
-    "label_smoothing": "set train.robust.label_smoothing instead (objective 'robust')",
-    "precompute_ref_log_probs": "set train.reference instead (its log-probabilities are always computed once, before training)",
-    "load_best_model_at_end": "set train.keep_best_epoch instead",
-    "metric_for_best_model": "set train.keep_best_epoch instead (the held-out loss decides)",
-    "greater_is_better": "set train.keep_best_epoch instead (the held-out loss decides)",
-    "save_total_limit": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
-    "save_only_model": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
-}
-
-
 class RobustConfig(Section):
     label_smoothing: float = Field(
         0.1, ge=0, lt=0.5,
@@ -485,7 +454,8 @@ class TrainConfig(Section):
         default_factory=dict,
         description="Extra keyword arguments passed as they are to the objective's TRL config (trl.DPOConfig, or "
         "CPOConfig/ORPOConfig/KTOConfig; e.g. lr_scheduler_type, weight_decay); keys must be fields of it, and those "
-        "Flywheel sets from its own fields (beta, learning_rate, loss_type, label_smoothing, ...: MANAGED_DPO_ARGS) "
+        "Flywheel sets from its own fields (beta, learning_rate, loss_type, label_smoothing, ...: MANAGED_DPO_ARGS in "
+        "tasks/training/dpo_args.py) "
         "are refused when the config loads.",
     )
 
