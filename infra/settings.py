@@ -235,7 +235,7 @@ class FilterConfig(Section):
 
 
 class DiagnosticsConfig(Section):
-    """Thresholds of the training alarms (tasks/diagnostics.py); promotion.blocking_alarms picks those that block."""
+    """Thresholds of the training alarms (tasks/training/diagnostics.py); promotion.blocking_alarms picks those that block."""
 
     initial_loss_tolerance: float = Field(
         0.02, gt=0,
@@ -325,7 +325,7 @@ class TrainConfig(Section):
         ["dpo"],
         min_length=1,
         description="Preference objective for round i (last repeats; a single name is a one-round schedule), from "
-        "tasks/objectives.py: 'dpo' (sigmoid, plus the NLL term of nll_weight), 'dpo_nll' (the same, nll_weight > 0 "
+        "tasks/training/objectives.py: 'dpo' (sigmoid, plus the NLL term of nll_weight), 'dpo_nll' (the same, nll_weight > 0 "
         "required), 'ipo' (tau = beta, usual 0.01-0.5), 'robust' (label smoothing, train.robust), 'apo_zero' "
         "(chosen up, rejected down, for chosen answers better than the policy's), 'simpo' (reference-free, "
         "train.simpo), 'orpo' (reference-free, train.orpo), 'kto' (unpaired rows, train.kto).",
@@ -380,7 +380,7 @@ class TrainConfig(Section):
         True,
         description="The DPO family's objectives put each pair in one row, the prompt once, then both answers (a 4D "
         "attention mask keeps them apart): the same log-probs and gradients for about a third fewer tokens at the "
-        "demo's lengths (tasks/shared_prompt.py). Off: TRL's two rows a pair, the prompt computed twice.",
+        "demo's lengths (tasks/training/packed_pairs.py). Off: TRL's two rows a pair, the prompt computed twice.",
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank; higher ranks overfit small pair sets sooner.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")

@@ -11,12 +11,12 @@ from flows.render import as_html, as_markdown, as_records, as_text
 from flows.rows import Table, comparison_rows, comparisons_table, history_table, side_by_side, summary_rows
 from flows.summary import RoundSummary, append_history, read_history, summary_table
 from infra.local_store import LocalArtifactStore
-from tasks.diagnostics import Alarm
 from tasks.evaluate import PairwiseResult, UnconstrainedResult
 from tasks.filter import FilterReport
 from tasks.promote import Decision
 from tasks.regression import RegressionResult, TaskComparison
 from tasks.train import TrainResult
+from tasks.training.diagnostics import Alarm
 
 
 def _pairwise(**figures) -> PairwiseResult:

@@ -60,15 +60,24 @@ class TRLInternalsMoved(RuntimeError):
 
 
 def _parameter_problem(owner: str, name: str, found, expected: tuple[str, ...] | None) -> str | None:
+    """Why ``found`` (``owner.name``) is not what Flywheel relies on: gone, or no longer taking the
+    ``expected`` parameters (a wrapper taking ``*args`` passes them on and is accepted)."""
     if found is None:
         return f"{owner}.{name} is gone"
     if expected is None:
         return None
     try:
-        names = tuple(inspect.signature(found).parameters)
+        signature = inspect.signature(found)
     except (TypeError, ValueError):
         return f"{owner}.{name} is no longer a function"
-    return None if names == expected else f"{owner}.{name} takes ({', '.join(names)}), not ({', '.join(expected)})"
+    params = signature.parameters
+    passes_on = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    try:
+        signature.bind(*expected)
+        fits = passes_on or all(n in params for n in expected)
+    except TypeError:
+        fits = False
+    return None if fits else f"{owner}.{name} takes ({', '.join(params)}), not ({', '.join(expected)})"
 
 
 def trl_internals_problems(trainer_class=None, utils_module=None) -> list[str]:
