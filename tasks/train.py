@@ -133,12 +133,13 @@ def train_policy(job: TrainJob, on_log: Callable[[dict, int], None] | None = Non
         raise ValueError("no preference pairs to train on")
     plan = _plan(job)
     tokenizer = training_tokenizer(job.checkpoint)
+    models = _load_models(job, plan)
     with _scratch_folder(shared_dir) as scratch, lm_head_tiles(plan.device):
         args = trainer_args(job.config, job.round_index, plan.device, plan.dtype, scratch,
                             eval_each_epoch=bool(plan.data.heldout_pairs), objective=plan.objective)
         forward = forward_logs(on_log) if on_log else None
         started = time.perf_counter()
-        trainer = _build_trainer(job, plan, args, tokenizer, forward, shared_dir)
+        trainer = _build_trainer(job, plan, args, tokenizer, models, forward, shared_dir)
         _hand_out_reference_logps(trainer, plan, on_reference_logps)
         start = _measure_start(trainer, plan, job.config)
         fit = _fit(trainer, forward, started)
@@ -183,19 +184,27 @@ def _scratch_folder(shared_dir: Path | None):
     return tempfile.TemporaryDirectory() if shared_dir is None else contextlib.nullcontext(str(shared_dir / "scratch"))
 
 
-def _build_trainer(job: TrainJob, plan: _Plan, args, tokenizer, forward, shared_dir: Path | None):
-    """The objective's TRL trainer. The policy (and the reference model, where one is needed) is
-    loaded here and held by the trainer alone; the reference's log-probs (objectives that have
-    one) are computed here, once, for the training and held-out pairs, unless they were handed in."""
+def _load_models(job: TrainJob, plan: _Plan) -> dict:
+    """The policy, and the reference model where one is needed (a reference that is not the starting
+    policy, without log-probs handed in), in the dtype the frozen base is held in."""
     frozen_dtype = base_dtype(plan.device, plan.dtype)
-    model = load_causal_lm(job.checkpoint, frozen_dtype)
-    extra = {"reference_logps": plan.given_logps, "share_prompt": job.config.share_prompt} if plan.flywheel_trainer else {}
+    models = {"model": load_causal_lm(job.checkpoint, frozen_dtype)}
     if plan.objective.uses_reference:
         needs_ref_model = not plan.reference_is_start and plan.given_logps is None
-        extra["ref_model"] = load_causal_lm(job.reference_checkpoint, frozen_dtype) if needs_ref_model else None
+        models["ref_model"] = load_causal_lm(job.reference_checkpoint, frozen_dtype) if needs_ref_model else None
+    return models
+
+
+def _build_trainer(job: TrainJob, plan: _Plan, args, tokenizer, models: dict, forward, shared_dir: Path | None):
+    """The objective's TRL trainer. ``models`` are handed over (emptied): the trainer alone holds them,
+    so that the reference model can be freed before the first step. The reference's log-probs
+    (objectives that have one) are computed here, once, for the training and held-out pairs,
+    unless they were handed in."""
+    own = {"reference_logps": plan.given_logps, "share_prompt": job.config.share_prompt} if plan.flywheel_trainer else {}
+    handed = {**own, **models}
+    models.clear()  # from here the trainer alone holds them
     data = plan.data
     return plan.objective.trainer_class()(
-        model=model,
         args=args,
         train_dataset=as_dataset(data.train_rows, args, shared_dir and shared_dir / "train"),
         eval_dataset=as_dataset(data.heldout_rows, args, shared_dir and shared_dir / "eval") if data.heldout_pairs else None,
@@ -203,7 +212,7 @@ def _build_trainer(job: TrainJob, plan: _Plan, args, tokenizer, forward, shared_
         peft_config=lora_config(job.config),
         # The guard after the forwarder: the diverged step's finite figures still reach the tracker.
         callbacks=[c for c in (forward, finite_guard()) if c],
-        **extra,
+        **handed,
     )
 
 
