@@ -32,7 +32,8 @@ assert not failed and not leaked, (failed, leaked)
 
 
 def stage_modules() -> list[str]:
-    return sorted(f"tasks.{p.stem}" for p in (REPO / "tasks").glob("*.py") if p.stem != "__init__")
+    return sorted(f"tasks.{p.stem}" for p in (REPO / "tasks").glob("*.py") if p.stem != "__init__") + \
+        sorted(f"tasks.training.{p.stem}" for p in (REPO / "tasks" / "training").glob("*.py") if p.stem != "__init__")
 
 
 def test_every_stage_core_imports_without_prefect_mlflow_or_boto3():
@@ -48,3 +49,17 @@ def test_the_check_itself_catches_an_import(tmp_path):
     done = subprocess.run([sys.executable, "-c", IMPORT_WITH_BLOCKED.format(blocked=BLOCKED, modules=["leaky"])],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "blocked" in done.stderr
+
+
+def test_the_training_machinery_imports_no_stage_module():
+    """tasks/training/ is what the train stage uses: it imports from tasks/ nothing but itself."""
+    import ast
+
+    upward = []
+    for path in sorted((REPO / "tasks" / "training").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            upward += [f"{path.name}: {name}" for name in names
+                       if name.split(".")[0] == "tasks" and not name.startswith("tasks.training")]
+    assert upward == []
