@@ -43,7 +43,7 @@ def run_sequence(spec: dict) -> list[dict]:
     from infra.settings import FlywheelConfig
     from tasks.generate import generate_candidates
     from tasks.sampling.backends import open_backend
-    from tasks.train import train_policy
+    from tasks.train import TrainJob, train_policy
 
     config = FlywheelConfig.model_validate({"model": {"dtype": spec["dtype"]},
                                             "generate": {"n_candidates": 4, "max_new_tokens": spec["tokens"]}})
@@ -61,7 +61,7 @@ def run_sequence(spec: dict) -> list[dict]:
                         generate_candidates(backend, prompts, config.generate, seed=1, progress=False)
                 else:
                     with tempfile.TemporaryDirectory() as out:
-                        train_policy(checkpoint, pairs, config.train, config.model, 1, Path(out))
+                        train_policy(TrainJob(checkpoint=checkpoint, pairs=pairs, config=config.train, model=config.model, round_index=1, output_dir=Path(out)))
                 release_memory()
             calls.append({"stage": stage, "start_mb": memory.start_mb, "peak_mb": memory.peak_mb, "end_mb": memory.end_mb,
                           "seconds": time.perf_counter() - started})

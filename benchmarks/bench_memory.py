@@ -133,18 +133,18 @@ def run_variant(spec: dict) -> dict:
     """One variant, in this process: train, and report the peaks."""
     import transformers
 
-    import tasks.trainers as trainers
+    import tasks.training.trl_internals as trl_internals
     from infra.memory import peak_rss
     from infra.settings import ModelConfig, TrainConfig
-    from tasks.train import train_policy
+    from tasks.train import TrainJob, train_policy
 
     _, train_changes, model_changes, tile, separate_reference = VARIANTS[spec["variant"]]
     pairs = read_pairs(Path(spec["pairs_file"]), spec["pairs"]) if spec.get("pairs_file") else \
         make_pairs(spec["checkpoint"], spec["pairs"], spec["response_tokens"])
-    trainers.CPU_VOCAB_TILE = tile
+    trl_internals.CPU_VOCAB_TILE = tile
     config = TrainConfig(**{"heldout_share": spec["heldout_share"], **train_changes})
     dataset_bytes = {}
-    trainer_class = trainers.flywheel_dpo_trainer()
+    trainer_class = trl_internals.flywheel_dpo_trainer()
     original_train = trainer_class.train
 
     def train(self, *args, **kwargs):  # the tokenized datasets, with their reference log-probs, as training starts
@@ -161,8 +161,8 @@ def run_variant(spec: dict) -> dict:
         if separate_reference:  # a copy elsewhere: train_policy loads it as a model of its own
             reference = shutil.copytree(spec["checkpoint"], Path(tmp) / "reference")
         started = time.perf_counter()
-        result = train_policy(spec["checkpoint"], pairs, config, ModelConfig(**model_changes), 2, Path(tmp) / "out",
-                              reference_checkpoint=str(reference) if reference else None)
+        result = train_policy(TrainJob(checkpoint=spec["checkpoint"], pairs=pairs, config=config, model=ModelConfig(**model_changes), round_index=2,
+                                       output_dir=Path(tmp) / "out", reference_checkpoint=str(reference) if reference else None))
         seconds = time.perf_counter() - started
     losses = [h["loss"] for h in result.log_history if "loss" in h and "train_loss" not in h]
     return {

@@ -134,13 +134,14 @@ def guide_train(checkpoint: str, pairs, output_dir: str, callbacks=()) -> float:
 
 def bench_training(checkpoint: str, pairs, batch_size: int, dtype: str = "auto") -> dict:
     from infra.settings import ModelConfig, TrainConfig
-    from tasks.train import train_policy
+    from tasks.train import TrainJob, train_policy
 
     with tempfile.TemporaryDirectory() as tmp:
         # No held-out split: both sides train on the same pairs, and nothing else is timed.
         config = TrainConfig(epochs=1, batch_size=batch_size, beta=[0.1], learning_rate=[5e-5], lora_r=8, lora_alpha=16, max_length=256,
                              heldout_share=0, nll_weight=0.0, replay_share=0.0)  # plain DPO, as the baseline
-        ours = train_policy(checkpoint, pairs, config, ModelConfig(dtype=dtype), 1, Path(tmp) / "ours")
+        ours = train_policy(TrainJob(checkpoint=checkpoint, pairs=pairs, config=config, model=ModelConfig(dtype=dtype), round_index=1,
+                                     output_dir=Path(tmp) / "ours"))
         guide_s = guide_train(checkpoint, pairs, str(Path(tmp) / "guide"))
     guide_rate = len(pairs) / guide_s
     return {

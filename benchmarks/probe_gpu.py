@@ -30,7 +30,7 @@ from infra.settings import ModelConfig, TrainConfig
 from tasks.prompts import builtin_prompts
 from tasks.sampling.decode import sample_batched
 from tasks.sampling.requests import SampleRequest
-from tasks.train import train_policy
+from tasks.train import TrainJob, train_policy
 
 
 def synchronize() -> None:
@@ -93,7 +93,8 @@ def main(checkpoint: str, out: Path) -> None:
         config = TrainConfig(epochs=1, batch_size=32, micro_batch_size=micro, beta=[0.1], learning_rate=[5e-5], lora_r=8, lora_alpha=16,
                              max_length=256, heldout_share=0, nll_weight=0.0, replay_share=0.0)
         with tempfile.TemporaryDirectory() as tmp:
-            run = train_policy(checkpoint, pairs, config, ModelConfig(), 1, Path(tmp) / "out", lambda logs, step: steps.append(time.perf_counter()))
+            run = train_policy(TrainJob(checkpoint=checkpoint, pairs=pairs, config=config, model=ModelConfig(), round_index=1,
+                                        output_dir=Path(tmp) / "out"), lambda logs, step: steps.append(time.perf_counter()))
         gaps = [b - a for a, b in zip(steps, steps[1:])]
         record(f"train_micro_{micro or 'whole'}", {"runtime_s": run.runtime_s, "pairs_per_s": run.pairs_per_s, "mfu": run.mfu,
                                                    "steps": run.n_steps, "median_step_s": statistics.median(gaps) if gaps else None})

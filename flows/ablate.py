@@ -65,7 +65,7 @@ class AblationSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_and_positive(self) -> "AblationSpec":
-        from tasks.objectives import OBJECTIVES
+        from tasks.training.objectives import OBJECTIVES
 
         problems = [f"unknown objective {o!r}; known: {', '.join(OBJECTIVES.names())}" for o in self.objectives if o not in OBJECTIVES]
         problems += [f"LoRA rank {r} must be >= 1" for r in self.ranks if r < 1]
@@ -213,7 +213,7 @@ def _run_cells(cells: list[AblationCell], parallel: int, run: Callable[[Ablation
     so each stays a child flow run of the ablation. The first cell with a reference computes the
     reference log-probs the others reuse: it runs with the reference-free cells, the other
     cells with a reference after it."""
-    from tasks.objectives import OBJECTIVES
+    from tasks.training.objectives import OBJECTIVES
 
     if parallel <= 1 or len(cells) <= 1:
         return [run(cell) for cell in cells]
@@ -229,7 +229,7 @@ def _run_cells(cells: list[AblationCell], parallel: int, run: Callable[[Ablation
 
 def current_cell(config: FlywheelConfig, round_index: int) -> AblationCell:
     """The settings the loop's config trains with, as a cell (to compare the others against)."""
-    from tasks.objectives import objective_for
+    from tasks.training.objectives import objective_for
 
     objective = objective_for(config.train, round_index)
     return AblationCell(objective=objective.name, lora_r=config.train.lora_r, beta=objective.beta(config.train, round_index))

@@ -94,7 +94,8 @@ def filter_pairs_task(ctx: RoundContext, prompts: StageResult, candidates: Stage
     """Clean preference pairs, as records and as a dataset in TRL's format."""
     from datasets import Dataset
 
-    from tasks.filter import FilterReport, filter_pairs, to_trl_rows
+    from tasks.filter import FilterReport, filter_pairs
+    from tasks.training.objectives import to_trl_rows
 
     def compute(out: Path) -> FilterReport:
         pairs, report = filter_pairs(
@@ -138,7 +139,7 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
     from infra.champion import base_policy, local_checkpoint
     from tasks.figures import training_figure
     from tasks.launch import launch_training, launched
-    from tasks.train import TrainResult, shared_reference_logps, train_policy
+    from tasks.train import TrainJob, TrainResult, shared_reference_logps, train_policy
 
     cfg = ctx.config
     # Earlier rounds' pairs are inputs too: a resumed round replays the same ones.
@@ -161,11 +162,12 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
         def keep(logps: dict) -> None:
             ctx.store.write_json(logps_key, logps)
 
+        job = TrainJob(checkpoint=ctx.champion_checkpoint, pairs=kept, config=cfg.train, model=cfg.model, round_index=ctx.round_index,
+                       output_dir=out, reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
         # One process hands them out before its first step; a launch's processes only with their result.
-        train, early = (launch_training, {}) if launched(cfg.train) else (train_policy, {"on_reference_logps": keep})
-        result = train(ctx.champion_checkpoint, kept, cfg.train, cfg.model, ctx.round_index, out, log_step,
-                       reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared, **early)
-        if shared is None and not early and shared_reference_logps(result):
+        in_processes = launched(cfg.train)
+        result = launch_training(job, log_step) if in_processes else train_policy(job, log_step, on_reference_logps=keep)
+        if shared is None and in_processes and shared_reference_logps(result):
             keep(shared_reference_logps(result))
         training_figure(result.log_history, out / layout.TRAINING_FIGURE,
                         f"{ctx.loop} round {ctx.round_index}: {result.objective} training", result.start.expected_loss)

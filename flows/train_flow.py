@@ -17,7 +17,8 @@ from flows.stages import train_policy_task
 from infra import layout
 from infra.records import Champion
 from infra.settings import FlywheelConfig
-from tasks.train import NonFiniteLoss, TrainResult
+from tasks.train import TrainResult
+from tasks.training.callbacks import NonFiniteLoss
 
 NOT_TRAINED = "train_not_trained.json"  # a worker's word that its training diverged (no train stage)
 

@@ -55,10 +55,10 @@ def convert_bundled_model(target: Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    return _save_whole(model, tokenizer, target)
+    return save_whole(model, tokenizer, target)
 
 
-def _save_whole(model, tokenizer, target: Path) -> Path:
+def save_whole(model, tokenizer, target: Path) -> Path:
     """Save into a temporary folder beside ``target``, then move it into place: whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -171,30 +171,3 @@ def load_model(path: str, config: ModelConfig, dtype: torch.dtype | None = None)
     model = load_causal_lm(path, dtype or pick_dtype(config, device))
     return model.to(device).eval()
 
-
-def make_tiny_model(target: Path, tokenizer_source: str | None = None, seed: int = 0) -> Path:
-    """Save a tiny randomly initialised Llama with the real SmolLM2 tokenizer (for tests)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if (target / "config.json").exists():
-        return target
-    if tokenizer_source is None:
-        gguf = bundled_gguf()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    return _save_whole(LlamaForCausalLM(config), tokenizer, target)

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from infra.settings import TrainConfig
-from tasks.objectives import OBJECTIVES
+from tasks.training.objectives import OBJECTIVES
 
 # A log-ratio this small (nats per response, on the held-out pairs) means the policy barely moved.
 BARELY_MOVES = 0.05

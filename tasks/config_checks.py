@@ -15,15 +15,16 @@ import difflib
 from pathlib import Path
 
 from infra.registry import Registry
-from infra.settings import MANAGED_DPO_ARGS, FlywheelConfig, config_origin, invalid_config, load_config
+from infra.settings import FlywheelConfig, config_origin, invalid_config, load_config
 from tasks.constraints import known_constraints
-from tasks.diagnostics import ALARMS
 from tasks.failure_modes import FAILURE_MODES
 from tasks.judge import JUDGES
-from tasks.objectives import OBJECTIVES, FeedbackFileError, load_feedback
 from tasks.prompts import PROMPT_SOURCES, carries_unseen, split_counts, unseen_types
 from tasks.regression import BENCHMARKS
 from tasks.sampling.backends import BACKENDS
+from tasks.training.diagnostics import ALARMS
+from tasks.training.dpo_args import MANAGED_DPO_ARGS
+from tasks.training.objectives import OBJECTIVES, FeedbackFileError, load_feedback
 
 
 def check_config(config: FlywheelConfig, origin: str = "checked config") -> FlywheelConfig:

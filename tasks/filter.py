@@ -144,14 +144,3 @@ def validate_pairs(pairs: list[PreferencePair]) -> dict[str, float]:
         "very_different_share": float((sims < 0.1).mean()),
     }
 
-
-def to_trl_rows(pairs: list[PreferencePair]) -> list[dict]:
-    """TRL's conversational preference format."""
-    return [
-        {
-            "prompt": [{"role": "user", "content": p.prompt}],
-            "chosen": [{"role": "assistant", "content": p.chosen}],
-            "rejected": [{"role": "assistant", "content": p.rejected}],
-        }
-        for p in pairs
-    ]

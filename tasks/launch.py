@@ -2,7 +2,7 @@
 ``accelerate launch``: DDP by default, or whatever ``train.accelerate_config`` says (DeepSpeed
 ZeRO-3 with configs/accelerate-zero3.yaml).
 
-``launch_training`` takes what ``train_policy`` takes. It writes a job folder, launches
+``launch_training`` takes what ``train_policy`` takes, the ``TrainJob``. It writes a job folder, launches
 ``python -m tasks.launch <job.json>`` in ``train.num_processes`` processes and waits. Every
 process runs ``train_policy``; the main one (rank 0) alone writes the checkpoints into the
 stage's folder, the result and each logged step, which the launching process forwards to
@@ -34,34 +34,19 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Callable
 
 import yaml
-from pydantic import BaseModel
 
-from infra.records import PreferencePair
-from infra.settings import ModelConfig, TrainConfig
-from tasks.train import NonFiniteLoss, TrainResult, train_policy
+from infra.settings import TrainConfig
+from tasks.train import TrainJob, TrainResult, train_policy
+from tasks.training.callbacks import NonFiniteLoss
 
 JOB, LAUNCH_CONFIG, STEPS, RESULT, DIVERGED, SHARED, LOG = (
     "job.json", "accelerate.yaml", "steps.jsonl", "result.json", "diverged.json", "shared", "launch.log")
 DIVERGED_EXIT = 3  # a process's exit status when the loss diverged
 FAILED_PREFIX = "failed-rank"  # a failing process's own traceback: failed-rank<N>.txt
 TAIL_LINES = 40  # lines of the processes' output a failure shows
-
-
-class TrainJob(BaseModel):
-    """``train_policy``'s arguments, as the launched processes read them."""
-
-    checkpoint: str
-    pairs: list[PreferencePair]
-    config: TrainConfig
-    model: ModelConfig
-    round_index: int
-    output_dir: Path
-    reference_checkpoint: str | None = None
-    earlier_pairs: list[PreferencePair] = []
-    reference_logps: dict[str, tuple[list[float], list[float]]] | None = None
 
 
 def launched(config: TrainConfig) -> bool:
@@ -106,49 +91,46 @@ def launch_command(job_dir: Path, num_processes: int) -> list[str]:
             "-m", "tasks.launch", str(job_dir / JOB)]
 
 
-def launch_training(
-    checkpoint: str,
-    pairs: list[PreferencePair],
-    config: TrainConfig,
-    model_config: ModelConfig,
-    round_index: int,
-    output_dir: Path,
-    on_log: Callable[[dict, int], None] | None = None,
-    *,
-    reference_checkpoint: str | None = None,
-    earlier_pairs: Sequence[PreferencePair] = (),
-    reference_logps: dict[str, tuple[list[float], list[float]]] | None = None,
-) -> TrainResult:
-    """``train_policy`` across ``config.num_processes`` processes; the same result, checkpoints
+def launch_training(job: TrainJob, on_log: Callable[[dict, int], None] | None = None) -> TrainResult:
+    """``train_policy(job)`` across ``job.config.num_processes`` processes; the same result, checkpoints
     and logged steps (forwarded to ``on_log`` as they come). A diverged loss raises NonFiniteLoss
     as in one process; any other failure raises RuntimeError with the first failing process's traceback."""
+    from infra.models import pick_device
+    from tasks.training.trl_internals import check_trl_internals
+
+    check_trl_internals()  # here too: a moved TRL name is named once, before any process starts
+    config = job.config
+    cpu = pick_device(job.model).type == "cpu"
+    _check_gpus(config, cpu)
+    launch = accelerate_config(config, cpu)
+    with tempfile.TemporaryDirectory(prefix="flywheel-train-") as folder:
+        job_dir = Path(folder)
+        (job_dir / JOB).write_text(job.model_copy(update={"output_dir": Path(job.output_dir).resolve()}).model_dump_json())
+        (job_dir / LAUNCH_CONFIG).write_text(yaml.safe_dump(launch))
+        status = _run(launch_command(job_dir, config.num_processes), job_dir, on_log)
+        return _outcome(job_dir, status, config.num_processes)
+
+
+def _check_gpus(config: TrainConfig, cpu: bool) -> None:
     import torch
 
-    from infra.models import pick_device
-
-    cpu = pick_device(model_config).type == "cpu"
     if not cpu and config.num_processes > torch.cuda.device_count():
         raise RuntimeError(f"train.num_processes is {config.num_processes} but this machine has {torch.cuda.device_count()} "
                            "GPUs: one process a GPU")
-    launch = accelerate_config(config, cpu)
-    job = TrainJob(checkpoint=checkpoint, pairs=pairs, config=config, model=model_config, round_index=round_index,
-                   output_dir=Path(output_dir).resolve(), reference_checkpoint=reference_checkpoint,
-                   earlier_pairs=list(earlier_pairs), reference_logps=reference_logps)
-    with tempfile.TemporaryDirectory(prefix="flywheel-train-") as folder:
-        job_dir = Path(folder)
-        (job_dir / JOB).write_text(job.model_dump_json())
-        (job_dir / LAUNCH_CONFIG).write_text(yaml.safe_dump(launch))
-        status = _run(launch_command(job_dir, config.num_processes), job_dir, on_log)
-        if (job_dir / DIVERGED).exists():
-            diverged = json.loads((job_dir / DIVERGED).read_text())
-            raise NonFiniteLoss(diverged["step"], diverged["names"])
-        if status != 0 or not (job_dir / RESULT).exists():
-            own = sorted(job_dir.glob(f"{FAILED_PREFIX}*.txt"), key=lambda p: p.stat().st_mtime)
-            detail = (own[0].read_text(errors="replace").rstrip() if own
-                      else failure_excerpt((job_dir / LOG).read_text(errors="replace")))
-            raise RuntimeError(f"training in {config.num_processes} processes (accelerate launch) failed with exit status "
-                               f"{status}" + ("" if status else ", without a result") + ":\n" + detail)
-        return TrainResult.model_validate_json((job_dir / RESULT).read_text())
+
+
+def _outcome(job_dir: Path, status: int, num_processes: int) -> TrainResult:
+    """The launch's result, or the error it ended with: NonFiniteLoss, or RuntimeError with the first failing process's traceback."""
+    if (job_dir / DIVERGED).exists():
+        diverged = json.loads((job_dir / DIVERGED).read_text())
+        raise NonFiniteLoss(diverged["step"], diverged["names"])
+    if status != 0 or not (job_dir / RESULT).exists():
+        own = sorted(job_dir.glob(f"{FAILED_PREFIX}*.txt"), key=lambda p: p.stat().st_mtime)
+        detail = (own[0].read_text(errors="replace").rstrip() if own
+                  else failure_excerpt((job_dir / LOG).read_text(errors="replace")))
+        raise RuntimeError(f"training in {num_processes} processes (accelerate launch) failed with exit status "
+                           f"{status}" + ("" if status else ", without a result") + ":\n" + detail)
+    return TrainResult.model_validate_json((job_dir / RESULT).read_text())
 
 
 def failure_excerpt(output: str) -> str:
@@ -264,10 +246,7 @@ def run_job(job_file: Path) -> int:
             f.write(json.dumps({"step": step, "logs": logs}) + "\n")
 
     try:
-        result = train_policy(job.checkpoint, job.pairs, job.config, job.model, job.round_index, job.output_dir,
-                              append_step if main_process else None, reference_checkpoint=job.reference_checkpoint,
-                              earlier_pairs=job.earlier_pairs, reference_logps=job.reference_logps,
-                              shared_dir=job_dir / SHARED)
+        result = train_policy(job, append_step if main_process else None, shared_dir=job_dir / SHARED)
     except NonFiniteLoss as err:
         # Every process sees the same gathered figures; whichever stops first says so (the launcher
         # ends the others as soon as one exits).

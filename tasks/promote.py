@@ -17,9 +17,9 @@ from pydantic import BaseModel
 from infra.settings import PromotionConfig
 
 if TYPE_CHECKING:
-    from tasks.diagnostics import Alarm
     from tasks.evaluate import PairwiseResult
     from tasks.regression import RegressionResult
+    from tasks.training.diagnostics import Alarm
 
 
 class Decision(BaseModel):

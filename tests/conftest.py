@@ -13,7 +13,7 @@ def tiny_model(tmp_path_factory) -> str:
 
     FLYWHEEL_TEST_TOKENIZER names a folder holding that tokenizer, for a machine without the
     bundled model's package (a GPU box the suite is copied to)."""
-    from infra.models import make_tiny_model
+    from tests.tiny_model import make_tiny_model
 
     return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", os.environ.get("FLYWHEEL_TEST_TOKENIZER")))
 

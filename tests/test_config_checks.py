@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from infra.settings import MANAGED_DPO_ARGS, ConfigError, DiagnosticsConfig, FlywheelConfig, TrainConfig, load_config
+from infra.settings import ConfigError, DiagnosticsConfig, FlywheelConfig, TrainConfig, load_config
 from tasks.config_checks import check_config, load_checked_config
-from tasks.diagnostics import ALARMS, diagnose_training
+from tasks.training.diagnostics import ALARMS, diagnose_training
+from tasks.training.dpo_args import MANAGED_DPO_ARGS
 
 
 def test_good_configs_pass_unchanged():
@@ -43,13 +44,13 @@ def test_managed_keys_are_dpo_config_fields():
 def test_dpo_args_cannot_override_managed_keys():
     import torch
 
-    from tasks.train import dpo_args
+    from tasks.training.dpo_args import trainer_args
 
     config = TrainConfig(dpo_args={"weight_decay": 0.01})
-    args = dpo_args(config, 1, torch.device("cpu"), torch.float32, "out")
+    args = trainer_args(config, 1, torch.device("cpu"), torch.float32, "out")
     assert args.weight_decay == 0.01 and args.beta == config.beta[0]
     with pytest.raises(ValueError, match="beta"):
-        dpo_args(TrainConfig(dpo_args={"beta": 0.5}), 1, torch.device("cpu"), torch.float32, "out")
+        trainer_args(TrainConfig(dpo_args={"beta": 0.5}), 1, torch.device("cpu"), torch.float32, "out")
 
 
 def test_blocking_alarms_description_names_every_alarm():

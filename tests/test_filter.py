@@ -2,7 +2,8 @@ from datasets import Dataset
 
 from infra.records import Candidate, Judgment, Prompt
 from infra.settings import FilterConfig
-from tasks.filter import cap_length_bias, filter_pairs, to_trl_rows, validate_pairs
+from tasks.filter import cap_length_bias, filter_pairs, validate_pairs
+from tasks.training.objectives import to_trl_rows
 
 PROMPTS = [Prompt(id=f"p{i}", text=f"prompt {i}") for i in range(5)]
 

@@ -1,4 +1,4 @@
-"""Achieved FLOP/s and MFU of training (tasks/flops.py): the counts on known inputs, the peak
+"""Achieved FLOP/s and MFU of training (tasks/training/flops.py): the counts on known inputs, the peak
 measured for real, and a real training run reporting both."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tasks.flops import matmul_params, measured_peak_flops, trained_tokens, utilisation
+from tasks.training.flops import matmul_params, measured_peak_flops, trained_tokens, utilisation
 
 
 def test_tokens_count_prompt_and_answer_cut_at_max_length():

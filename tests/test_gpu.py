@@ -62,10 +62,10 @@ def _pairs(n: int) -> list[PreferencePair]:
 def test_dpo_trains_on_the_gpu(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from tasks.train import train_policy
+    from tasks.train import TrainJob, train_policy
 
     config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0, nll_weight=0)
-    result = train_policy(tiny_model, _pairs(8), config, ModelConfig(), 1, tmp_path / "out")
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=_pairs(8), config=config, model=ModelConfig(), round_index=1, output_dir=tmp_path / "out"))
     # The reference is the adapter-disabled policy: the first loss is ln 2 (bf16 autocast: a looser tolerance).
     assert result.initial_loss == pytest.approx(math.log(2), abs=2e-2)
     assert all(math.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
@@ -78,7 +78,7 @@ def test_dpo_trains_on_the_gpu(tiny_model, tmp_path):
 
 
 def test_the_gpu_matmul_peak_is_measured_on_the_gpu():
-    from tasks.flops import measured_peak_flops
+    from tasks.training.flops import measured_peak_flops
 
     gpu = measured_peak_flops("cuda", torch.bfloat16, seconds=0.3)
     cpu = measured_peak_flops("cpu", torch.float32, size=512, seconds=0.3)
@@ -88,13 +88,14 @@ def test_the_gpu_matmul_peak_is_measured_on_the_gpu():
 def test_a_shared_prompt_trains_as_two_rows_do_on_the_gpu(tiny_model, tmp_path):
     """train.share_prompt on CUDA (SDPA with a 4D mask): the same reference log-probs and losses
     as two rows a pair, in fp32."""
-    from tasks.train import train_policy
+    from tasks.train import TrainJob, train_policy
 
     runs = {}
     for share in (False, True):
         config = TrainConfig(epochs=1, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8,
                              heldout_share=0, nll_weight=0.5, share_prompt=share)
-        runs[share] = train_policy(tiny_model, _pairs(8), config, ModelConfig(dtype="fp32"), 1, tmp_path / str(share))
+        runs[share] = train_policy(TrainJob(checkpoint=tiny_model, pairs=_pairs(8), config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                            output_dir=tmp_path / str(share)))
     flat = [x for row in runs[False].reference_logps for x in row]
     assert [x for row in runs[True].reference_logps for x in row] == pytest.approx(flat, abs=1e-3)
     losses = [[h["loss"] for h in r.log_history if "loss" in h and "train_loss" not in h] for r in runs.values()]

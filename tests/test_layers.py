@@ -89,3 +89,17 @@ def test_the_import_reader_sees_every_form_of_import():
              "def f():\n    from ..train import train_policy\n": "tasks.train"}
     for source, stage in forms.items():
         assert stage in imported_modules(source, "tasks.sampling"), source
+
+
+def test_the_training_machinery_imports_no_stage_module():
+    """tasks/training/ is what the train stage uses: it imports from tasks/ nothing but itself."""
+    import ast
+
+    upward = []
+    for path in sorted((REPO / "tasks" / "training").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            upward += [f"{path.name}: {name}" for name in names
+                       if name.split(".")[0] == "tasks" and not name.startswith("tasks.training")]
+    assert upward == []

@@ -24,7 +24,8 @@ from infra.records import Champion, write_jsonl
 from infra.settings import FlywheelConfig, ModelConfig, TrainConfig
 from infra.tracking import Tracker
 from tasks.launch import accelerate_config, launch_training
-from tasks.train import NonFiniteLoss
+from tasks.train import TrainJob
+from tasks.training.callbacks import NonFiniteLoss
 from tests.test_train import make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,8 +128,8 @@ def test_a_diverged_loss_in_two_processes_stops_the_stage(tiny_model, tmp_path):
 def test_a_failing_process_shows_its_traceback(tiny_model, tmp_path):
     missing = tmp_path / "no-such-checkpoint"
     with pytest.raises(RuntimeError) as err:
-        launch_training(str(missing), make_pairs(4), TrainConfig(**TRAIN, num_processes=2), ModelConfig(dtype="fp32"), 1,
-                        tmp_path / "out")
+        launch_training(TrainJob(checkpoint=str(missing), pairs=make_pairs(4), config=TrainConfig(**TRAIN, num_processes=2), model=ModelConfig(dtype="fp32"),
+                                 round_index=1, output_dir=tmp_path / "out"))
     message = str(err.value)
     assert message.startswith("training in 2 processes (accelerate launch) failed with exit status 1"), message
     assert "Traceback (most recent call last)" in message and str(missing) in message, message
@@ -143,8 +144,8 @@ def test_an_interrupted_launch_stops_its_processes(tiny_model, tmp_path):
 
     before = set(psutil.Process().children(recursive=True))
     with pytest.raises(KeyboardInterrupt):
-        launch_training(tiny_model, make_pairs(12), TrainConfig(**TRAIN, num_processes=2), ModelConfig(dtype="fp32"), 1,
-                        tmp_path / "out", interrupt)
+        launch_training(TrainJob(checkpoint=tiny_model, pairs=make_pairs(12), config=TrainConfig(**TRAIN, num_processes=2), model=ModelConfig(dtype="fp32"),
+                                 round_index=1, output_dir=tmp_path / "out"), interrupt)
     assert set(psutil.Process().children(recursive=True)) - before == set()
     assert not (tmp_path / "out" / layout.MERGED).exists()
 

@@ -10,8 +10,8 @@ import pytest
 
 from infra.settings import ConfigError, ModelConfig, TrainConfig, load_config
 from tasks.config_checks import check_config
-from tasks.objectives import OBJECTIVES, FeedbackFileError, load_feedback
-from tasks.train import train_policy
+from tasks.train import TrainJob, train_policy
+from tasks.training.objectives import OBJECTIVES, FeedbackFileError, load_feedback
 from tests.test_train import make_pairs
 
 EXPECTED_FIRST_LOSS = {"dpo": math.log(2), "robust": math.log(2), "ipo": (1 / (2 * 0.1)) ** 2, "apo_zero": 1.0, "kto": 0.5}
@@ -29,7 +29,8 @@ def _losses(result) -> list[float]:
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES.names()))
 def test_each_objective_trains_and_starts_where_it_says(name, tiny_model, tmp_path):
-    result = train_policy(tiny_model, make_pairs(8), _config(name), ModelConfig(dtype="fp32"), 1, tmp_path)
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(8), config=_config(name), model=ModelConfig(dtype="fp32"), round_index=1,
+                                   output_dir=tmp_path))
     losses = _losses(result)
     n_steps = 2 if OBJECTIVES.get(name).paired else 4  # KTO: each pair is two unpaired rows
     assert result.objective == name and result.n_steps == n_steps and len(losses) == n_steps
@@ -45,14 +46,15 @@ def test_each_objective_trains_and_starts_where_it_says(name, tiny_model, tmp_pa
 @pytest.mark.parametrize("name", ["simpo", "orpo"])
 def test_reference_free_objectives_run_without_a_reference(name, tiny_model, tmp_path):
     # A reference that cannot be loaded: any reference pass would fail.
-    result = train_policy(tiny_model, make_pairs(8), _config(name, heldout_share=0.25), ModelConfig(dtype="fp32"), 1, tmp_path,
-                          reference_checkpoint=str(tmp_path / "no-such-model"))
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(8), config=_config(name, heldout_share=0.25), model=ModelConfig(dtype="fp32"),
+                                   round_index=1, output_dir=tmp_path, reference_checkpoint=str(tmp_path / "no-such-model")))
     assert result.reference == "none" and result.reference_logps == [] and not result.start.check_rewards
     assert any("eval_rewards/margins" in h for h in result.log_history)  # held-out pairs scored each epoch
 
 
 def test_dpo_nll_logs_both_loss_terms(tiny_model, tmp_path):
-    result = train_policy(tiny_model, make_pairs(8), _config("dpo_nll"), ModelConfig(dtype="fp32"), 1, tmp_path)
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(8), config=_config("dpo_nll"), model=ModelConfig(dtype="fp32"), round_index=1,
+                                   output_dir=tmp_path))
     steps = [h for h in result.log_history if "loss/nll" in h]
     assert len(steps) == 2
     for h in steps:
@@ -66,7 +68,7 @@ def test_dpo_nll_logs_both_loss_terms(tiny_model, tmp_path):
 def test_simpo_gamma_is_absolute():
     import torch
 
-    from tasks.train import trainer_args
+    from tasks.training.dpo_args import trainer_args
 
     config = _config("simpo").model_copy(update={"simpo": TrainConfig().simpo.model_copy(update={"beta": 2.5, "gamma_beta_ratio": 0.4})})
     args = trainer_args(config, 1, torch.device("cpu"), torch.float32, "out")
@@ -85,7 +87,8 @@ def test_kto_takes_unpaired_feedback(tiny_model, tmp_path):
         {"prompt": "Name a fruit.", "completion": "An apple.", "label": True},
     ])
     config = _config("kto", kto={"feedback_files": [feedback]})
-    result = train_policy(tiny_model, make_pairs(8), config, ModelConfig(dtype="fp32"), 1, tmp_path / "out")
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(8), config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                   output_dir=tmp_path / "out"))
     assert result.n_feedback == 3 and result.objective == "kto"
     assert result.n_steps == math.ceil((16 + 3) / 4)
 

@@ -1,10 +1,10 @@
 import pytest
 
 from infra.settings import PromotionConfig
-from tasks.diagnostics import Alarm
 from tasks.evaluate import PairwiseResult, UnconstrainedResult, bootstrap_interval, combine_orders
 from tasks.promote import decide_promotion, keeps_its_length, no_blocking_alarm, passes_regression, wins_pairwise
 from tasks.regression import BenchmarkScore, RegressionResult, compare_scores
+from tasks.training.diagnostics import Alarm
 
 
 def pairwise(win_rate, *, lc_win_rate=float("nan"), champion_words=float("nan"), challenger_words=float("nan"),

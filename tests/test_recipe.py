@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from infra.records import PreferencePair
-from infra.settings import MANAGED_DPO_ARGS, DiagnosticsConfig, ModelConfig, TrainConfig
-from tasks.diagnostics import Start, diagnose_training, training_alarms
-from tasks.train import dpo_args, mix_replay, train_policy
+from infra.settings import DiagnosticsConfig, ModelConfig, TrainConfig
+from tasks.train import TrainJob, train_policy
+from tasks.training.diagnostics import Start, diagnose_training, training_alarms
+from tasks.training.dpo_args import MANAGED_DPO_ARGS, trainer_args
+from tasks.training.training_set import mix_replay
 from tests.test_train import _random_pairs, make_pairs
 
 
@@ -37,13 +39,13 @@ def test_mix_replay_share_determinism_and_no_duplicates():
 def test_recipe_keys_are_managed_and_set():
     for key in ("loss_type", "loss_weights"):
         assert "train.nll_weight" in MANAGED_DPO_ARGS[key]
-    args = dpo_args(TrainConfig(nll_weight=0.5), 1, torch.device("cpu"), torch.float32, "out", eval_each_epoch=True)
+    args = trainer_args(TrainConfig(nll_weight=0.5), 1, torch.device("cpu"), torch.float32, "out", eval_each_epoch=True)
     assert (args.loss_type, args.loss_weights, args.precompute_ref_log_probs) == (["sigmoid", "sft"], [1.0, 0.5], True)
     assert (args.load_best_model_at_end, args.metric_for_best_model, args.save_strategy) == (True, "eval_loss", "epoch")
-    plain = dpo_args(TrainConfig(nll_weight=0, keep_best_epoch=False), 1, torch.device("cpu"), torch.float32, "out", True)
+    plain = trainer_args(TrainConfig(nll_weight=0, keep_best_epoch=False), 1, torch.device("cpu"), torch.float32, "out", True)
     assert (plain.loss_type, plain.loss_weights, plain.load_best_model_at_end) == (["sigmoid"], None, False)
     with pytest.raises(ValueError, match="loss_type"):
-        dpo_args(TrainConfig(dpo_args={"loss_type": ["ipo"]}), 1, torch.device("cpu"), torch.float32, "out")
+        trainer_args(TrainConfig(dpo_args={"loss_type": ["ipo"]}), 1, torch.device("cpu"), torch.float32, "out")
 
 
 def _config(**changes):
@@ -59,13 +61,13 @@ def rounds(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("rounds")
     pairs, earlier = make_pairs(8), _random_pairs(16, 1)
     # Round 1 moves far enough from the base for round 2's starting rewards to stand clear of 0.
-    first = train_policy(tiny_model, pairs, _config(reference="initial", learning_rate=[3e-2], epochs=3), ModelConfig(dtype="fp32"), 1, out / "r1",
-                         reference_checkpoint=tiny_model)
+    first = train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=_config(reference="initial", learning_rate=[3e-2], epochs=3),
+                                  model=ModelConfig(dtype="fp32"), round_index=1, output_dir=out / "r1", reference_checkpoint=tiny_model))
     champion = str(out / "r1" / "merged")
-    initial = train_policy(champion, pairs, _config(reference="initial"), ModelConfig(dtype="fp32"), 2, out / "initial",
-                           reference_checkpoint=tiny_model, earlier_pairs=earlier)
-    by_champion = train_policy(champion, pairs, _config(reference="champion", replay_share=0), ModelConfig(dtype="fp32"), 2,
-                               out / "champion")
+    initial = train_policy(TrainJob(checkpoint=champion, pairs=pairs, config=_config(reference="initial"), model=ModelConfig(dtype="fp32"), round_index=2,
+                                    output_dir=out / "initial", reference_checkpoint=tiny_model, earlier_pairs=earlier))
+    by_champion = train_policy(TrainJob(checkpoint=champion, pairs=pairs, config=_config(reference="champion", replay_share=0),
+                                        model=ModelConfig(dtype="fp32"), round_index=2, output_dir=out / "champion"))
     return first, initial, by_champion
 
 
@@ -87,7 +89,8 @@ def test_nll_term_shows_in_the_records(rounds, tiny_model, tmp_path):
     # Sigmoid DPO starts at ln 2; the NLL of a random model's chosen tokens comes on top.
     assert first.initial_loss > math.log(2) + 1
     assert first.start.expected_loss is None
-    plain = train_policy(tiny_model, make_pairs(8), _config(nll_weight=0, epochs=0.5), ModelConfig(dtype="fp32"), 1, tmp_path)
+    plain = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(8), config=_config(nll_weight=0, epochs=0.5), model=ModelConfig(dtype="fp32"),
+                                  round_index=1, output_dir=tmp_path))
     assert plain.nll_weight == 0 and plain.initial_loss == pytest.approx(math.log(2), abs=1e-3)
 
 
@@ -147,7 +150,8 @@ def test_over_optimization_counts_gains_from_the_start():
 def test_best_epoch_is_kept(tiny_model, tmp_path):
     # Random pairs at a high learning rate: held-out loss rises once the policy memorises.
     config = _config(epochs=5, learning_rate=[1e-2], heldout_share=0.34, nll_weight=0, replay_share=0)
-    result = train_policy(tiny_model, _random_pairs(12, 0), config, ModelConfig(dtype="fp32"), 1, tmp_path)
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=_random_pairs(12, 0), config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                   output_dir=tmp_path))
     evals = {h["epoch"]: h["eval_loss"] for h in result.log_history if "eval_loss" in h}
     assert len(evals) == 5 and result.best_epoch in evals
     assert evals[result.best_epoch] == min(evals.values())

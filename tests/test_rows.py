@@ -12,12 +12,12 @@ from flows.round_records import RoundSummary, append_history, read_history
 from flows.rows import comparison_rows, comparisons_table, history_table, summary_rows
 from flows.table import Table, side_by_side
 from infra.local_store import LocalArtifactStore
-from tasks.diagnostics import Alarm
 from tasks.evaluate import PairwiseResult, UnconstrainedResult
 from tasks.filter import FilterReport
 from tasks.promote import Decision
 from tasks.regression import RegressionResult, TaskComparison
 from tasks.train import TrainResult
+from tasks.training.diagnostics import Alarm
 
 
 def _pairwise(**figures) -> PairwiseResult:

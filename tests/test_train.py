@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from infra.records import PreferencePair
 from infra.settings import ModelConfig, TrainConfig
-from tasks.train import train_policy
+from tasks.train import TrainJob, train_policy
 
 
 def make_pairs(n):
@@ -26,7 +26,8 @@ def trained(tiny_model, tmp_path_factory):
     # Sigmoid DPO alone: the first loss is then known to be ln 2 (tests/test_recipe.py covers the NLL term).
     config = TrainConfig(epochs=2, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0,
                          nll_weight=0)
-    result = train_policy(tiny_model, make_pairs(8), config, ModelConfig(), 1, out, lambda logs, step: logged.append((step, logs)))
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(8), config=config, model=ModelConfig(), round_index=1,
+                                   output_dir=out), lambda logs, step: logged.append((step, logs)))
     return out, result, logged
 
 
@@ -36,7 +37,7 @@ def test_loss_starts_at_ln2_and_stays_finite(trained):
     assert result.initial_loss == pytest.approx(math.log(2), abs=1e-3)
     assert all(math.isfinite(h["loss"]) for h in result.log_history if "loss" in h)
     assert result.n_steps == 4 and result.n_pairs == 8
-    # Useful FLOP/s of the run and its share of the measured peak (tasks/flops.py).
+    # Useful FLOP/s of the run and its share of the measured peak (tasks/training/flops.py).
     assert result.trained_tokens > 0 and result.achieved_tflops > 0 and 0 < result.mfu < 10
 
 
@@ -67,7 +68,7 @@ def test_training_figure_is_a_png_of_the_run(trained, tmp_path):
 
 
 def test_diagnostics_on_constructed_histories():
-    from tasks.diagnostics import training_alarms
+    from tasks.training.diagnostics import training_alarms
 
     def step(loss, acc, chosen, rejected):
         return {"loss": loss, "rewards/accuracies": acc, "rewards/chosen": chosen, "rewards/rejected": rejected}
@@ -105,14 +106,16 @@ def test_over_optimization_alarm_fires_when_memorising(tiny_model, tmp_path):
     # The last epoch kept, and no NLL term: the alarm itself, on a policy left to memorise.
     config = TrainConfig(epochs=8, batch_size=4, learning_rate=[1e-2], beta=[0.1], lora_r=8, lora_alpha=16, heldout_share=0.34,
                          nll_weight=0, keep_best_epoch=False)
-    result = train_policy(tiny_model, _random_pairs(12, 0), config, ModelConfig(dtype="fp32"), 1, tmp_path)
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=_random_pairs(12, 0), config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                   output_dir=tmp_path))
     assert result.n_pairs == 8 and result.n_heldout == 4
     assert "over_optimization" in [a.name for a in result.alarms], [a.message for a in result.alarms]
 
 
 def test_over_optimization_alarm_stays_quiet_when_the_preference_generalises(tiny_model, tmp_path):
     config = TrainConfig(epochs=3, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0.34)
-    result = train_policy(tiny_model, make_pairs(12), config, ModelConfig(dtype="fp32"), 1, tmp_path)
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(12), config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                   output_dir=tmp_path))
     assert result.n_heldout == 4
     assert "over_optimization" not in [a.name for a in result.alarms], [a.message for a in result.alarms]
 
@@ -122,9 +125,9 @@ def test_a_non_finite_logged_figure_stops_training():
     Trainer logs a NaN loss as a finite average, so the other figures must be looked at too."""
     from transformers import TrainerControl, TrainerState
 
-    from tasks.train import NonFiniteLoss, _finite_guard
+    from tasks.training.callbacks import NonFiniteLoss, finite_guard
 
-    guard, state = _finite_guard(), TrainerState(global_step=3)
+    guard, state = finite_guard(), TrainerState(global_step=3)
     guard.on_log(None, state, TrainerControl(), logs={"loss": 0.69, "grad_norm": 0.4, "epoch": 1.0})
     with pytest.raises(NonFiniteLoss, match=r"step 3: the loss diverged \(grad_norm, logps/chosen not finite\)"):
         guard.on_log(None, state, TrainerControl(), logs={"loss": 0.0, "grad_norm": float("nan"), "logps/chosen": float("-inf")})
@@ -148,8 +151,8 @@ def test_micro_batches_learn_what_the_whole_batch_does(objective, tiny_model, tm
     """Gradient accumulation over micro-batches (train.micro_batch_size) gives each optimizer step
     the whole batch's loss, NLL term included (weighed by the step's tokens, not per micro-batch),
     and so the same updates: the logged losses and terms of every step agree."""
-    from tasks.objectives import objective_for
-    from tasks.train import trainer_args
+    from tasks.training.dpo_args import trainer_args
+    from tasks.training.objectives import objective_for
 
     pairs = _uneven_pairs(14, 3)  # 14 pairs: steps of 8 and 6 pairs (4 and 3 micro-batches of 2)
     runs = {}
@@ -158,7 +161,8 @@ def test_micro_batches_learn_what_the_whole_batch_does(objective, tiny_model, tm
                              beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0, nll_weight=1.0)
         args = trainer_args(config, 1, torch.device("cpu"), torch.float32, str(tmp_path), objective=objective_for(config, 1))
         assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == ((8, 1) if micro is None else (2, 4))
-        result = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / str(micro))
+        result = train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                       output_dir=tmp_path / str(micro)))
         runs[micro] = [h for h in result.log_history if "loss" in h and "train_loss" not in h]
     whole, micro = runs[None], runs[2]
     assert len(whole) == len(micro) == 4
@@ -176,7 +180,7 @@ def test_a_loaded_reference_is_freed_before_training(tiny_model, tmp_path, monke
     import shutil
     import weakref
 
-    from tasks.trainers import flywheel_dpo_trainer
+    from tasks.training.trl_internals import flywheel_dpo_trainer
 
     trainer_class, seen = flywheel_dpo_trainer(), {}
     precompute, train = trainer_class._precompute_ref_logps, trainer_class.train
@@ -194,8 +198,8 @@ def test_a_loaded_reference_is_freed_before_training(tiny_model, tmp_path, monke
     monkeypatch.setattr(trainer_class, "train", note_alive)
     reference = shutil.copytree(tiny_model, tmp_path / "reference")
     config = TrainConfig(batch_size=2, lora_r=4, lora_alpha=8, heldout_share=0)
-    result = train_policy(tiny_model, make_pairs(4), config, ModelConfig(dtype="fp32"), 2, tmp_path / "out",
-                          reference_checkpoint=str(reference))
+    result = train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(4), config=config, model=ModelConfig(dtype="fp32"), round_index=2,
+                                   output_dir=tmp_path / "out", reference_checkpoint=str(reference)))
     assert not result.reference_is_start and "reference" in seen
     assert seen["alive_at_train"] is False
 
@@ -203,8 +207,8 @@ def test_a_loaded_reference_is_freed_before_training(tiny_model, tmp_path, monke
 def test_auto_micro_batches_split_on_a_cpu_only():
     """'auto' takes 1-pair passes on a CPU in fp32 and 2-pair ones with bf16 (memory), and the whole
     batch on a GPU (a pass costs the same)."""
-    from tasks.objectives import objective_for
-    from tasks.train import micro_batch_size
+    from tasks.training.dpo_args import micro_batch_size
+    from tasks.training.objectives import objective_for
 
     config = TrainConfig(batch_size=8)
     dpo = objective_for(config, 1)
@@ -224,7 +228,8 @@ def test_reference_logps_kept_before_the_first_step_spare_a_rerun_its_pass(tiny_
 
     config = TrainConfig(epochs=1, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0.25, nll_weight=0)
     pairs = make_pairs(8)
-    whole = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / "whole")
+    whole = train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                  output_dir=tmp_path / "whole"))
 
     class Killed(Exception):
         pass
@@ -234,8 +239,8 @@ def test_reference_logps_kept_before_the_first_step_spare_a_rerun_its_pass(tiny_
 
     kept = []
     with pytest.raises(Killed):
-        train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / "killed", killed_at_first_step,
-                     on_reference_logps=kept.append)
+        train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                              output_dir=tmp_path / "killed"), killed_at_first_step, on_reference_logps=kept.append)
     [logps] = kept
     assert set(logps) == {"train", "eval"} and len(logps["train"][0]) == 6 and len(logps["eval"][0]) == 2
     def flat(rows):
@@ -253,8 +258,8 @@ def test_reference_logps_kept_before_the_first_step_spare_a_rerun_its_pass(tiny_
 
     monkeypatch.setattr(trl.DPOTrainer, "_precompute_ref_logps", counted)
     handed_out = []
-    rerun = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / "rerun", reference_logps=logps,
-                         on_reference_logps=handed_out.append)
+    rerun = train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                  output_dir=tmp_path / "rerun", reference_logps=logps), on_reference_logps=handed_out.append)
     assert passes == [] and handed_out == []  # nothing computed, nothing to keep
     assert flat(rerun.reference_logps) == pytest.approx(flat(whole.reference_logps), abs=1e-5)
     assert rerun.final_loss == pytest.approx(whole.final_loss, abs=1e-4)
@@ -263,7 +268,7 @@ def test_reference_logps_kept_before_the_first_step_spare_a_rerun_its_pass(tiny_
 def test_step_sorted_sampler_orders_each_step_by_length_and_keeps_it_a_random_draw():
     """Every pair once an epoch; each step's pairs longest first; the steps themselves a seeded
     random draw (not the dataset cut in order), the same for the same seed and epoch, new the next."""
-    from tasks.trainers import StepSortedSampler
+    from tasks.training.batching import StepSortedSampler
 
     lengths = [5, 40, 12, 33, 7, 21, 50, 9, 18, 2, 27]
     sampler = StepSortedSampler(lengths, step_size=4, seed=3)
@@ -282,7 +287,7 @@ def test_step_sorted_sampler_orders_each_step_by_length_and_keeps_it_a_random_dr
 
 
 def _spy_on_reference_batches(monkeypatch):
-    from tasks.trainers import flywheel_dpo_trainer
+    from tasks.training.trl_internals import flywheel_dpo_trainer
 
     trainer_class, widths = flywheel_dpo_trainer(), []
     compute = trainer_class.compute_ref_log_probs
@@ -299,17 +304,19 @@ def test_reference_pass_over_length_sorted_pairs_returns_each_pairs_own_logps(ti
     """The reference pass runs over the pairs longest first, in batches larger than training's,
     and hands back each pair's log-probs in the dataset's order: the same as TRL's own pass in
     dataset order, one small batch at a time."""
-    import tasks.trainers as trainers
+    import tasks.training.trl_internals as trl_internals
 
     pairs = _uneven_pairs(12, 5)
     config = TrainConfig(epochs=1, batch_size=4, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8, heldout_share=0, nll_weight=0)
     widths = _spy_on_reference_batches(monkeypatch)
-    sorted_pass = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / "sorted")
+    sorted_pass = train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                        output_dir=tmp_path / "sorted"))
     assert len(widths) == 1  # 12 pairs in one batch of at least 16
     plain_config = config.model_copy(update={"dpo_args": {"precompute_ref_batch_size": 2}})
-    monkeypatch.setattr(trainers, "pair_lengths", lambda *args, **kwargs: None)
+    monkeypatch.setattr(trl_internals, "pair_lengths", lambda *args, **kwargs: None)
     widths.clear()
-    plain_pass = train_policy(tiny_model, pairs, plain_config, ModelConfig(dtype="fp32"), 1, tmp_path / "plain")
+    plain_pass = train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=plain_config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                       output_dir=tmp_path / "plain"))
     assert len(widths) == 6 and widths != sorted(widths, reverse=True)  # the pairs are not in length order
     assert len(sorted_pass.reference_logps) == len(pairs)
     flat = [x for row in sorted_pass.reference_logps for x in row]
@@ -320,7 +327,7 @@ def test_reference_pass_over_length_sorted_pairs_returns_each_pairs_own_logps(ti
 def test_training_micro_batches_of_a_step_run_longest_first(tiny_model, tmp_path, monkeypatch):
     """Each optimizer step's micro-batches come in order of length, so pairs of like length are
     padded together."""
-    from tasks.trainers import flywheel_dpo_trainer
+    from tasks.training.trl_internals import flywheel_dpo_trainer
 
     trainer_class, steps = flywheel_dpo_trainer(), []
     batch_samples = trainer_class.get_batch_samples
@@ -334,7 +341,8 @@ def test_training_micro_batches_of_a_step_run_longest_first(tiny_model, tmp_path
     monkeypatch.setattr(trainer_class, "get_batch_samples", spied)
     config = TrainConfig(epochs=2, batch_size=4, micro_batch_size=1, learning_rate=[1e-3], beta=[0.1], lora_r=4, lora_alpha=8,
                          heldout_share=0, nll_weight=0)
-    train_policy(tiny_model, _uneven_pairs(12, 7), config, ModelConfig(dtype="fp32"), 1, tmp_path / "out")
+    train_policy(TrainJob(checkpoint=tiny_model, pairs=_uneven_pairs(12, 7), config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                          output_dir=tmp_path / "out"))
     assert len(steps) == 6 and all(len(s) == 4 for s in steps)
     assert all(s == sorted(s, reverse=True) for s in steps)
     assert len({tuple(s) for s in steps}) > 1
@@ -349,7 +357,7 @@ def test_cpu_lm_head_scores_only_labelled_positions_with_the_same_result(tiny_mo
     from trl.trainer.utils import add_fused_lm_head
 
     from infra.models import load_model
-    from tasks.trainers import lm_head_tiles
+    from tasks.training.trl_internals import lm_head_tiles
 
     model = load_model(tiny_model, ModelConfig())
     add_fused_lm_head(model)
@@ -388,10 +396,10 @@ def test_bf16_training_on_a_cpu_holds_the_frozen_base_in_bf16_and_merges_into_fp
     from transformers import AutoModelForCausalLM
 
     import tasks.train as train_module
-    from tasks.trainers import flywheel_dpo_trainer
+    from tasks.training.trl_internals import flywheel_dpo_trainer
 
     trainer_class, seen = flywheel_dpo_trainer(), {}
-    train, merge = trainer_class.train, train_module._merge_fresh
+    train, merge = trainer_class.train, train_module.merge_fresh
 
     def note_dtypes(self, *args, **kwargs):
         seen["frozen"] = {p.dtype for p in self.model.parameters() if not p.requires_grad}
@@ -404,10 +412,10 @@ def test_bf16_training_on_a_cpu_holds_the_frozen_base_in_bf16_and_merges_into_fp
         return merge(*args, **kwargs)
 
     monkeypatch.setattr(trainer_class, "train", note_dtypes)
-    monkeypatch.setattr(train_module, "_merge_fresh", note_release)
+    monkeypatch.setattr(train_module, "merge_fresh", note_release)
     config = TrainConfig(batch_size=2, learning_rate=[1e-3], lora_r=4, lora_alpha=8, heldout_share=0)
     out = tmp_path / "out"
-    train_policy(tiny_model, make_pairs(4), config, ModelConfig(dtype="bf16"), 1, out)
+    train_policy(TrainJob(checkpoint=tiny_model, pairs=make_pairs(4), config=config, model=ModelConfig(dtype="bf16"), round_index=1, output_dir=out))
     assert seen["frozen"] == {torch.bfloat16} and seen["trained"] == {torch.float32}
     assert seen["alive_at_merge"] is False
     merged = load_file(str(out / "merged" / "model.safetensors"))

@@ -23,7 +23,6 @@ from infra.settings.regression import RegressionConfig
 from infra.settings.root import FlywheelConfig
 from infra.settings.storage import StorageConfig
 from infra.settings.train import (
-    MANAGED_DPO_ARGS,
     DiagnosticsConfig,
     KTOConfig,
     ORPOConfig,
@@ -34,7 +33,6 @@ from infra.settings.train import (
 
 __all__ = [
     "BUNDLED_MODEL",
-    "MANAGED_DPO_ARGS",
     "ConfigError",
     "DiagnosticsConfig",
     "EvalConfig",

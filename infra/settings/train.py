@@ -11,7 +11,7 @@ from infra.settings.base import Section
 
 
 class DiagnosticsConfig(Section):
-    """Thresholds of the training alarms (tasks/diagnostics.py); promotion.blocking_alarms picks those that block."""
+    """Thresholds of the training alarms (tasks/training/diagnostics.py); promotion.blocking_alarms picks those that block."""
 
     initial_loss_tolerance: float = Field(
         0.02, gt=0,
@@ -46,38 +46,6 @@ class DiagnosticsConfig(Section):
         if not 0 <= low < high <= 1:
             raise ValueError("train.diagnostics.reward_accuracy_band must be [low, high] with 0 <= low < high <= 1")
         return self
-
-
-# TRL policy: moves to tasks/training at merge (training helper)
-# trl.DPOConfig keys that Flywheel sets itself, with what to change instead; train.dpo_args may not set them.
-MANAGED_DPO_ARGS = {
-    "beta": "set train.beta (a per-round schedule) instead",
-    "learning_rate": "set train.learning_rate (a per-round schedule) instead",
-    "num_train_epochs": "set train.epochs instead",
-    "max_steps": "set train.epochs instead",
-    "per_device_train_batch_size": "set train.batch_size instead",
-    "per_device_eval_batch_size": "set train.batch_size instead",
-    "gradient_accumulation_steps": "set train.micro_batch_size instead (train.batch_size pairs per step still)",
-    "max_length": "set train.max_length instead",
-    "seed": "set train.seed instead",
-    "bf16": "set model.dtype instead",
-    "use_cpu": "set model.device instead",
-    "eval_strategy": "set train.heldout_share instead (held-out pairs are scored each epoch)",
-    "output_dir": "the train stage saves the adapter and merged model in its own folder",
-    "save_strategy": "the train stage saves the adapter and merged model in its own folder",
-    "logging_steps": "the training alarms read every step's log",
-    "report_to": "Flywheel logs the training metrics to MLflow itself",
-    "loss_type": "set train.objective instead (dpo, dpo_nll, ipo, robust, apo_zero, simpo, orpo, kto), and "
-                 "train.nll_weight for the NLL term of dpo and dpo_nll",
-    "loss_weights": "set train.nll_weight instead (the weight of the NLL term of dpo and dpo_nll; the DPO term's is 1)",
-    "label_smoothing": "set train.robust.label_smoothing instead (objective 'robust')",
-    "precompute_ref_log_probs": "set train.reference instead (its log-probabilities are always computed once, before training)",
-    "load_best_model_at_end": "set train.keep_best_epoch instead",
-    "metric_for_best_model": "set train.keep_best_epoch instead (the held-out loss decides)",
-    "greater_is_better": "set train.keep_best_epoch instead (the held-out loss decides)",
-    "save_total_limit": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
-    "save_only_model": "set train.keep_best_epoch instead (epoch checkpoints are scratch files)",
-}
 
 
 class RobustConfig(Section):
@@ -133,7 +101,7 @@ class TrainConfig(Section):
         ["dpo"],
         min_length=1,
         description="Preference objective for round i (last repeats; a single name is a one-round schedule), from "
-        "tasks/objectives.py: 'dpo' (sigmoid, plus the NLL term of nll_weight), 'dpo_nll' (the same, nll_weight > 0 "
+        "tasks/training/objectives.py: 'dpo' (sigmoid, plus the NLL term of nll_weight), 'dpo_nll' (the same, nll_weight > 0 "
         "required), 'ipo' (tau = beta, usual 0.01-0.5), 'robust' (label smoothing, train.robust), 'apo_zero' "
         "(chosen up, rejected down, for chosen answers better than the policy's), 'simpo' (reference-free, "
         "train.simpo), 'orpo' (reference-free, train.orpo), 'kto' (unpaired rows, train.kto).",
@@ -188,7 +156,7 @@ class TrainConfig(Section):
         True,
         description="The DPO family's objectives put each pair in one row, the prompt once, then both answers (a 4D "
         "attention mask keeps them apart): the same log-probs and gradients for about a third fewer tokens at the "
-        "demo's lengths (tasks/shared_prompt.py). Off: TRL's two rows a pair, the prompt computed twice.",
+        "demo's lengths (tasks/training/packed_pairs.py). Off: TRL's two rows a pair, the prompt computed twice.",
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank; higher ranks overfit small pair sets sooner.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
@@ -262,7 +230,8 @@ class TrainConfig(Section):
         default_factory=dict,
         description="Extra keyword arguments passed as they are to the objective's TRL config (trl.DPOConfig, or "
         "CPOConfig/ORPOConfig/KTOConfig; e.g. lr_scheduler_type, weight_decay); keys must be fields of it, and those "
-        "Flywheel sets from its own fields (beta, learning_rate, loss_type, label_smoothing, ...: MANAGED_DPO_ARGS) "
+        "Flywheel sets from its own fields (beta, learning_rate, loss_type, label_smoothing, ...: MANAGED_DPO_ARGS in "
+        "tasks/training/dpo_args.py) "
         "are refused when the config loads.",
     )
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from tasks.trainers import pair_lengths
+from tasks.training.batching import pair_lengths
 
 FLOPS_PER_PARAM_AND_TOKEN = 4  # forward 2 + backward (activation gradients) 2
 
@@ -55,7 +55,7 @@ def trained_tokens(dataset, max_length: int, share_prompt: bool = False) -> int:
     at ``max_length``, pads excluded. DPOTrainer and KTOTrainer keep the prompt apart
     (``prompt_ids`` + ``chosen_ids`` / ``rejected_ids`` / ``completion_ids``); CPO and ORPO keep
     whole sequences (``chosen_input_ids`` / ``rejected_input_ids``). With ``share_prompt`` a pair
-    is its packed row (tasks/shared_prompt.py): the prompt counted once."""
+    is its packed row (tasks/training/packed_pairs.py): the prompt counted once."""
     columns = dataset.column_names or []
     if share_prompt and (packed := pair_lengths(dataset, max_length, share_prompt=True)) is not None:
         return sum(packed)
@@ -74,3 +74,14 @@ def utilisation(n_params: int, tokens: int, seconds: float, peak: float) -> tupl
     """(achieved FLOP/s, share of ``peak``) of training ``tokens`` through ``n_params`` in ``seconds``."""
     achieved = FLOPS_PER_PARAM_AND_TOKEN * n_params * tokens / seconds if seconds > 0 else float("nan")
     return achieved, achieved / peak if peak > 0 else float("nan")
+
+
+def training_utilisation(trainer, max_length: int, epochs: float, share_prompt: bool, peak_device: str,
+                         dtype: torch.dtype, fallback_seconds: float) -> tuple[float, float, int]:
+    """(achieved FLOP/s, MFU, tokens) of a finished trainer's optimisation itself: TRL's
+    train_runtime (``fallback_seconds`` when it logged none), without the set-up and reference pass before it."""
+    history = trainer.state.log_history
+    seconds = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), fallback_seconds)
+    tokens = round(trained_tokens(trainer.train_dataset, max_length, share_prompt) * epochs)
+    achieved, mfu = utilisation(matmul_params(trainer.model), tokens, seconds, measured_peak_flops(peak_device, dtype))
+    return achieved, mfu, tokens

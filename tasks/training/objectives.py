@@ -16,7 +16,7 @@ kto         KTOTrainer (unpaired rows)       yes        0.5 x weight, when both 
 
 An objective says which trainer and config class it needs, the loss-specific arguments, the
 rows it trains on (paired, or unpaired for KTO), and the first step's loss when it is known in
-advance (tasks/diagnostics.py checks it).
+advance (tasks/training/diagnostics.py checks it).
 """
 
 from __future__ import annotations
@@ -29,10 +29,21 @@ from typing import ClassVar
 from infra.records import PreferencePair
 from infra.registry import Registry
 from infra.settings import TrainConfig, per_round
-from tasks.filter import to_trl_rows
 
 LN2 = math.log(2)
 REFERENCE_BATCH_PAIRS = 16  # pairs per forward pass of the reference pass, at least
+
+
+def to_trl_rows(pairs: list[PreferencePair]) -> list[dict]:
+    """TRL's conversational preference format."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": p.prompt}],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in pairs
+    ]
 
 
 class Objective:
@@ -64,7 +75,7 @@ class Objective:
         return DPOConfig
 
     def trainer_class(self) -> type:
-        from tasks.trainers import flywheel_dpo_trainer
+        from tasks.training.trl_internals import flywheel_dpo_trainer
 
         return flywheel_dpo_trainer()
 
@@ -89,7 +100,7 @@ class _DPOLoss(Objective):
             # The reference's log-probs once, before training: no reference forward per step, and a
             # separate reference model (the round-0 policy) can be freed before the first step.
             precompute_ref_log_probs=True,
-            # No gradients kept in that pass: larger batches than training's (length-sorted, tasks/trainers.py).
+            # No gradients kept in that pass: larger batches than training's (length-sorted, tasks/training/trl_internals.py).
             precompute_ref_batch_size=max(REFERENCE_BATCH_PAIRS, config.batch_size // config.num_processes),
             loss_type=[self.loss_type, "sft"] if weight > 0 else [self.loss_type],
             loss_weights=[1.0, weight] if weight > 0 else None,

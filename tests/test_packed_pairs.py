@@ -1,13 +1,13 @@
-"""A pair's prompt computed once for both answers (tasks/shared_prompt.py): the same log-probs
+"""A pair's prompt computed once for both answers (tasks/training/packed_pairs.py): the same log-probs
 and gradients as TRL's two rows, fewer tokens, and batches it cannot pack left alone."""
 
 import pytest
 import torch
 
 from infra.settings import ModelConfig, TrainConfig
-from tasks import shared_prompt
-from tasks.shared_prompt import SharedPromptForward, pack_pairs
-from tasks.train import train_policy
+from tasks.train import TrainJob, train_policy
+from tasks.training import packed_pairs
+from tasks.training.packed_pairs import SharedPromptForward, pack_pairs
 from tests.test_train import _uneven_pairs
 
 
@@ -53,14 +53,14 @@ def _outputs_and_grads(model, forward, input_ids, attention_mask, labels):
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_each_answer_gets_the_log_probs_and_gradients_of_its_own_row(model_and_tokenizer, attention, monkeypatch):
-    from tasks.trainers import lm_head_tiles
+    from tasks.training.trl_internals import lm_head_tiles
 
     model, tokenizer = model_and_tokenizer
     model.set_attn_implementation(attention)
     input_ids, attention_mask, labels = _paired_batch(tokenizer, TRIPLES)
     packed_rows = []
-    pack = shared_prompt.pack_pairs
-    monkeypatch.setattr(shared_prompt, "pack_pairs", lambda *a: packed_rows.append(pack(*a)) or packed_rows[-1])
+    pack = packed_pairs.pack_pairs
+    monkeypatch.setattr(packed_pairs, "pack_pairs", lambda *a: packed_rows.append(pack(*a)) or packed_rows[-1])
     with lm_head_tiles(torch.device("cpu")):
         two_rows, two_rows_grads = _outputs_and_grads(model, model, input_ids, attention_mask, labels)
         shared, shared_grads = _outputs_and_grads(model, SharedPromptForward(model), input_ids, attention_mask, labels)
@@ -118,14 +118,15 @@ def test_training_with_a_shared_prompt_learns_what_two_rows_do(tiny_model, tmp_p
     """The same reference log-probs and the same losses step by step, NLL term included, from
     fewer tokens through the model; every batch of training and of the reference pass packed."""
     packed_batches = []
-    pack = shared_prompt.pack_pairs
-    monkeypatch.setattr(shared_prompt, "pack_pairs", lambda *a: packed_batches.append(pack(*a)) or packed_batches[-1])
+    pack = packed_pairs.pack_pairs
+    monkeypatch.setattr(packed_pairs, "pack_pairs", lambda *a: packed_batches.append(pack(*a)) or packed_batches[-1])
     pairs = _uneven_pairs(12, 11)
     runs = {}
     for share in (False, True):
         config = TrainConfig(epochs=2, batch_size=4, micro_batch_size=micro_batch_size, learning_rate=[5e-3], beta=[0.1],
                              lora_r=4, lora_alpha=8, heldout_share=0.25, nll_weight=0.5, share_prompt=share)
-        runs[share] = train_policy(tiny_model, pairs, config, ModelConfig(dtype="fp32"), 1, tmp_path / str(share))
+        runs[share] = train_policy(TrainJob(checkpoint=tiny_model, pairs=pairs, config=config, model=ModelConfig(dtype="fp32"), round_index=1,
+                                            output_dir=tmp_path / str(share)))
     two_rows, shared = runs[False], runs[True]
     assert packed_batches and all(p is not None for p in packed_batches)
     flat = [x for row in two_rows.reference_logps + two_rows.heldout_reference_logps for x in row]

@@ -2,7 +2,7 @@
 
 * Before the first update the implicit rewards (beta x log-ratio to the reference) are what the
   reference implies: 0 when it is the starting policy (and then the first loss is what the objective
-  says, tasks/objectives.py: ln 2 = 0.693 for sigmoid DPO alone, (1/(2 tau))^2 for IPO, ...);
+  says, tasks/training/objectives.py: ln 2 = 0.693 for sigmoid DPO alone, (1/(2 tau))^2 for IPO, ...);
   with the round-0 policy as reference from round 2 on, within what the starting policy's own
   log-ratios (measured on the pairs before training, ``Start``) allow for a batch's mean. Anything
   else means the reference, or the starting policy, is not what it should be.

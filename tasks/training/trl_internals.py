@@ -1,4 +1,12 @@
-"""TRL's DPOTrainer with the additions Flywheel needs, and the fused LM head's tiles on a CPU.
+"""Every use of a private TRL name, in one place: Flywheel's DPOTrainer (its overrides of TRL's
+private methods) and the fused LM head's tiles on a CPU (two private module attributes patched).
+
+Written against TRL 1.16 (1.16.0; transformers 5.25); pyproject pins ``trl>=1.16,<1.17``. Before
+moving to another TRL, run tests/test_trl_internals.py: ``check_trl_internals`` names every private
+function or attribute relied on here that moved or changed its parameters. ``train_policy`` runs it
+before it loads anything.
+
+What the trainer adds to TRL's DPOTrainer:
 
 * Reference log-probabilities handed in (``reference_logps``, per dataset name, "train" and
   "eval") are used instead of computing them: the ablation's cells share one reference pass.
@@ -7,10 +15,11 @@
   the loss already made.
 * Pairs of like length share a forward pass: each optimizer step's pairs, a random draw as with
   a plain shuffle, are ordered by length before they are cut into micro-batches
-  (``StepSortedSampler``), and the reference pass runs over the pairs sorted by length; the
-  log-probs come back in the dataset's order. Both only change which pairs are padded together.
+  (``StepSortedSampler``, tasks/training/batching.py), and the reference pass runs over the pairs
+  sorted by length; the log-probs come back in the dataset's order. Both only change which pairs
+  are padded together.
 * With ``share_prompt`` each pair's prompt goes through the model once for both answers
-  (tasks/shared_prompt.py), in training, held-out scoring and the reference pass.
+  (tasks/training/packed_pairs.py), in training, held-out scoring and the reference pass.
 * Under gradient accumulation (``train.micro_batch_size``) each micro-batch's loss is weighed by
   its share of the optimizer step, so the step's loss is the whole batch's: TRL averages the
   preference term over a micro-batch's pairs and the NLL term over its chosen tokens, and the
@@ -22,13 +31,85 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Iterator
 
-import torch
-from torch.utils.data import Sampler
+from tasks.training.batching import StepSortedSampler, pair_lengths
+from tasks.training.packed_pairs import SharedPromptForward
 
-from tasks.shared_prompt import SharedPromptForward, packed_length
+TRL_SERIES = "1.16"  # the TRL minor series this module was written against (pyproject pins it)
+
+# Private TRL names relied on, with the parameters they must take (None: an attribute, not called).
+# DPOTrainer's methods Flywheel overrides or calls:
+TRAINER_METHODS = {
+    "_precompute_ref_logps": ("self", "dataset", "name", "batch_size"),
+    "_get_train_sampler": ("self", "train_dataset"),
+    "_compute_loss": ("self", "model", "inputs", "return_outputs"),
+    "get_batch_samples": ("self", "epoch_iterator", "num_batches", "device"),
+    "compute_ref_log_probs": ("self", "model", "inputs"),
+}
+# Attributes DPOTrainer.__init__ sets that the loss override reads.
+TRAINER_ATTRIBUTES = ("_metrics", "loss_types", "loss_weights")
+# trl.trainer.utils' module attributes lm_head_tiles patches.
+UTILS_ATTRIBUTES = {"_CHUNKED_LOGPROB_CHUNK_SIZE": None, "_use_triton": ("device",)}
+
+
+class TRLInternalsMoved(RuntimeError):
+    """The installed TRL lacks (or changed) a private name Flywheel relies on; the message names each."""
+
+
+def _parameter_problem(owner: str, name: str, found, expected: tuple[str, ...] | None) -> str | None:
+    """Why ``found`` (``owner.name``) is not what Flywheel relies on: gone, or no longer taking the
+    ``expected`` parameters (a wrapper taking ``*args`` passes them on and is accepted)."""
+    if found is None:
+        return f"{owner}.{name} is gone"
+    if expected is None:
+        return None
+    try:
+        signature = inspect.signature(found)
+    except (TypeError, ValueError):
+        return f"{owner}.{name} is no longer a function"
+    params = signature.parameters
+    passes_on = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    try:
+        signature.bind(*expected)
+        fits = passes_on or all(n in params for n in expected)
+    except TypeError:
+        fits = False
+    return None if fits else f"{owner}.{name} takes ({', '.join(params)}), not ({', '.join(expected)})"
+
+
+def trl_internals_problems(trainer_class=None, utils_module=None) -> list[str]:
+    """What moved among the private TRL names this module relies on (empty: none). The defaults
+    are the installed TRL's DPOTrainer and trl.trainer.utils; tests pass stand-ins."""
+    if trainer_class is None:
+        from trl import DPOTrainer as trainer_class
+    if utils_module is None:
+        import trl.trainer.utils as utils_module
+    owner = f"trl.{trainer_class.__name__}"
+    problems = [_parameter_problem(owner, name, getattr(trainer_class, name, None), params)
+                for name, params in TRAINER_METHODS.items()]
+    try:
+        init_source = inspect.getsource(trainer_class.__init__)
+    except (OSError, TypeError):
+        init_source = ""
+    problems += [f"{owner}.__init__ no longer sets self.{name}" for name in TRAINER_ATTRIBUTES
+                 if f"self.{name} =" not in init_source and f"self.{name}=" not in init_source]
+    problems += [_parameter_problem(utils_module.__name__, name, getattr(utils_module, name, None), params)
+                 for name, params in UTILS_ATTRIBUTES.items()]
+    return [p for p in problems if p]
+
+
+def check_trl_internals(trainer_class=None, utils_module=None) -> None:
+    """Raise TRLInternalsMoved naming every private TRL function or attribute that moved."""
+    problems = trl_internals_problems(trainer_class, utils_module)
+    if problems:
+        import trl
+
+        raise TRLInternalsMoved(f"TRL {trl.__version__} is not the TRL {TRL_SERIES} that tasks/training/trl_internals.py "
+                                "was written against: " + "; ".join(problems))
+
 
 # TRL's fused LM head projects the hidden states onto the vocabulary in tiles of 32768 columns (up
 # to 4096 tokens each) and, without Triton, folds every tile into the log-softmax with torch ops
@@ -73,42 +154,6 @@ def flywheel_dpo_trainer() -> type:
     from trl import DPOTrainer
 
     return type("FlywheelDPOTrainer", (_Additions, DPOTrainer), {})
-
-
-def pair_lengths(dataset, max_length: int | None = None, share_prompt: bool = False) -> list[int] | None:
-    """Each tokenized pair's padded length in a batch: its prompt and the longer of its two
-    responses (TRL pads chosen and rejected to one length), or its packed row's with
-    ``share_prompt``; None for a dataset that is not paired."""
-    if dataset is None or not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names or ()):
-        return None
-    triples = [(len(p), len(c), len(r)) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
-    if share_prompt:
-        return [packed_length(p, c, r, max_length) for p, c, r in triples]
-    lengths = [p + max(c, r) for p, c, r in triples]
-    return [min(n, max_length) for n in lengths] if max_length else lengths
-
-
-class StepSortedSampler(Sampler[int]):
-    """A seeded random order of the pairs each epoch, cut into optimizer steps of ``step_size``, each
-    step's pairs longest first: the micro-batches cut from a step then hold pairs of like length,
-    and a step is still a random draw. (transformers' ``BatchRebalanceSampler`` balances further
-    but fills a short last step with repeated pairs.) The same on every process of a launch: the
-    order depends only on the seed and the epoch."""
-
-    def __init__(self, lengths: list[int], step_size: int, seed: int):
-        self.lengths, self.step_size, self.seed, self.epoch = list(lengths), step_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        self.epoch += 1  # a trainer that never calls set_epoch still gets a new order next epoch
-        for start in range(0, len(order), self.step_size):
-            yield from sorted(order[start:start + self.step_size], key=lambda i: -self.lengths[i])
 
 
 @dataclass
