@@ -57,11 +57,21 @@ def pack_pairs(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: to
     rows, length = input_ids.shape
     if rows % 2 or rows == 0 or length < 2:
         return None
-    pairs = rows // 2
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.dim() != 2:
         return None
+    spans = _pair_spans(input_ids, labels, attention_mask)
+    if spans is None:
+        return None
+    return _packed(input_ids, labels, spans)
+
+
+def _pair_spans(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[int, int, int]] | None:
+    """Each pair's (prompt length, chosen row length, rejected row length), or None when a pair
+    cannot be packed: a row not right-padded, answers that are not one run to the row's end or start
+    at different places, no prompt, or a prompt that differs between the two rows."""
+    pairs = input_ids.shape[0] // 2
     row_lengths = attention_mask.sum(dim=1).tolist()
     spans = []
     for i in range(pairs):
@@ -75,7 +85,13 @@ def pack_pairs(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: to
         if not torch.equal(input_ids[i, :prompt], input_ids[pairs + i, :prompt]):
             return None
         spans.append((prompt, chosen_len, rejected_len))
+    return spans
 
+
+def _packed(input_ids: torch.Tensor, labels: torch.Tensor, spans: list[tuple[int, int, int]]) -> PackedPairs:
+    """The packed rows of pairs already checked by ``_pair_spans``, right-padded to the longest."""
+    rows, length = input_ids.shape
+    pairs = rows // 2
     width = max(c + 1 + r - p for p, c, r in spans)
     device = input_ids.device
     packed_ids = input_ids.new_zeros(pairs, width)
@@ -85,33 +101,60 @@ def pack_pairs(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: to
     source = torch.zeros(rows, length - 1, dtype=torch.long, device=device)
     valid = torch.zeros(rows, length - 1, dtype=torch.bool, device=device)
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    for i, (prompt, chosen_len, rejected_len) in enumerate(spans):
-        n = chosen_len + 1 + rejected_len - prompt
-        second = chosen_len  # where the repeated prompt token, then the rejected answer, begin
-        packed_ids[i, :chosen_len] = input_ids[i, :chosen_len]
-        packed_ids[i, second] = input_ids[i, prompt - 1]
-        packed_ids[i, second + 1:n] = input_ids[pairs + i, prompt:rejected_len]
-        positions[i, :chosen_len] = torch.arange(chosen_len, device=device)
-        positions[i, second] = prompt - 1
-        positions[i, second + 1:n] = torch.arange(prompt, rejected_len, device=device)
-        packed_labels[i, :chosen_len] = labels[i, :chosen_len]
-        packed_labels[i, second + 1:n] = labels[pairs + i, prompt:rejected_len]
-        allowed[i, :n, :n] = causal[:n, :n]
-        # The second half sees neither the chosen answer nor the prompt's last token, whose copy stands in for it.
-        allowed[i, second:n, prompt - 1:second] = False
-        pad = torch.arange(n, width, device=device)
-        allowed[i, pad, pad] = True  # padding attends to itself: no query without a key
-        # Output position t scores label t + 1: the chosen row's positions are the packed row's own,
-        # the rejected row's are shifted past the chosen answer and the repeated token.
-        offset = i * (width - 1)
-        chosen_out = torch.arange(prompt - 1, chosen_len - 1, device=device)
-        source[i, chosen_out] = offset + chosen_out
-        valid[i, chosen_out] = True
-        rejected_out = torch.arange(prompt - 1, rejected_len - 1, device=device)
-        source[pairs + i, rejected_out] = offset + rejected_out + (chosen_len + 1 - prompt)
-        valid[pairs + i, rejected_out] = True
+    for i, span in enumerate(spans):
+        _fill_packed_row(i, span, input_ids, labels, packed_ids, positions, packed_labels)
+        _fill_pair_attention(allowed[i], causal, span)
+        _fill_output_sources(i, span, width, source, valid)
     return PackedPairs(packed_ids, positions, allowed.unsqueeze(1), packed_labels, source, valid,
                        tuple(c + 1 + r - p for p, c, r in spans))
+
+
+def _fill_packed_row(i: int, span: tuple[int, int, int], input_ids: torch.Tensor, labels: torch.Tensor,
+                     packed_ids: torch.Tensor, positions: torch.Tensor, packed_labels: torch.Tensor) -> None:
+    """Writes pair ``i``'s tokens, position ids and labels into row ``i`` of the packed tensors."""
+    prompt, chosen_len, rejected_len = span
+    pairs = input_ids.shape[0] // 2
+    device = input_ids.device
+    n = chosen_len + 1 + rejected_len - prompt
+    second = chosen_len  # where the repeated prompt token, then the rejected answer, begin
+    packed_ids[i, :chosen_len] = input_ids[i, :chosen_len]
+    packed_ids[i, second] = input_ids[i, prompt - 1]
+    packed_ids[i, second + 1:n] = input_ids[pairs + i, prompt:rejected_len]
+    positions[i, :chosen_len] = torch.arange(chosen_len, device=device)
+    positions[i, second] = prompt - 1
+    positions[i, second + 1:n] = torch.arange(prompt, rejected_len, device=device)
+    packed_labels[i, :chosen_len] = labels[i, :chosen_len]
+    packed_labels[i, second + 1:n] = labels[pairs + i, prompt:rejected_len]
+
+
+def _fill_pair_attention(allowed: torch.Tensor, causal: torch.Tensor, span: tuple[int, int, int]) -> None:
+    """Writes one packed row's (width, width) mask into ``allowed``: causal within the row, except
+    that the rejected half cannot see the chosen half."""
+    prompt, chosen_len, rejected_len = span
+    width = allowed.shape[-1]
+    n = chosen_len + 1 + rejected_len - prompt
+    second = chosen_len
+    allowed[:n, :n] = causal[:n, :n]
+    # The second half sees neither the chosen answer nor the prompt's last token, whose copy stands in for it.
+    allowed[second:n, prompt - 1:second] = False
+    pad = torch.arange(n, width, device=allowed.device)
+    allowed[pad, pad] = True  # padding attends to itself: no query without a key
+
+
+def _fill_output_sources(i: int, span: tuple[int, int, int], width: int, source: torch.Tensor, valid: torch.Tensor) -> None:
+    """Writes where pair ``i``'s two rows of outputs are found in the flattened packed outputs."""
+    prompt, chosen_len, rejected_len = span
+    pairs = source.shape[0] // 2
+    device = source.device
+    # Output position t scores label t + 1: the chosen row's positions are the packed row's own,
+    # the rejected row's are shifted past the chosen answer and the repeated token.
+    offset = i * (width - 1)
+    chosen_out = torch.arange(prompt - 1, chosen_len - 1, device=device)
+    source[i, chosen_out] = offset + chosen_out
+    valid[i, chosen_out] = True
+    rejected_out = torch.arange(prompt - 1, rejected_len - 1, device=device)
+    source[pairs + i, rejected_out] = offset + rejected_out + (chosen_len + 1 - prompt)
+    valid[pairs + i, rejected_out] = True
 
 
 def unpack(packed_output: torch.Tensor, packed: PackedPairs) -> torch.Tensor:
