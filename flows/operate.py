@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from flows.exit_codes import FAILED, SUCCESS, USAGE_OR_CONFIG
+
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SCHEDULED_CONFIG = "configs/demo.yaml"  # the scheduled loop's config when `flywheel deploy` names none
 
 
 def run(args) -> int:
+    from infra.settings import ConfigError
+
     try:
         return {"stack": _stack, "deploy": _deploy, "trigger": _trigger}[args.command](args)
+    except ConfigError as err:  # deploy --config naming a file that is missing or invalid
+        print(f"flywheel {args.command}: {err}", file=sys.stderr)
+        return USAGE_OR_CONFIG
     except Exception as err:  # a clear line, not a traceback, for operators and CI logs
         from infra.stack import StackError
 
         if not isinstance(err, (StackError, RuntimeError, OSError, subprocess.SubprocessError)):
             raise
         print(f"flywheel {args.command}: {err}", file=sys.stderr)
-        return 1
+        return FAILED
 
 
 def _stack(args) -> int:
@@ -33,21 +42,37 @@ def _stack(args) -> int:
         print(f"stopped: {', '.join(stopped)}" if stopped else f"no stack runs from {args.dir}")
     else:
         print("\n".join(f"export {k}={v}" for k, v in stack.client_env(stack.read_state(args.dir)).items()))
-    return 0
+    return SUCCESS
+
+
+def scheduled_config(path: str) -> str:
+    """The config file the scheduled loop reads, as the deployment names it: relative to the repository
+    the workers run from when it lies inside it, else absolute. It must load (values and keys)."""
+    from infra.settings import ConfigError, load_config
+
+    given = Path(path)
+    found = given if given.is_absolute() or given.exists() else REPO / given
+    if not found.is_file():
+        raise ConfigError(f"--config {path}: no such file (here or in {REPO})")
+    load_config(found)
+    found = found.resolve()
+    return str(found.relative_to(REPO)) if found.is_relative_to(REPO) else str(found)
 
 
 def _deploy(args) -> int:
+    config_file = scheduled_config(args.config)  # before the server is asked anything
     if not os.environ.get("PREFECT_API_URL"):
         raise RuntimeError("PREFECT_API_URL is not set: point it at a Prefect server (see `flywheel stack env`)")
-    env = {**os.environ, "FLYWHEEL_REPO": str(REPO), "FLYWHEEL_CRON": args.cron}
+    env = {**os.environ, "FLYWHEEL_REPO": str(REPO), "FLYWHEEL_CRON": args.cron, "FLYWHEEL_CONFIG": config_file}
     done = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    print(f"deployed from {REPO / 'prefect.yaml'}: flywheel-scheduled-loop/scheduled (cron {args.cron!r}), flywheel-train/gpu, flywheel-generate/gpu")
-    return 0
+    print(f"deployed from {REPO / 'prefect.yaml'}: flywheel-scheduled-loop/scheduled (cron {args.cron!r}, config {config_file}), "
+          "flywheel-train/gpu, flywheel-generate/gpu")
+    return SUCCESS
 
 
 def _trigger(args) -> int:
@@ -58,19 +83,37 @@ def _trigger(args) -> int:
         raise RuntimeError("PREFECT_API_URL is not set: point it at the Prefect server that holds the deployment")
     parameters = {"config_file": args.config_file, "overrides": args.overrides, "rounds": args.rounds}
     flow_run = run_deployment(name=args.deployment, parameters=parameters, timeout=args.timeout)
-    state = flow_run.state
-    ok = state is not None and state.is_completed()
-    lines = [f"## Flywheel: {flow_run.name} ({state.name if state else 'unknown'})", ""]
-    if ok:
-        lines.append(_run_summary(flow_run.id) or "(the run published no summary)")
-    else:
-        lines.append(f"The run did not complete: {state.message if state else 'no state'}")
-    text = "\n".join(lines)
-    print(text)
+    completed = flow_run.state is not None and flow_run.state.is_completed()
+    record = trigger_record(flow_run, _run_summary(flow_run.id) if completed else None)
+    text = trigger_markdown(record)
+    print(json.dumps(record, indent=2) if args.json else text)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as out:
             out.write(text + "\n")
-    return 0 if ok else 1
+    return SUCCESS if completed else FAILED
+
+
+def trigger_record(flow_run, summary: str | None) -> dict:
+    """What `flywheel trigger --json` prints: the run, its final state, and the round summary it published."""
+    state = flow_run.state
+    return {
+        "flow_run": flow_run.name,
+        "flow_run_id": str(flow_run.id),
+        "state": state.name if state else "unknown",
+        "completed": state is not None and state.is_completed(),
+        "message": state.message if state else "no state",
+        "summary": summary,
+    }
+
+
+def trigger_markdown(record: dict) -> str:
+    """The same record as the job summary CI shows."""
+    lines = [f"## Flywheel: {record['flow_run']} ({record['state']})", ""]
+    if record["completed"]:
+        lines.append(record["summary"] or "(the run published no summary)")
+    else:
+        lines.append(f"The run did not complete: {record['message']}")
+    return "\n".join(lines)
 
 
 def _run_summary(flow_run_id) -> str | None:

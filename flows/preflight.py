@@ -9,10 +9,13 @@ with what to do, instead of a traceback minutes later.
 - the S3 endpoint and bucket, when the artifact root is ``s3://``.
 
     check_services(config)   # ServiceUnavailable lists every service that did not answer
+    check_services(config, start_ephemeral=False)   # `flywheel check`: starts nothing, writes nothing
+    service_lines(config)    # where each service is, for `flywheel check` to print
 """
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -27,10 +30,12 @@ class ServiceUnavailable(RuntimeError):
     """A service the command needs did not answer; the message says which and what to do."""
 
 
-def check_services(config: FlywheelConfig) -> None:
+def check_services(config: FlywheelConfig, start_ephemeral: bool = True) -> None:
+    """Raise ServiceUnavailable naming each service that does not answer. With ``start_ephemeral``
+    False, Prefect's temporary server (which writes its database) is not started, only trusted."""
     from concurrent.futures import ThreadPoolExecutor
 
-    checks = (_prefect_problem, lambda: _tracking_problem(config), lambda: _s3_problem(config))
+    checks = (lambda: _prefect_problem(start_ephemeral), lambda: _tracking_problem(config), lambda: _s3_problem(config))
     with ThreadPoolExecutor(len(checks)) as pool:  # each may wait ANSWER_WITHIN_S: wait once, not three times
         problems = [p for p in pool.map(lambda check: check(), checks) if p]
     if problems:
@@ -60,7 +65,25 @@ def _http_problem(url: str, what: str, advice: str) -> str | None:
         time.sleep(1)
 
 
-def _prefect_problem() -> str | None:
+def service_lines(config: FlywheelConfig) -> list[str]:
+    """Where the Prefect API, MLflow and the artifact store are, as a round would use them (reads nothing)."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    tracking = _configured_tracking_uri(config)
+    return [
+        f"Prefect: {api}" if api else "Prefect: a temporary server each command starts (PREFECT_API_URL unset)",
+        f"MLflow:  {tracking or 'sqlite under ' + str(config.storage.data_dir) + ' (created by the first round)'}",
+        f"store:   {config.storage.resolved_artifact_root()}",
+    ]
+
+
+def _configured_tracking_uri(config: FlywheelConfig) -> str | None:
+    # infra.tracking.tracking_uri would create the sqlite database's folder: a check must not.
+    return config.storage.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _prefect_problem(start_ephemeral: bool = True) -> str | None:
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     api = PREFECT_API_URL.value()
@@ -69,6 +92,8 @@ def _prefect_problem() -> str | None:
                              "start that server, or unset PREFECT_API_URL to let Flywheel start a temporary one")
     if not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return "PREFECT_API_URL is not set and Prefect's ephemeral mode is off: point PREFECT_API_URL at a Prefect server"
+    if not start_ephemeral:
+        return None
     from prefect.server.api.server import SubprocessASGIServer
 
     timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
@@ -85,9 +110,7 @@ def _prefect_problem() -> str | None:
 
 
 def _tracking_problem(config: FlywheelConfig) -> str | None:
-    from infra.tracking import tracking_uri
-
-    uri = tracking_uri(config.storage)
+    uri = _configured_tracking_uri(config) or ""  # unset: sqlite under data_dir, nothing to ask
     if not uri.startswith(("http://", "https://")):
         return None
     return _http_problem(f"{uri.rstrip('/')}/health", "the MLflow tracking server",

@@ -15,8 +15,14 @@ class EvalConfig(Section):
     temperature: float = Field(
         0.0, ge=0, description="0 decodes greedily, so both policies are compared on their most likely answer."
     )
-    batch_size: int = Field(48, ge=1, description="Sequences decoded together.")
-    bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the win-rate 95% interval.")
+    batch_size: int = Field(
+        48, ge=1, description="Sequences decoded together in the pairwise eval, each policy in turn; memory grows with it "
+        "and with evaluate.max_new_tokens, as for generate.batch_size.",
+    )
+    bootstrap_samples: int = Field(
+        2000, ge=100, description="Resamples over the held-out prompts for the win rate's 95% interval, whose lower end "
+        "promotion.win_rate_bound 'lower' compares with promotion.min_win_rate; more give a steadier bound, at little cost.",
+    )
     n_unconstrained: int = Field(
         48, ge=0,
         description="Everyday requests with nothing to check (tasks/data/unconstrained.jsonl, 80 of them; all "

@@ -22,8 +22,14 @@ class OpenAIGenerateConfig(Section):
         True, description="Ask for a prompt's samples at one temperature in one request (`n`; vLLM and OpenAI share the "
         "prompt's prefill). `transformers serve` ignores `n`: false sends one request per sample.",
     )
-    max_in_flight: int = Field(8, ge=1, description="Requests running at once.")
-    timeout_s: float = Field(600, gt=0, description="Per-request timeout.")
+    max_in_flight: int = Field(
+        8, ge=1, description="Requests awaiting an answer at once: raise it to keep a batching server (vLLM) busy, "
+        "lower it for a rate-limited API.",
+    )
+    timeout_s: float = Field(
+        600, gt=0, description="Seconds one request may take (all of a prompt's samples when use_n); a timeout is "
+        "retried and counts against max_retries.",
+    )
     max_retries: int = Field(3, ge=0, description="Retries of 429, 5xx and timeouts (the openai client's backoff).")
 
 
@@ -36,18 +42,27 @@ class VLLMGenerateConfig(Section):
     )
     enable_prefix_caching: bool = Field(True, description="Reuse a prompt's KV cache across its samples and requests.")
     max_model_len: int = Field(2048, ge=64, description="Longest prompt + answer, in tokens (sizes the KV cache).")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs the model is split over (vLLM's tensor parallelism): the machine needs that many, and "
+        "it must divide the model's attention heads.",
+    )
 
 
 class GenerateConfig(Section):
-    n_candidates: int = Field(6, ge=2, description="k samples per prompt; the judge compares them.")
+    n_candidates: int = Field(
+        6, ge=2, description="k: samples per prompt (>= 2), sample i at temperatures[i mod len(temperatures)]. The judge "
+        "compares them and the filter keeps the prompt's most decisive pair; generation and judging cost grow with k.",
+    )
     temperatures: list[float] = Field(
         [0.6, 0.8, 1.0],
         min_length=1,
         description="Sampling temperature of candidate i (cycled when shorter than n_candidates). "
         "A spread gives the judge real differences to choose between.",
     )
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    top_p: float = Field(
+        0.95, gt=0, le=1, description="Nucleus sampling of the candidates: each token is drawn from the most likely tokens "
+        "whose probabilities add up to top_p (0 < top_p <= 1; 1 turns it off).",
+    )
     # Measured: the bundled SmolLM2-135M-Instruct on 48 built-in train prompts x temperatures
     # 0.6/0.8/1.0 (top_p 0.95, bf16 on a CPU), decoded to 256 tokens. Share cut off at a budget
     # of 80/120/160/200/256 tokens: 51.4/40.3/30.6/25.7/24.3%; of the answers that end by 256, 39/23/9/2/0 of 109

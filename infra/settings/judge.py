@@ -12,11 +12,18 @@ from infra.settings.base import Section
 
 class OpenAIJudgeConfig(Section):
     base_url: str | None = Field(None, description="OpenAI-compatible API base URL (vLLM, transformers serve, ...); None: OpenAI.")
-    model: str = Field("gpt-4o-mini", description="Judge model name as the server knows it.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    model: str = Field("gpt-4o-mini", description="Judge model name as the server knows it (for `vllm serve`, the model it started with). "
+        "Part of every judgment's cache key: another model judges the pairs afresh.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key; unused when api_key_block is set, not needed "
+        "when base_url names a local server.")
     api_key_block: str | None = Field(None, description="Prefect Secret block holding the API key (used when set).")
-    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature.")
-    max_tokens: int = Field(400, ge=16, description="Longest judge answer.")
+    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (>= 0); 0 makes verdicts as repeatable as the "
+        "server allows. Each pair is judged in both orders and disagreeing orders count as a tie, so a higher temperature "
+        "turns more pairs into ties.")
+    max_tokens: int = Field(400, ge=16, description="Longest judge answer, in tokens (its reasoning and the JSON verdict). An "
+        "answer cut short does not parse and gets one repair request; it also counts in each request's estimate against "
+        "tokens_per_minute.")
     criteria: list[str] = Field(
         [
             "Helpfulness: does the response address the user's request?",
@@ -24,18 +31,32 @@ class OpenAIJudgeConfig(Section):
             "Clarity: is it easy to read and free of padding?",
         ],
         min_length=1,
-        description="What the judge weighs, one line each.",
+        description="What the judge weighs, one line each, listed in the judge prompt (the template's {criteria}). "
+        "Part of what is sent, so a change judges the pairs afresh.",
     )
     template: Path | None = Field(None, description="Prompt template file (default: tasks/judge_templates/pairwise.txt).")
-    max_in_flight: int = Field(16, ge=1, description="Requests running at once.")
-    requests_per_minute: float = Field(600, gt=0, description="Request budget.")
-    tokens_per_minute: float = Field(400_000, gt=0, description="Token budget (prompt + completion, estimated before sending).")
-    timeout_s: float = Field(60, gt=0, description="Per-request timeout.")
+    max_in_flight: int = Field(
+        16, ge=1, description="Judge requests awaiting an answer at once (every pair sends two, one per order); "
+        "requests_per_minute and tokens_per_minute still apply.",
+    )
+    requests_per_minute: float = Field(
+        600, gt=0, description="Requests sent per minute at most, over a sliding one-minute window that both orders of "
+        "every pair, retries and repair requests share. Set it to the API's rate limit, so 429s are avoided rather than retried.",
+    )
+    tokens_per_minute: float = Field(
+        400_000, gt=0, description="Tokens per minute at most, over the same window: each request counts its prompt "
+        "(estimated as 4 characters a token) plus max_tokens, before it is sent. Set it to the API's token limit.",
+    )
+    timeout_s: float = Field(
+        60, gt=0, description="Seconds one request may take; a timeout is retried like a 429 and counts against max_retries.",
+    )
     max_retries: int = Field(5, ge=0, description="Retries of 429, 5xx and timeouts (exponential backoff with jitter, Retry-After honoured).")
-    backoff_s: float = Field(1.0, gt=0, description="First backoff; doubles per retry.")
+    backoff_s: float = Field(1.0, gt=0, description="Seconds of the first retry's wait; it doubles per retry, times a jitter "
+        "of 0.5-1.5. A Retry-After header from the server replaces it.")
     max_failure_share: float = Field(0.2, ge=0, le=1, description="The stage fails when more pairs than this share could not be judged.")
     price_per_million_input: float = Field(0.15, ge=0, description="USD per million prompt tokens, for the cost estimate.")
-    price_per_million_output: float = Field(0.60, ge=0, description="USD per million completion tokens.")
+    price_per_million_output: float = Field(0.60, ge=0, description="USD per million completion tokens, for the cost estimate (with "
+        "price_per_million_input; the tokens are those the server reports).")
 
 
 class JudgeConfig(Section):

@@ -19,7 +19,11 @@ class PromptsConfig(Section):
         description="JSONL prompt file for source 'jsonl': one object per line with 'text' and optional "
         "'id', 'topic', 'split' ('train'/'eval') and 'constraints' ([{id, kwargs}]).",
     )
-    n_train: int = Field(128, ge=1, description="Training-pool prompts sampled per round.")
+    n_train: int = Field(
+        128, ge=1, description="Training-pool prompts sampled per round (drawn by prompts.seed and the round). Each gives "
+        "generate.n_candidates candidates and at most one pair, so a round trains on at most this many pairs (plus "
+        "train.replay_share of earlier ones). The pool must hold this many: checked when the config loads.",
+    )
     n_eval: int = Field(
         128, ge=1,
         description="Held-out prompts for the pairwise eval (fixed across rounds; the built-in pool holds ~415). "

@@ -18,7 +18,11 @@ from infra.settings.train import TrainConfig
 
 
 class FlywheelConfig(Section):
-    loop: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Loop name; artifacts and runs are grouped by it.")
+    loop: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Loop name: its rounds build on each other; its artifacts, history, MLflow runs and registered "
+        "model ('<loop>-policy') are grouped by it. Another name starts again from round 0.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="Self-play prompts.")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="generate-candidates stage.")

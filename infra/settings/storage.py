@@ -27,7 +27,8 @@ class StorageConfig(Section):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: env MLFLOW_TRACKING_URI, else sqlite under data_dir)."
     )
-    experiment: str = Field("flywheel", description="MLflow experiment holding one run per round.")
+    experiment: str = Field("flywheel", description="MLflow experiment that holds one run per round and one per "
+        "`flywheel compare`.")
     registered_model: str | None = Field(
         None,
         description="MLflow registered model that promoted policies become versions of, the alias 'champion' "

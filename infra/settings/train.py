@@ -151,7 +151,10 @@ class TrainConfig(Section):
             raise ValueError("must be at least 1 (or 'auto', or null for the whole batch)")
         return value
 
-    max_length: int = Field(320, ge=16, description="Prompt + response tokens kept per sequence.")
+    max_length: int = Field(
+        320, ge=16, description="Prompt + response tokens kept per sequence (>= 16); a longer one is cut at its end, as "
+        "TRL does. Memory and time grow with it; the longest prompt plus generate.max_new_tokens should fit.",
+    )
     share_prompt: bool = Field(
         True,
         description="The DPO family's objectives put each pair in one row, the prompt once, then both answers (a 4D "
@@ -159,12 +162,15 @@ class TrainConfig(Section):
         "demo's lengths (tasks/training/packed_pairs.py). Off: TRL's two rows a pair, the prompt computed twice.",
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank; higher ranks overfit small pair sets sooner.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    lora_alpha: int = Field(
+        32, ge=1, description="LoRA scaling numerator: the adapter's update is scaled by lora_alpha / lora_r, so raising "
+        "lora_r at a fixed alpha makes each rank's contribution smaller.",
+    )
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout probability on the LoRA branch during training (0 <= p < 1; 0 turns it off).")
     target_modules: list[str] | str = Field(
         "all-linear", description="Modules that get adapters ('all-linear' or a list of names)."
     )
-    seed: int = Field(0, description="Trainer seed (data order, LoRA init).")
+    seed: int = Field(0, description="Seed of the trainer: the order of the pairs, the LoRA initialisation and dropout.")
     deployment: str | None = Field(
         None,
         description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/gpu') that runs training, "
