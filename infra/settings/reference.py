@@ -24,7 +24,7 @@ from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from infra.settings.root import FlywheelConfig
 
-REGENERATE = "make docs  (or: flywheel config --describe --markdown > docs/configuration.md)"
+REGENERATE = "`make docs` (or `flywheel config --describe --markdown > docs/configuration.md`)"
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _constraints(metadata: list) -> list[str]:
         if isinstance(item, annotated_types.MaxLen):
             out.append(f"at most {item.max_length} items")
         if getattr(item, "pattern", None):
-            out.append(f"matches {item.pattern}")
+            out.append(f"matches `{item.pattern}`")
     return out
 
 
@@ -148,7 +148,7 @@ def reference_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        f"<!-- Generated from infra/settings/ by `{REGENERATE}`: do not edit by hand. -->",
+        f"<!-- Generated from infra/settings/ by {REGENERATE}: do not edit by hand. -->",
         "",
         "Every field of Flywheel's configuration, read from the pydantic models in `infra/settings/`.",
         "Set a field in a YAML file (`--config FILE`, sections as mappings) or on the command line",
@@ -158,11 +158,12 @@ def reference_markdown() -> str:
     ]
     for section in config_sections():
         lines += ["", f"## `{section.path}`" if section.path else "## Top level", ""]
-        lines += [section.description, ""] if section.description else []
+        lines += [section.description.replace("<", "&lt;"), ""] if section.description else []
         lines += [_markdown_entry(field) for field in section.fields]
     return "\n".join(lines) + "\n"
 
 
 def _markdown_entry(field: FieldDoc) -> str:
     facts = [f"`{field.type}`", f"default `{field.default}`", *([field.constraints] if field.constraints else [])]
-    return f"- **`{field.path}`** ({'; '.join(facts)})  \n  {field.description}"
+    text = field.description.replace("<", "&lt;").replace(">", "&gt;")  # '<loop>' is no HTML tag
+    return f"- **`{field.path}`** ({'; '.join(facts)})  \n  {text}"
