@@ -14,9 +14,11 @@ LOOP_BUSY = 4
 MEANINGS = {
     SUCCESS: "done; a round the promotion gate rejected counts too: the gate did its job",
     FAILED: "a round, a stage, an ablation cell or a stack/deploy/trigger command failed (the message or traceback says why)",
-    USAGE_OR_CONFIG: "bad usage (an unknown option, a round that does not exist) or an invalid config or input file "
-                     "(a value out of range, an unknown key or name, a prompt file's bad line); nothing was written",
-    SERVICE_DOWN: "a service the command needs does not answer (Prefect API, MLflow server, S3); nothing was written",
+    USAGE_OR_CONFIG: "bad usage (an unknown option or value, a round or ablation that does not exist) or an invalid "
+                     "config or input file (a value out of range, an unknown key or name, a prompt file's bad line: "
+                     "stopped before anything is written)",
+    SERVICE_DOWN: "a service the command needs does not answer (Prefect API, MLflow server, S3): stopped before the "
+                  "round writes anything",
     LOOP_BUSY: "another process is running a round of the same loop (storage.loop_wait_s to wait for it)",
 }
 

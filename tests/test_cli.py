@@ -136,3 +136,136 @@ def test_ablation_options_are_checked_before_anything_runs(workdir, capsys):
     assert "lots" in capsys.readouterr().err
     assert main(["loop", "--adopt-ablation", "7", "--set", f"storage.data_dir={data_dir}"]) == 2
     assert "has no ablation 7" in capsys.readouterr().err
+
+
+# --- conventions: version, exit codes, check, --json, --config -------------------------------------
+
+
+def test_version_is_the_package_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"flywheel {version('flywheel')}"
+
+
+def test_usage_and_config_errors_exit_with_the_tabled_code(workdir, capsys):
+    from flows.exit_codes import USAGE_OR_CONFIG
+
+    with pytest.raises(SystemExit) as exited:  # argparse's own usage error
+        main(["loop", "--rounds", "two"])
+    assert exited.value.code == USAGE_OR_CONFIG and "invalid int value" in capsys.readouterr().err
+    assert main(["loop", "--set", "train.epochs=-1"]) == USAGE_OR_CONFIG  # a config error: the table says they share it
+    assert "train.epochs" in capsys.readouterr().err
+    assert _written(workdir) == []
+
+
+def test_help_and_readme_show_the_exit_codes(capsys):
+    from pathlib import Path
+
+    from flows.cli import build_parser
+    from flows.exit_codes import MEANINGS, exit_codes_markdown
+
+    help_text = " ".join(build_parser().format_help().split())
+    assert all(f"{code} {' '.join(meaning.split())}" in help_text for code, meaning in MEANINGS.items())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert exit_codes_markdown() in readme, "README's exit-code table differs from flows/exit_codes.py"
+
+
+def test_every_flag_has_help_and_every_command_an_example():
+    from flows.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        assert parser.epilog and parser.epilog.startswith("examples:\n  flywheel"), name
+        for action in parser._actions:
+            assert action.help, f"flywheel {name} {action.option_strings or action.dest}: no help text"
+
+
+def test_check_writes_nothing_on_an_empty_data_folder(workdir, capsys, monkeypatch):
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "FLYWHEEL_ARTIFACT_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    data_dir = workdir / "data"
+    assert main(["check", "--set", f"storage.data_dir={data_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "config: valid" in out and "inputs: readable" in out and "services: ok" in out
+    assert not data_dir.exists() and _written(workdir) == []
+
+
+def test_check_names_a_service_that_does_not_answer(workdir, capsys, monkeypatch):
+    import flows.preflight
+    from flows.exit_codes import SERVICE_DOWN
+
+    monkeypatch.setattr(flows.preflight, "ANSWER_WITHIN_S", 0)
+    data_dir = workdir / "data"
+    assert main(["check", "--set", f"storage.data_dir={data_dir}", "--set", "storage.tracking_uri=http://127.0.0.1:9"]) == SERVICE_DOWN
+    assert "the MLflow tracking server does not answer at http://127.0.0.1:9" in capsys.readouterr().err
+    assert not data_dir.exists() and _written(workdir) == []
+
+
+def test_check_refuses_a_bad_prompt_file(workdir, capsys):
+    (workdir / "prompts.jsonl").write_text("{not json\n")
+    assert main(["check", "--set", "prompts.source=jsonl", "--set", "prompts.path=prompts.jsonl"]) == 2
+    assert "prompts.jsonl: line 1:" in capsys.readouterr().err
+
+
+def test_history_json_parses(workdir, capsys):
+    from flows.round_records import RoundSummary, append_history
+    from infra.local_store import LocalArtifactStore
+
+    data_dir = workdir / "data"
+    assert main(["history", "--json", "--set", f"storage.data_dir={data_dir}"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    store = LocalArtifactStore(str(data_dir / "artifacts"))
+    append_history(store, RoundSummary(loop="default", round=1, champion_before=0, pairs_kept=3, promoted=False, reasons=["lost"]))
+    assert main(["history", "--json", "--set", f"storage.data_dir={data_dir}"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["round"], r["promoted"], r["reasons"]) for r in rows] == [(1, False, ["lost"])]
+
+
+def test_compare_json_is_the_comparison_record(workdir, capsys, monkeypatch):
+    import flows.compare
+    import flows.preflight
+    from flows.comparison_records import Comparison
+    from tasks.evaluate import PairwiseResult
+
+    result = PairwiseResult(n=4, wins=3, ties=0, losses=1, win_rate=0.75, win_rate_low=0.5, win_rate_high=1.0, consistency_rate=1.0,
+                            champion_constraint_rate=0.5, challenger_constraint_rate=0.75, champion_strict_rate=0.5,
+                            challenger_strict_rate=0.75)
+    record = Comparison(loop="default", challenger_round=2, baseline_round=0, n_prompts=4, result=result, artifacts="somewhere")
+    monkeypatch.setattr(flows.preflight, "check_services", lambda config: None)
+    monkeypatch.setattr(flows.compare, "compare_rounds", lambda **kwargs: record)
+    assert main(["compare", "--json", "--set", f"storage.data_dir={workdir / 'data'}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["challenger_round"] == 2 and printed["result"]["win_rate"] == 0.75
+
+
+def test_trigger_takes_config_and_its_alias_and_renders_json():
+    from types import SimpleNamespace
+
+    from flows.cli import build_parser
+    from flows.operate import trigger_markdown, trigger_record
+
+    for flag in ("--config", "--config-file"):
+        args = build_parser().parse_args(["trigger", flag, "configs/demo.yaml", "--set", "train.beta=[0.2]", "--json"])
+        assert (args.config_file, args.overrides, args.json) == ("configs/demo.yaml", ["train.beta=[0.2]"], True)
+    state = SimpleNamespace(name="Completed", message=None, is_completed=lambda: True)
+    record = trigger_record(SimpleNamespace(name="brisk-otter", id="1234", state=state), "# default round 1: PROMOTED")
+    assert json.loads(json.dumps(record)) == {"flow_run": "brisk-otter", "flow_run_id": "1234", "state": "Completed",
+                                              "completed": True, "message": None, "summary": "# default round 1: PROMOTED"}
+    assert trigger_markdown(record) == "## Flywheel: brisk-otter (Completed)\n\n# default round 1: PROMOTED"
+    failed = trigger_record(SimpleNamespace(name="slow-owl", id="5", state=None), None)
+    assert trigger_markdown(failed) == "## Flywheel: slow-owl (unknown)\n\nThe run did not complete: no state"
+
+
+def test_deploy_config_is_checked_and_named_from_the_repository(workdir, capsys, monkeypatch):
+    from flows.operate import REPO, scheduled_config
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert scheduled_config("configs/demo.yaml") == "configs/demo.yaml"  # from any folder: relative to the checkout
+    assert scheduled_config(str(REPO / "configs/proof.yaml")) == "configs/proof.yaml"
+    assert main(["deploy", "--config", "missing.yaml"]) == 2 and "missing.yaml: no such file" in capsys.readouterr().err
+    (workdir / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": -1}}))
+    assert main(["deploy", "--config", "config.yaml"]) == 2 and "train.epochs" in capsys.readouterr().err
+    (workdir / "good.yaml").write_text(yaml.safe_dump({"loop": "nightly"}))
+    assert scheduled_config("good.yaml") == str((workdir / "good.yaml").resolve())  # outside the checkout: absolute
