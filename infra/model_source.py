@@ -25,8 +25,18 @@ _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of a boolean var
 
 
 def hub_model(base: str) -> bool:
-    """Whether ``base`` names a model on the hub: neither the bundled model nor a path on this machine."""
-    return base != BUNDLED_MODEL and not Path(base).expanduser().exists()
+    """Whether ``base`` names a model on the hub: neither the bundled model nor a path on this machine, and an org/name id."""
+    return base != BUNDLED_MODEL and not Path(base).expanduser().exists() and _repo_id(base)
+
+
+def _repo_id(base: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(base)
+    except HFValidationError:
+        return False
+    return True
 
 
 def hub_offline() -> bool:
@@ -51,10 +61,10 @@ def local_model_file(base: str, filename: str, data_dir: Path) -> Path | None:
     round converts it), a folder's, or a hub id's cached copy; None where there is none."""
     if base == BUNDLED_MODEL:
         path = Path(data_dir) / BUNDLED_FOLDER / filename
-    elif not hub_model(base):
-        path = Path(base).expanduser() / filename
-    else:
+    elif hub_model(base):
         return cached_hub_file(base, filename)
+    else:
+        path = Path(base).expanduser() / filename
     return path if path.is_file() else None
 
 
@@ -86,11 +96,7 @@ def model_source_problem(base: str) -> str | None:
         if not (path / "config.json").is_file():
             return f"model.base: {base} holds no config.json; point it at a checkpoint folder (what save_pretrained writes)"
         return None
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(base)
-    except HFValidationError:
+    if not _repo_id(base):
         return f"model.base: {base!r} is no folder on this machine and no hub id (org/name)"
     if hub_offline() and cached_hub_file(base, "config.json") is None:
         return (f"model.base: {base!r} is no folder on this machine and is not in the Hugging Face cache, and "
