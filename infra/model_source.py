@@ -21,6 +21,7 @@ from infra.settings import BUNDLED_MODEL
 
 BUNDLED_FOLDER = Path("models") / "SmolLM2-135M-Instruct"  # under the data folder, once converted
 BUNDLED_CONTEXT = 8192  # SmolLM2-135M-Instruct's max_position_embeddings, known before it is converted
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")  # by model family
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of a boolean variable
 
 
@@ -70,14 +71,15 @@ def local_model_file(base: str, filename: str, data_dir: Path) -> Path | None:
 
 def context_length(base: str, data_dir: Path) -> int | None:
     """The model's longest sequence (prompt + answer, in tokens) from its config.json; None when
-    that file is not on this machine (a hub id not downloaded yet)."""
+    that file is not on this machine (a hub id not downloaded yet) or names no length."""
     if base == BUNDLED_MODEL:
         return BUNDLED_CONTEXT
     config = local_model_file(base, "config.json", data_dir)
     if config is None:
         return None
-    value = json.loads(config.read_text()).get("max_position_embeddings")
-    return value if isinstance(value, int) and value > 0 else None
+    fields = json.loads(config.read_text())
+    values = [fields.get(name) for name in CONTEXT_FIELDS]
+    return next((v for v in values if isinstance(v, int) and v > 0), None)
 
 
 def download_advice(repo_id: str) -> str:

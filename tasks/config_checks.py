@@ -1,8 +1,11 @@
-"""Checks of a loaded config against what exists: registered names, alarms, trl.DPOConfig keys.
+"""Checks of a loaded config against what exists: registered names, alarms, trl.DPOConfig keys,
+the model (``infra/model_source.py``) and the prompts (``tasks/prompt_checks.py``).
 
 ``infra/settings/`` checks values and shapes but cannot see the registries, which live
 here in ``tasks/``; without these checks a misspelt judge or benchmark fails only after
-generation, and a misspelt blocking alarm silently turns a gate off. Run ``check_config``
+generation, and a misspelt blocking alarm silently turns a gate off. Likewise a hub model
+that cannot download, prompts the verifier cannot score and a prompt longer than the model's
+context are refused here rather than found by the stage that trips on them. Run ``check_config``
 right after ``load_config``, before anything is written::
 
     config = load_checked_config("configs/demo.yaml", ["judge.name=verifier"])

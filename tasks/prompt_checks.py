@@ -72,6 +72,8 @@ def length_problems(config: FlywheelConfig, located: Sequence[Located]) -> list[
     if budget is None:
         return []
     limit, why = budget
+    if limit <= 0:
+        return [f"generate.max_new_tokens: no room is left for a prompt ({why}): lower the answer budget"]
     counter = _TokenCounter(config)
     too_long = []
     for where, prompt in located:

@@ -154,13 +154,13 @@ def test_the_preflight_names_an_unreachable_hub_for_a_hub_id_not_downloaded(monk
 
 
 def test_the_cli_keeps_the_hub_offline_only_for_local_models(monkeypatch, tmp_path):
+    import os
+
     from flows.cli import _prepare_environment
 
     for base, offline in ((NOT_DOWNLOADED, None), ("smollm2-135m-instruct", "1")):
-        monkeypatch.setattr("os.environ", {"PREFECT_HOME": str(tmp_path / "prefect")})
+        monkeypatch.setattr(os, "environ", {"PREFECT_HOME": str(tmp_path / "prefect")})  # a fresh environment each time
         _prepare_environment(load_config(None, [f"model.base={base}", f"storage.data_dir={tmp_path}"]))
-        import os
-
         assert os.environ.get("HF_HUB_OFFLINE") == offline, base
 
 
@@ -181,3 +181,8 @@ def test_plain_prompts_under_the_verifier_are_refused_naming_the_file(tmp_path):
     assert f"none of the 24 training prompts in {plain} carries a constraint" in message
     assert "judge.name=openai" in message and "Add IFEval constraints" in message
     assert load_checked_config(None, [*overrides, "judge.name=openai"]).judge.name == "openai"
+
+
+def test_an_answer_budget_as_long_as_the_context_is_refused():
+    with pytest.raises(ConfigError, match="generate.max_new_tokens: no room is left for a prompt"):
+        load_checked_config(None, ["generate.max_new_tokens=8192"])
