@@ -26,7 +26,8 @@ from infra.settings import ConfigError, FlywheelConfig
 
 
 def _prepare_environment(config: FlywheelConfig) -> None:
-    """Point Prefect at a home under the data folder (ephemeral API, offline) unless the user chose one."""
+    """Point Prefect at a home under the data folder (ephemeral API, offline) unless the user chose one;
+    keep the Hugging Face hub out of reach unless model.base is a hub id (which it may have to download)."""
     data_dir = Path(config.storage.data_dir).resolve()
     prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(data_dir / "prefect")))
     prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last folder
@@ -35,7 +36,10 @@ def _prepare_environment(config: FlywheelConfig) -> None:
 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from infra.model_source import hub_model
+
+    if not hub_model(config.model.base):  # the bundled model and local folders load without the hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -6,7 +6,9 @@ with what to do, instead of a traceback minutes later.
   ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (Prefect's own setting; the CLI raises
   Prefect's 20 s default to ``EPHEMERAL_STARTUP_TIMEOUT_S`` for loaded machines);
 - the MLflow tracking server, when the tracking URI is http(s);
-- the S3 endpoint and bucket, when the artifact root is ``s3://``.
+- the S3 endpoint and bucket, when the artifact root is ``s3://``;
+- the Hugging Face hub, when ``model.base`` is a hub id not downloaded yet (offline, the config
+  checks already refused it: ``infra/model_source.py``).
 
     check_services(config)   # ServiceUnavailable lists every service that did not answer
     check_services(config, start_ephemeral=False)   # `flywheel check`: starts nothing, writes nothing
@@ -35,7 +37,8 @@ def check_services(config: FlywheelConfig, start_ephemeral: bool = True) -> None
     False, Prefect's temporary server (which writes its database) is not started, only trusted."""
     from concurrent.futures import ThreadPoolExecutor
 
-    checks = (lambda: _prefect_problem(start_ephemeral), lambda: _tracking_problem(config), lambda: _s3_problem(config))
+    checks = (lambda: _prefect_problem(start_ephemeral), lambda: _tracking_problem(config), lambda: _s3_problem(config),
+              lambda: _hub_problem(config))
     with ThreadPoolExecutor(len(checks)) as pool:  # each may wait ANSWER_WITHIN_S: wait once, not three times
         problems = [p for p in pool.map(lambda check: check(), checks) if p]
     if problems:
@@ -139,3 +142,13 @@ def _s3_problem(config: FlywheelConfig) -> str | None:
                 return (f"S3 does not answer at {where} ({_first_line(err)}): start it, or point AWS_ENDPOINT_URL "
                         "(storage.s3_endpoint_url) at one that runs")
         time.sleep(1)
+
+
+def _hub_problem(config: FlywheelConfig) -> str | None:
+    from infra.model_source import cached_hub_file, download_advice, hub_endpoint, hub_model, hub_offline
+
+    base = config.model.base
+    if not hub_model(base) or hub_offline() or cached_hub_file(base, "config.json") is not None:
+        return None
+    return _http_problem(f"{hub_endpoint()}/api/models/{base}", f"the Hugging Face hub (model.base {base!r} is not downloaded yet)",
+                         download_advice(base))

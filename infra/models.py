@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from infra.model_source import BUNDLED_FOLDER
 from infra.settings import BUNDLED_MODEL, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def save_whole(model, tokenizer, target: Path) -> Path:
 def resolve_checkpoint(base: str, data_dir: Path) -> str:
     """A loadable path (or hub id) for the configured round-0 policy."""
     if base == BUNDLED_MODEL:
-        return str(convert_bundled_model(Path(data_dir) / "models" / "SmolLM2-135M-Instruct"))
+        return str(convert_bundled_model(Path(data_dir) / BUNDLED_FOLDER))
     return base
 
 

@@ -255,8 +255,10 @@ def up(folder: Path, repo: Path | None = None, timeout: float = 300) -> dict:
         _wait_http(state["mlflow_uri"] + "/health", timeout, mlflow, folder / "mlflow.log", "MLflow server")
         _wait_http(state["prefect_api"] + "/health", timeout, prefect, folder / "prefect.log", "Prefect server")
 
+        # No HF_HUB_OFFLINE here: the workers run whichever config a deployment names, and a hub id in
+        # model.base must be able to download (the bundled model and local folders never reach the hub).
         worker_env = {**base, **client_env(state), "PREFECT_HOME": str(folder / "prefect-worker"),
-                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
                       "PREFECT_WORKER_QUERY_SECONDS": "2",
                       "PYTHONPATH": str(repo)}
         for pool in (LOOP_POOL, GPU_POOL):

@@ -1,8 +1,11 @@
-"""Checks of a loaded config against what exists: registered names, alarms, trl.DPOConfig keys.
+"""Checks of a loaded config against what exists: registered names, alarms, trl.DPOConfig keys,
+the model (``infra/model_source.py``) and the prompts (``tasks/prompt_checks.py``).
 
 ``infra/settings/`` checks values and shapes but cannot see the registries, which live
 here in ``tasks/``; without these checks a misspelt judge or benchmark fails only after
-generation, and a misspelt blocking alarm silently turns a gate off. Run ``check_config``
+generation, and a misspelt blocking alarm silently turns a gate off. Likewise a hub model
+that cannot download, prompts the verifier cannot score and a prompt longer than the model's
+context are refused here rather than found by the stage that trips on them. Run ``check_config``
 right after ``load_config``, before anything is written::
 
     config = load_checked_config("configs/demo.yaml", ["judge.name=verifier"])
@@ -14,12 +17,15 @@ import dataclasses
 import difflib
 from pathlib import Path
 
+from infra.model_source import model_source_problem
+from infra.records import Prompt
 from infra.registry import Registry
 from infra.settings import FlywheelConfig, config_origin, invalid_config, load_config
 from tasks.constraints import known_constraints
 from tasks.failure_modes import FAILURE_MODES
 from tasks.judge import JUDGES
-from tasks.prompts import PROMPT_SOURCES, carries_unseen, split_counts, unseen_types
+from tasks.prompt_checks import Located, constraint_problems, length_problems
+from tasks.prompts import PROMPT_SOURCES, carries_unseen, load_numbered_prompts, split_counts, unseen_types
 from tasks.regression import BENCHMARKS
 from tasks.sampling.backends import BACKENDS
 from tasks.training.diagnostics import ALARMS
@@ -44,6 +50,7 @@ def check_config(config: FlywheelConfig, origin: str = "checked config") -> Flyw
         *_unknown("train.objective", config.train.objective, OBJECTIVES),
         *_dpo_args_problems(config.train.dpo_args, config.train.objective),
         *_objective_problems(config),
+        *([problem] if (problem := model_source_problem(config.model.base)) else []),
         *_prompt_problems(config),
     ]
     if problems:
@@ -98,24 +105,39 @@ def _objective_problems(config: FlywheelConfig) -> list[str]:
 
 
 def _prompt_problems(config: FlywheelConfig) -> list[str]:
-    """The prompt source read whole, as the prompts stage will: every line parses, and each split
+    """The prompt source read whole, as the prompts stage will: every line parses; each split
     holds enough prompts for ``n_train`` / ``n_eval`` (a round must not start, convert a model or
-    open an MLflow run only to find it has nothing to train on)."""
+    open an MLflow run only to find it has nothing to train on); the judge can score them; and
+    each fits the model's context (tasks/prompt_checks.py)."""
     prompts = config.prompts
     if prompts.source not in PROMPT_SOURCES:
         return []  # named above
     where = str(prompts.path) if prompts.source == "jsonl" else "the built-in prompt set"
     try:
-        loaded = PROMPT_SOURCES.get(prompts.source)(prompts)
+        located = _located_prompts(config)
     except ValueError as err:  # PromptFileError names the file and the line
         message = str(err)
         return [message if message.startswith("prompts.") else f"prompts.path: {message}"]
     unseen = unseen_types(prompts)
     if prompts.source == "jsonl" and (unknown := sorted(unseen - set(known_constraints()))):
         return [f"prompts.unseen_types: unknown constraint ids {unknown}"]
-    pool = [p for p in loaded if p.split == "eval" or not carries_unseen(p, unseen)]
+    pool = [p for _, p in located if p.split == "eval" or not carries_unseen(p, unseen)]
+    return [*_count_problems(config, pool, len(located) - len(pool), where),
+            *constraint_problems(config, pool, where),
+            *length_problems(config, located)]
+
+
+def _located_prompts(config: FlywheelConfig) -> list[Located]:
+    """Every prompt of the configured source with where it is: its file and line, or its id."""
+    prompts = config.prompts
+    if prompts.source == "jsonl" and prompts.path is not None:
+        return [(f"{prompts.path}: line {n}", p) for n, p in load_numbered_prompts(prompts.path, prompts.eval_topic_share)]
+    return [(f"prompt {p.id}", p) for p in PROMPT_SOURCES.get(prompts.source)(prompts)]
+
+
+def _count_problems(config: FlywheelConfig, pool: list[Prompt], withheld: int, where: str) -> list[str]:
+    prompts = config.prompts
     counts = split_counts(pool)
-    withheld = len(loaded) - len(pool)
     found = (f"{where} holds {counts['train']} training and {counts['eval']} held-out prompts"
              + (f" ({withheld} training prompts left out: they carry a type in prompts.unseen_types)" if withheld else ""))
     return [f"prompts.{field}: {found}; {field}={wanted} needs at least {wanted}"

@@ -459,6 +459,11 @@ def split_counts(prompts: Collection[Prompt]) -> dict[str, int]:
 
 def load_prompt_file(path: Path, eval_share: float = 0.25) -> list[Prompt]:
     """Prompts from a JSONL file; lines without a split follow their topic's hash."""
+    return [prompt for _, prompt in load_numbered_prompts(path, eval_share)]
+
+
+def load_numbered_prompts(path: Path, eval_share: float = 0.25) -> list[tuple[int, Prompt]]:
+    """``load_prompt_file`` with each prompt's line number (from 1), for messages that point at a line."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -483,11 +488,11 @@ def load_prompt_file(path: Path, eval_share: float = 0.25) -> list[Prompt]:
         raise PromptFileError(f"{path}: no prompts in file")
     topic_split = _topic_splits(path, rows)
     prompts = []
-    for _, fields in rows:
+    for number, fields in rows:
         key = fields.get("topic") or fields["text"]
         if "split" not in fields:
             fields["split"] = topic_split.get(key) or ("eval" if _hash_share(key) < eval_share else "train")
-        prompts.append(Prompt(**fields))
+        prompts.append((number, Prompt(**fields)))
     return prompts
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -269,3 +270,46 @@ def test_deploy_config_is_checked_and_named_from_the_repository(workdir, capsys,
     assert main(["deploy", "--config", "config.yaml"]) == 2 and "train.epochs" in capsys.readouterr().err
     (workdir / "good.yaml").write_text(yaml.safe_dump({"loop": "nightly"}))
     assert scheduled_config("good.yaml") == str((workdir / "good.yaml").resolve())  # outside the checkout: absolute
+
+
+def test_a_prompt_longer_than_the_context_is_refused_with_file_and_line(workdir, capsys):
+    # 50,000 words cannot fit the bundled model's 8,192 tokens whatever the tokenizer: refused
+    # at load, not by the generate stage trying to allocate the attention for it.
+    short = {"text": "Say hello.", "split": "train", "constraints": [{"id": "change_case:english_lowercase"}]}
+    huge = {"text": " ".join(["word"] * 50_000), "split": "train"}
+    lines = [short, {**short, "text": "Say bye.", "split": "eval"}, huge]
+    (workdir / "prompts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    data_dir = workdir / "data"
+    args = ["round", "--set", "prompts.source=jsonl", "--set", "prompts.path=prompts.jsonl", "--set", f"storage.data_dir={data_dir}",
+            "--set", "prompts.n_train=1", "--set", "prompts.n_eval=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert ("prompts: prompts.jsonl: line 3: the prompt is at least 50000 tokens long, more than the 8032 left for a prompt "
+            "(the model's context is 8192 tokens and generate.max_new_tokens keeps 160 for the answer)") in err
+    assert "Traceback" not in err and len(err.splitlines()) == 2
+    assert not data_dir.exists() and _written(workdir) == []
+
+
+def test_a_prompt_between_the_bounds_is_counted_with_the_tokenizer(workdir, capsys, tiny_model):
+    # The tiny model's context is 1,024 tokens; 16 left for answers leaves 1,008 for a prompt.
+    # 300 long words are far fewer than 1,008 but several tokens each: only the tokenizer can tell.
+    long_words = " ".join(["antidisestablishmentarianism"] * 300)
+    lines = [{"text": f"Say hello {i}.", "split": split, "constraints": [{"id": "change_case:english_lowercase"}]}
+             for i, split in enumerate(["train", "eval"])] + [{"text": long_words, "split": "train"}]
+    (workdir / "prompts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = ["round", "--set", f"model.base={tiny_model}", "--set", "generate.max_new_tokens=16", "--set", "evaluate.max_new_tokens=16",
+            "--set", "prompts.source=jsonl", "--set", "prompts.path=prompts.jsonl", "--set", "prompts.n_train=1",
+            "--set", "prompts.n_eval=1", "--set", f"storage.data_dir={workdir / 'data'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"prompts.jsonl: line 3: the prompt is \d{4} tokens long, more than the 1008 left for a prompt "
+                     r"\(the model's context is 1024 tokens and generate.max_new_tokens keeps 16 for the answer\)", err), err
+
+
+def test_a_hub_id_not_downloaded_stops_the_cli_offline(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data_dir = workdir / "data"
+    assert main(["round", "--set", "model.base=flywheel-tests/no-such-model-in-the-cache", "--set", f"storage.data_dir={data_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "hf download flywheel-tests/no-such-model-in-the-cache" in err and "Traceback" not in err
+    assert not data_dir.exists() and _written(workdir) == []

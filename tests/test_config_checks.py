@@ -92,3 +92,97 @@ def test_unknown_failure_mode_penalty_is_refused_at_load():
 
     with pytest.raises(ConfigError, match="judge.failure_penalties: unknown failure mode 'stufed'"):
         check_config(load_config(None, ["judge.failure_penalties={stufed: 1.0}"]))
+
+
+# Your own model, prompts and judge (configs/example-custom.yaml): what can go wrong is refused at load.
+
+NOT_DOWNLOADED = "flywheel-tests/no-such-model-in-the-cache"
+
+
+def _online(monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_custom_example_loads_and_passes_the_checks(monkeypatch):
+    """Online, its hub id loads (downloaded at the first round; nothing is fetched at load)."""
+    _online(monkeypatch)
+    config = load_checked_config("configs/example-custom.yaml")
+    assert config.judge.name == "openai" and config.prompts.source == "jsonl"
+    assert config.model.base == "HuggingFaceTB/SmolLM2-360M-Instruct"
+
+
+def test_every_openai_judge_field_is_in_the_custom_example():
+    import yaml
+
+    from infra.settings import OpenAIJudgeConfig
+
+    written = yaml.safe_load(open("configs/example-custom.yaml"))["judge"]["openai"]
+    assert set(written) == set(OpenAIJudgeConfig.model_fields)
+
+
+def test_a_hub_id_not_downloaded_is_refused_offline_with_what_to_do(monkeypatch):
+    # For real: the id is looked up in this machine's hub cache, with the hub out of reach.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as err:
+        load_checked_config(None, [f"model.base={NOT_DOWNLOADED}"])
+    message = str(err.value)
+    assert f"model.base: '{NOT_DOWNLOADED}' is no folder on this machine and is not in the Hugging Face cache" in message
+    assert f"`hf download {NOT_DOWNLOADED}`" in message and "local folder" in message
+    _online(monkeypatch)
+    assert load_checked_config(None, [f"model.base={NOT_DOWNLOADED}"]).model.base == NOT_DOWNLOADED
+
+
+def test_a_model_base_that_is_neither_folder_nor_hub_id_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no config.json"):
+        load_checked_config(None, [f"model.base={tmp_path / 'empty'}"])
+    with pytest.raises(ConfigError, match="is no folder on this machine and no hub id"):
+        load_checked_config(None, [f"model.base={tmp_path / 'missing' / 'deep' / 'path'}"])
+
+
+def test_the_preflight_names_an_unreachable_hub_for_a_hub_id_not_downloaded(monkeypatch):
+    from flows import preflight
+    from tests.conftest import free_port
+
+    _online(monkeypatch)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(preflight, "ANSWER_WITHIN_S", 0)
+    problem = preflight._hub_problem(load_config(None, [f"model.base={NOT_DOWNLOADED}"]))
+    assert "the Hugging Face hub" in problem and f"hf download {NOT_DOWNLOADED}" in problem
+    assert preflight._hub_problem(load_config(None, [])) is None  # the bundled model needs no hub
+
+
+def test_the_cli_keeps_the_hub_offline_only_for_local_models(monkeypatch, tmp_path):
+    import os
+
+    from flows.cli import _prepare_environment
+
+    for base, offline in ((NOT_DOWNLOADED, None), ("smollm2-135m-instruct", "1")):
+        monkeypatch.setattr(os, "environ", {"PREFECT_HOME": str(tmp_path / "prefect")})  # a fresh environment each time
+        _prepare_environment(load_config(None, [f"model.base={base}", f"storage.data_dir={tmp_path}"]))
+        assert os.environ.get("HF_HUB_OFFLINE") == offline, base
+
+
+def _prompt_file(path, lines):
+    import json
+
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_plain_prompts_under_the_verifier_are_refused_naming_the_file(tmp_path):
+    plain = _prompt_file(tmp_path / "plain.jsonl", [{"text": f"Describe a walk in park {i}.", "split": "train"} for i in range(24)]
+                         + [{"text": "Describe tea.", "split": "eval"}])
+    overrides = ["prompts.source=jsonl", f"prompts.path={plain}", "prompts.n_train=4", "prompts.n_eval=1"]
+    with pytest.raises(ConfigError) as err:
+        load_checked_config(None, overrides)
+    message = str(err.value)
+    assert f"none of the 24 training prompts in {plain} carries a constraint" in message
+    assert "judge.name=openai" in message and "Add IFEval constraints" in message
+    assert load_checked_config(None, [*overrides, "judge.name=openai"]).judge.name == "openai"
+
+
+def test_an_answer_budget_as_long_as_the_context_is_refused():
+    with pytest.raises(ConfigError, match="generate.max_new_tokens: no room is left for a prompt"):
+        load_checked_config(None, ["generate.max_new_tokens=8192"])

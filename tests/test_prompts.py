@@ -402,3 +402,25 @@ def test_unconstrained_prompts_are_a_fixed_sample():
     sample = unconstrained_prompts(16, seed=0)
     assert len(sample) == 16 and sample == unconstrained_prompts(16, seed=0)
     assert len(unconstrained_prompts(10_000, seed=0)) == len(load_prompt_file(UNCONSTRAINED_FILE))
+
+
+EXAMPLE_PROMPTS = Path(__file__).parent.parent / "configs" / "example-prompts.jsonl"
+
+
+def test_the_example_prompt_file_parses_and_states_every_constraint(data_dir):
+    """configs/example-prompts.jsonl, which configs/example-custom.yaml reads: 16 train and 8 eval
+    prompts sharing no topic, every one with constraints that build and that its text states."""
+    prompts = load_prompts(PromptsConfig(source="jsonl", path=EXAMPLE_PROMPTS, unseen_types=[]), data_dir)
+    assert len(prompts) == 24
+    assert sum(p.split == "train" for p in prompts) == 16 and sum(p.split == "eval" for p in prompts) == 8
+    assert not {p.topic for p in prompts if p.split == "train"} & {p.topic for p in prompts if p.split == "eval"}
+    assert all(p.constraints and all(describe(c) in p.text for c in p.constraints) for p in prompts)
+
+
+def test_numbered_prompts_carry_their_file_lines(tmp_path):
+    from tasks.prompts import load_numbered_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "One."}\n\n{"text": "Two."}\n')
+    assert [(n, p.text) for n, p in load_numbered_prompts(path)] == [(1, "One."), (3, "Two.")]
+    assert load_prompt_file(path) == [p for _, p in load_numbered_prompts(path)]
