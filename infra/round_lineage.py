@@ -33,13 +33,13 @@ def pairs_digest(store: ArtifactStore, filter_key: str) -> str:
 def pairs_dataset(store: ArtifactStore, filter_key: str, round_index: int) -> dict[str, str]:
     """The round's pairs as ``mlflow.data`` describes a dataset (``Dataset.to_dict()``): name,
     digest, source, and the schema and row count MLflow's UI shows."""
-    import mlflow.data
     import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
 
     lines = (store.local_path(filter_key) / layout.PAIRS).read_text().splitlines()
     frame = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
-    dataset = mlflow.data.from_pandas(frame, source=f"{store.uri(filter_key)}/{layout.PAIRS}",
-                                      name=pairs_dataset_name(round_index), digest=pairs_digest(store, filter_key))
+    dataset = from_pandas(frame, source=f"{store.uri(filter_key)}/{layout.PAIRS}",
+                          name=pairs_dataset_name(round_index), digest=pairs_digest(store, filter_key))
     return dataset.to_dict()
 
 

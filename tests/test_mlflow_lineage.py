@@ -88,6 +88,17 @@ def test_the_pairs_are_the_runs_input_and_the_champion_version_carries_round_dig
     assert version.tags["flywheel.decision_reasons"] == "won the pairwise eval; passed the capability-regression check"
 
 
+def test_a_round_that_kept_no_pairs_still_names_its_empty_dataset(tmp_path):
+    from infra.metric_queue import dataset_input
+    from infra.round_lineage import pairs_dataset
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    sha256 = write_pairs(store, "lineage/round-004/filter", 0)
+    dataset = pairs_dataset(store, "lineage/round-004/filter", 4)
+    assert (dataset["name"], dataset["digest"], json.loads(dataset["profile"])["num_rows"]) == ("pairs-round-004", sha256[:16], 0)
+    assert dataset_input(json.loads(json.dumps(dataset)), "training").dataset.name == "pairs-round-004"  # it queues as JSON
+
+
 def test_long_reasons_are_cut_to_fit_a_tag():
     from infra.round_lineage import REASONS_CHARS, decision_tags
 
