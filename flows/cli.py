@@ -242,13 +242,18 @@ def _history(config: FlywheelConfig, args) -> int:
 def _report(config: FlywheelConfig, args) -> int:
     from flows.report import write_report
     from flows.round_records import read_history
+    from infra.mlflow_links import round_links
     from infra.store_factory import store_from_config
     from infra.tracking import tracking_uri
 
     store = store_from_config(config.storage)
     out = args.out or Path(config.storage.data_dir) / "reports" / f"{config.loop}.html"
-    print(write_report(store, config.loop, read_history(store, config.loop), out, tracking_uri(config.storage)))
+    history = read_history(store, config.loop)
+    links = round_links(tracking_uri(config.storage), history)
+    print(write_report(store, config.loop, history, out, links))
     print(f"\nreport: {out.resolve()}")
+    if links:
+        print("\n".join(links.lines()))
     return SUCCESS
 
 

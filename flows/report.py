@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 from flows.render import as_html, summary_table
 from flows.rows import comparisons_table, history_table
 from infra import layout
-from infra.mlflow_links import MlflowLinks, round_links
 from tasks.figures import loop_figure
 
 if TYPE_CHECKING:
     from flows.comparison_records import Comparison
     from flows.round_records import RoundSummary
+    from infra.mlflow_links import MlflowLinks
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -62,9 +62,9 @@ def render_html(
 {table}{mlflow_html(links)}{comparisons_html(comparisons or [])}<h2>Across rounds</h2>{loop_png}<h2>Rounds</h2>{''.join(sections)}</body></html>"""
 
 
-def write_report(store, loop: str, history: list[RoundSummary], out: Path, tracking_uri: str | None = None) -> str:
-    """Print-ready table (returned) and the HTML page written to ``out``; ``tracking_uri``: the MLflow
-    the rounds logged to, for links to their runs."""
+def write_report(store, loop: str, history: list[RoundSummary], out: Path, links: MlflowLinks | None = None) -> str:
+    """Print-ready table (returned) and the HTML page written to ``out``; ``links``: the rounds' runs
+    in MLflow's UI (infra/mlflow_links.py's ``round_links``)."""
     training = {}
     for r in history:
         key = layout.stage_key(loop, r.round, layout.TRAIN)
@@ -73,6 +73,5 @@ def write_report(store, loop: str, history: list[RoundSummary], out: Path, track
     from flows.comparison_records import read_comparisons  # here: its records load tasks.evaluate, and torch with it
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    links = round_links(tracking_uri, history) if tracking_uri else None
     out.write_text(render_html(loop, history, training, read_comparisons(store, loop), links))
     return summary_table(history)

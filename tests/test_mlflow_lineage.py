@@ -137,6 +137,6 @@ def test_the_cli_the_prefect_artifact_and_the_report_print_those_links(uri, tmp_
     assert ("mlflow ui --backend-store-uri sqlite:////data/mlflow.db" in printed) == uri.startswith("sqlite")
     assert f"[runs table]({table})" in round_markdown(_summary(2, "r2"), tracking_uri=uri)
     assert f"[round 2]({run})" in round_markdown(_summary(2, "r2"), tracking_uri=uri)
-    write_report(LocalArtifactStore(tmp_path / "artifacts"), LOOP, [_summary(2, "r2")], tmp_path / "report.html", uri)
+    write_report(LocalArtifactStore(tmp_path / "artifacts"), LOOP, [_summary(2, "r2")], tmp_path / "report.html", round_links(uri, [_summary(2, "r2")]))
     page = (tmp_path / "report.html").read_text()
     assert f'href="{table}"' in page and f'href="{run}"' in page
