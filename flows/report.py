@@ -1,6 +1,6 @@
 """`flywheel report`: the loop's history as a table, and as one self-contained HTML page
 with the loop's figure (win rates, constraint satisfaction, benchmark changes per round)
-and each round's training figure."""
+and each round's training figure, linking the runs table and each round's run in MLflow's UI."""
 
 from __future__ import annotations
 
