@@ -9,6 +9,7 @@ the round and the gate's decision. MLflow then shows pairs -> run -> registered 
 from __future__ import annotations
 
 import json
+import warnings
 
 from infra import layout
 from infra.store import ArtifactStore
@@ -38,8 +39,10 @@ def pairs_dataset(store: ArtifactStore, filter_key: str, round_index: int) -> di
 
     lines = (store.local_path(filter_key) / layout.PAIRS).read_text().splitlines()
     frame = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
-    dataset = from_pandas(frame, source=f"{store.uri(filter_key)}/{layout.PAIRS}",
-                          name=pairs_dataset_name(round_index), digest=pairs_digest(store, filter_key))
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice, and warns that a path matches both
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = from_pandas(frame, source=f"{store.uri(filter_key)}/{layout.PAIRS}",
+                              name=pairs_dataset_name(round_index), digest=pairs_digest(store, filter_key))
     return dataset.to_dict()
 
 
