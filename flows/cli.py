@@ -186,6 +186,7 @@ def _stack_commands(sub) -> None:
 
 def _print_outcome(config: FlywheelConfig, summaries) -> None:
     from flows.render import summary_table
+    from infra.mlflow_links import round_links
     from infra.tracking import tracking_uri
 
     print()
@@ -195,7 +196,8 @@ def _print_outcome(config: FlywheelConfig, summaries) -> None:
         for reason in s.reasons:
             print(f"  - {reason}")
     print(f"\nartifacts: {Path(config.storage.resolved_artifact_root()).resolve() / config.loop}")
-    print(f"mlflow:    {tracking_uri(config.storage)}  (mlflow ui --backend-store-uri {tracking_uri(config.storage)})")
+    links = round_links(tracking_uri(config.storage), summaries)
+    print("\n".join(links.lines()) if links else f"mlflow:    {tracking_uri(config.storage)}")
 
 
 def _show_config(config: FlywheelConfig, args) -> int:
@@ -240,12 +242,18 @@ def _history(config: FlywheelConfig, args) -> int:
 def _report(config: FlywheelConfig, args) -> int:
     from flows.report import write_report
     from flows.round_records import read_history
+    from infra.mlflow_links import round_links
     from infra.store_factory import store_from_config
+    from infra.tracking import tracking_uri
 
     store = store_from_config(config.storage)
     out = args.out or Path(config.storage.data_dir) / "reports" / f"{config.loop}.html"
-    print(write_report(store, config.loop, read_history(store, config.loop), out))
+    history = read_history(store, config.loop)
+    links = round_links(tracking_uri(config.storage), history)
+    print(write_report(store, config.loop, history, out, links))
     print(f"\nreport: {out.resolve()}")
+    if links:
+        print("\n".join(links.lines()))
     return SUCCESS
 
 

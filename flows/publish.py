@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from flows.render import as_markdown, as_records
 from flows.rows import comparison_rows, decision, history_table, summary_rows
 from flows.table import figure_table
+from infra.mlflow_links import round_links
 from infra.retries import call_with_retries
 
 if TYPE_CHECKING:
@@ -28,12 +29,15 @@ def figure_markdown(title: str, png: bytes) -> str:
     return f"### {title}\n\n![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def round_markdown(summary: RoundSummary, figures: dict[str, bytes] | None = None) -> str:
+def round_markdown(summary: RoundSummary, figures: dict[str, bytes] | None = None, tracking_uri: str | None = None) -> str:
+    """The round's summary; with ``tracking_uri``, links to its run and the runs table in MLflow's UI."""
+    links = round_links(tracking_uri, [summary]) if tracking_uri else None
     lines = [
         f"# {summary.loop} round {summary.round}: **{decision(summary.promoted)}**",
         "",
         f"Started from the champion of round {summary.champion_before}. Artifacts: `{summary.artifacts}`",
         "",
+        *([links.markdown(), ""] if links else []),
         as_markdown(figure_table(summary_rows(summary))),
         "",
         "## Decision",
@@ -45,14 +49,16 @@ def round_markdown(summary: RoundSummary, figures: dict[str, bytes] | None = Non
     return "\n".join(lines)
 
 
-def publish_round(summary: RoundSummary, history: list[RoundSummary], figures: dict[str, bytes] | None = None) -> None:
-    """Create the round's Prefect artifacts (shown on the flow run and under Artifacts)."""
+def publish_round(summary: RoundSummary, history: list[RoundSummary], figures: dict[str, bytes] | None = None,
+                  tracking_uri: str | None = None) -> None:
+    """Create the round's Prefect artifacts (shown on the flow run and under Artifacts); ``tracking_uri``:
+    the MLflow the round logged to, for links to its run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     call_with_retries(
         "Prefect API: round summary artifact", create_markdown_artifact,
         key=artifact_key(f"{summary.loop}-round-summary"),
-        markdown=round_markdown(summary, figures),
+        markdown=round_markdown(summary, figures, tracking_uri),
         description=f"{summary.loop} round {summary.round}: {'promoted' if summary.promoted else 'rejected'}",
     )
     call_with_retries(

@@ -60,7 +60,7 @@ def run_round(config: FlywheelConfig, round_index: int) -> RoundSummary:
         summary = summarize_round(ctx, pairs, challenger, pairwise, regression, decision, candidates=candidates)
         history = with_round(read_history(ctx.store, config.loop), summary)
         figures = write_figures_task(ctx, challenger, history)
-        publish_round(summary, history, figure_bytes(ctx, figures))
+        publish_round(summary, history, figure_bytes(ctx, figures), ctx.tracker.uri)
         # The history row last: a round with one is done (next_round_index), so a round killed
         # before it is continued, never skipped nor recorded twice.
         append_history(ctx.store, summary)
@@ -96,6 +96,7 @@ def summarize_round(ctx: RoundContext, pairs: StageResult, challenger: StageResu
         ctx.loop, ctx.round_index,
         flow_run_id=str(flow_run.id or ""),
         mlflow_run_id=ctx.tracker.run_id or "",
+        mlflow_experiment_id=ctx.tracker.experiment_id,
         champion_round=ctx.champion.round,
         filter_report=pairs.result,
         train=challenger.result if challenger else None,

@@ -23,6 +23,7 @@ class RoundSummary(BaseModel):
     round: int
     flow_run_id: str = ""
     mlflow_run_id: str = ""
+    mlflow_experiment_id: str = ""  # with the run id, the round's page in MLflow's UI (infra/mlflow_links.py)
     champion_before: int  # round that produced the champion this round started from (0 = base)
     pairs_kept: int
     truncated_share: float | None = None  # of the round's candidates, cut off at generate.max_new_tokens
@@ -65,6 +66,7 @@ class RoundSummary(BaseModel):
         flow_run_id: str,
         mlflow_run_id: str,
         champion_round: int,
+        mlflow_experiment_id: str = "",
         filter_report: FilterReport,
         train: TrainResult | None,
         pairwise: PairwiseResult | None,
@@ -80,6 +82,7 @@ class RoundSummary(BaseModel):
             round=round_index,
             flow_run_id=flow_run_id,
             mlflow_run_id=mlflow_run_id,
+            mlflow_experiment_id=mlflow_experiment_id,
             champion_before=champion_round,
             pairs_kept=filter_report.n_kept,
             truncated_share=generate.truncated_share if generate else None,

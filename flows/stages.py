@@ -18,6 +18,7 @@ from flows.stage_runner import RoundContext, StageResult, config_hash, inputs_ha
 from infra import layout
 from infra.champion import crown
 from infra.records import Candidate, Judgment, PreferencePair, Prompt, write_jsonl
+from infra.round_lineage import decision_tags, pairs_dataset, pairs_digest
 from infra.store import hash_json
 
 if TYPE_CHECKING:
@@ -113,8 +114,11 @@ def filter_pairs_task(ctx: RoundContext, prompts: StageResult, candidates: Stage
         figures.update({f"dropped_{reason}": n for reason, n in report.dropped.items()})
         return {**figures, **report.validation}
 
-    return run_stage(ctx, layout.FILTER, compute, result_type=FilterReport, result_file=layout.FILTER_REPORT,
+    kept = run_stage(ctx, layout.FILTER, compute, result_type=FilterReport, result_file=layout.FILTER_REPORT,
                      reads=[prompts, candidates, judgments], config_sections=["filter"], metrics=metrics)
+    # The pairs as the run's dataset input: best-effort, queued through an outage like the metrics.
+    ctx.tracker.log_dataset(pairs_dataset(ctx.store, kept.key, ctx.round_index))
+    return kept
 
 
 def earlier_pairs(ctx: RoundContext) -> list[StageResult]:
@@ -259,7 +263,8 @@ def promote_task(ctx: RoundContext, challenger: StageResult | None, pairwise: St
         decision = decide_promotion(pairwise.result if pairwise else None, regression.result if regression else None,
                                     ctx.config.promotion, train.alarms if train else None, not_trained=not_trained)
         if decision.promote and challenger is not None:
-            crown(ctx.store, ctx.tracker, ctx.config, challenger.key, ctx.round_index, started_from=ctx.champion.checkpoint)
+            gate = decision_tags(decision.promote, decision.reasons, pairs_digest(ctx.store, ctx.key(layout.FILTER)))
+            crown(ctx.store, ctx.tracker, ctx.config, challenger.key, ctx.round_index, started_from=ctx.champion.checkpoint, decision=gate)
         return decision
 
     decided = run_stage(ctx, layout.PROMOTE, compute, result_type=Decision, result_file=layout.DECISION,

@@ -113,15 +113,17 @@ def lineage_tags(store: ArtifactStore, config: FlywheelConfig, champion: Champio
     }
 
 
-def crown(store: ArtifactStore, tracker, config: FlywheelConfig, train_key: str, round_index: int, started_from: str) -> Champion:
+def crown(store: ArtifactStore, tracker, config: FlywheelConfig, train_key: str, round_index: int, started_from: str,
+          decision: dict[str, str] | None = None) -> Champion:
     """Make the policy trained at ``train_key`` the champion: a new registry version carrying the
-    alias ``champion`` (with its lineage), then the store's pointer."""
+    alias ``champion`` (with its lineage and the ``decision`` tags: the gate's verdict, the pairs'
+    digest; infra/round_lineage.py), then the store's pointer."""
     champion = trained_policy(store, train_key, round_index).model_copy(update={"promoted_at": datetime.now(timezone.utc).isoformat()})
     model_version = tracker.registry.register_champion(
         registered_model_name(config),
         tracker.run_id,
         store.local_path(train_key) / layout.ADAPTER,
-        lineage_tags(store, config, champion, started_from),
+        {**lineage_tags(store, config, champion, started_from), **(decision or {})},
     )
     champion = champion.model_copy(update={"model_version": model_version})
     store.write_json(layout.champion_key(config.loop), champion.model_dump())

@@ -1,6 +1,6 @@
 """The offline queue of MLflow updates: what only records a round waits here while the server is away.
 
-A best-effort update (metrics, params, tags, an artifact copy, a run's end) is sent at once,
+A best-effort update (metrics, params, tags, an artifact copy, a dataset input, a run's end) is sent at once,
 after a short retry; when the server stays away it is kept in a queue, in memory and appended
 to ``<data_dir>/mlflow-pending/<run_id>.<pid>.jsonl`` (the spill file), and the caller goes on.
 The next call that reaches the server, and a run's end, send the queue first, in order, with the
@@ -33,7 +33,7 @@ logger = logging.getLogger("flywheel.tracking")
 class MetricQueue:
     """Best-effort MLflow updates, sent now or queued until the server answers; see the module docstring.
 
-    An update is a JSON-able dict naming its ``kind`` (metrics, params, tags, artifact, end) and
+    An update is a JSON-able dict naming its ``kind`` (metrics, params, tags, artifact, dataset, end) and
     its ``run_id``. Without ``pending_dir``, queued updates live in memory only.
     """
 
@@ -153,6 +153,8 @@ class MetricQueue:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
         elif kind == "artifact":
             self.client.log_artifact(run_id, op["path"], op["artifact_path"])
+        elif kind == "dataset":
+            self.client.log_inputs(run_id, datasets=[dataset_input(op["dataset"], op["context"])])
         elif kind == "end":
             self.client.set_terminated(run_id, status=op["status"], end_time=op["end_time"])
         else:
@@ -192,3 +194,12 @@ class MetricQueue:
                 os.replace(tmp, path)
             except OSError as exc:
                 logger.warning("could not rewrite the MLflow spill file %s: %s", path, exc)
+
+
+def dataset_input(dataset: dict[str, str], context: str):
+    """An MLflow dataset input from ``mlflow.data``'s ``Dataset.to_dict()`` (name, digest, source,
+    source_type, schema, profile: all strings, so it queues as JSON), with its role ``context``."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    return DatasetInput(Dataset(**dataset), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])

@@ -4,11 +4,14 @@ The tracker talks to MLflow through an explicit run id (never the thread-local
 "active run"), so Prefect tasks in worker threads log into the right run.
 
 Every call to the server is retried on transient errors (``infra.retries``). What only
-records the round (metrics, params, tags, artifact copies, the run's end) is best-effort and
-goes through ``tracker.queue`` (infra/metric_queue.py), which keeps it while the server is
-away and sends it when it returns: a tracking outage never stops training. The model
-registry, ``tracker.registry`` (infra/model_registry.py), decides what the next round starts
-from, so it retries longer and then raises rather than guess.
+records the round (metrics, params, tags, artifact copies, the round's pairs as a dataset
+input, the run's end) is best-effort and goes through ``tracker.queue`` (infra/metric_queue.py),
+which keeps it while the server is away and sends it when it returns: a tracking outage never
+stops training. The model registry, ``tracker.registry`` (infra/model_registry.py), decides
+what the next round starts from, so it retries longer and then raises rather than guess.
+
+The experiment carries MLflow's kind tag for model training, so MLflow's UI opens it on its
+runs; links into the UI are infra/mlflow_links.py's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from infra.model_registry import ModelRegistry
 from infra.settings import FlywheelConfig, StorageConfig
 
 METRICS_PER_BATCH, PARAMS_PER_BATCH = 500, 100  # under MLflow's log_batch limits (1000, 100)
+
+# MLflow 3's UI opens an experiment by its kind (its own tag, values from its UI): without one it
+# guesses, and opens a training experiment on the GenAI overview (traces) instead of its runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+INFERRED_KINDS = ("custom_model_development_inferred", "genai_development_inferred", "no_inferred_type")
 
 logger = logging.getLogger("flywheel.tracking")
 
@@ -83,16 +92,32 @@ class Tracker:
 
         found = self.queue.call("get experiment", self.client.get_experiment_by_name, name)
         if found is not None:
+            self._mark_training_experiment(found)
             return found.experiment_id
         location = artifact_location
         if location is None and self.uri.startswith("sqlite:///"):
             location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
         try:
-            return self.queue.call("create experiment", self.client.create_experiment, name, artifact_location=location)
+            return self.queue.call("create experiment", self.client.create_experiment, name, artifact_location=location,
+                                   tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException as exc:  # created meanwhile, by another round or by our own lost-answer retry
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
-            return self.queue.call("get experiment", self.client.get_experiment_by_name, name).experiment_id
+            found = self.queue.call("get experiment", self.client.get_experiment_by_name, name)
+            self._mark_training_experiment(found)
+            return found.experiment_id
+
+    def _mark_training_experiment(self, experiment) -> None:
+        """Tag an experiment Flywheel did not create (or created before it tagged) as model training,
+        unless someone chose its kind; best-effort: the UI only opens it on another tab without it."""
+        if experiment.tags.get(EXPERIMENT_KIND_TAG, "") not in ("", *INFERRED_KINDS):
+            return
+        try:
+            self.queue.call("tag experiment", self.client.set_experiment_tag, experiment.experiment_id,
+                            EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        except Exception as exc:  # any failure: the tag only changes which page the UI opens on
+            logger.warning("could not tag MLflow experiment %s as model training: %s: %s",
+                           experiment.experiment_id, type(exc).__name__, exc)
 
     def start_round(self, loop: str, round_index: int, config: FlywheelConfig) -> str:
         return self.start_run(
@@ -133,6 +158,11 @@ class Tracker:
         """Copy a file into the run (a copy: the file stays in the artifact store, and is sent later from there)."""
         self.queue.record({"kind": "artifact", "run_id": self._require_run(), "path": str(Path(path).resolve()),
                            "artifact_path": artifact_path})
+
+    def log_dataset(self, dataset: dict[str, str], context: str = "training") -> None:
+        """Record a dataset as an input of the run, in the role ``context``: ``dataset`` is what
+        ``mlflow.data``'s ``Dataset.to_dict()`` gives (name, digest, source, schema, profile)."""
+        self.queue.record({"kind": "dataset", "run_id": self._require_run(), "dataset": dataset, "context": context})
 
     def end_round(self, status: str = "FINISHED") -> None:
         """End the run, sending whatever is queued first; if the server stays away, the updates

@@ -55,6 +55,11 @@ def _with_gate(config: FlywheelConfig, min_win_rate: float) -> FlywheelConfig:
     return config.model_copy(update={"promotion": config.promotion.model_copy(update={"min_win_rate": min_win_rate})})
 
 
+def pairs_sha256(config: FlywheelConfig, round_index: int) -> str:
+    manifest = store_from_config(config.storage).manifest(f"flowtest/round-{round_index:03d}/filter")
+    return next(f.sha256 for f in manifest.files if f.path == "pairs.jsonl")
+
+
 def test_every_stage_wrote_a_complete_artifact_folder(config, two_rounds):
     store = store_from_config(config.storage)
     first = two_rounds[0]
@@ -90,6 +95,11 @@ def test_every_stage_logged_its_figures_to_the_round_run(config, two_rounds):
     steps = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(steps) >= 1
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "figures")) == ["figures/loop.png", "figures/training.png"]
+    # MLflow's UI opens the experiment on its runs, and the run names the pairs it trained on.
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert two_rounds[0].mlflow_experiment_id == run.info.experiment_id
+    [pairs] = run.inputs.dataset_inputs
+    assert pairs.dataset.name == "pairs-round-001" and pairs.dataset.digest == pairs_sha256(config, 1)[:16]
 
 
 def test_each_round_saved_its_effective_config(config, two_rounds):
@@ -151,6 +161,8 @@ def test_promotion_followed_the_gate(config, two_rounds):
         assert str(version.version) == champion["model_version"] and version.run_id == first.mlflow_run_id
         assert version.tags["flywheel.round"] == "1" and version.tags["flywheel.merged_uri"] == champion["checkpoint"]
         assert version.tags["flywheel.code_version"]
+        assert version.tags["flywheel.pairs_digest"] == pairs_sha256(config, 1)[:16] and version.tags["flywheel.decision"] == "promoted"
+        assert version.tags["flywheel.decision_reasons"] == "; ".join(first.reasons)
     else:
         assert champion is None and second.champion_before == 0
     assert not second.promoted

@@ -135,6 +135,34 @@ def test_a_tracker_sends_its_queue_before_the_next_update(mlflow_server, tmp_pat
     proxy.close()
 
 
+def test_the_rounds_pairs_wait_in_the_queue_as_a_dataset_input_and_arrive_once(mlflow_server, tmp_path):
+    """A dataset input is best-effort like the metrics: queued (and spilled) through an outage,
+    sent when the server answers again. The experiment Flywheel created carries the training kind."""
+    from infra.local_store import LocalArtifactStore
+    from infra.round_lineage import pairs_dataset
+    from infra.settings import FlywheelConfig
+    from infra.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, Tracker
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    with store.stage("queue/round-002/filter") as out:
+        (out / "pairs.jsonl").write_text(json.dumps({"prompt_id": "p0", "prompt": "Hi.", "chosen": "a", "rejected": "b",
+                                                     "score_chosen": 1.0, "score_rejected": 0.0, "similarity": 0.1}) + "\n")
+    proxy = CuttingProxy(mlflow_server.port, marker=b"never sent")
+    tracker = Tracker(proxy.url, "datasets", data_dir=tmp_path)
+    assert mlflow_server.client().get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    run_id = tracker.start_run("datasets", {}, FlywheelConfig())
+    proxy.down.set()
+    tracker.log_dataset(pairs_dataset(store, "queue/round-002/filter", 2))  # does not raise
+    [spill] = spill_files(tmp_path)
+    assert [json.loads(line)["kind"] for line in spill.read_text().splitlines()] == ["dataset"]
+    assert mlflow_server.client().get_run(run_id).inputs.dataset_inputs == []
+    proxy.restore()
+    assert tracker.queue.flush() and spill_files(tmp_path) == []
+    [given] = mlflow_server.client().get_run(run_id).inputs.dataset_inputs
+    assert given.dataset.name == "pairs-round-002" and given.dataset.digest == store.manifest("queue/round-002/filter").files[0].sha256[:16]
+    proxy.close()
+
+
 def test_the_model_registry_retries_then_raises_rather_than_guess(mlflow_server, tmp_path, monkeypatch):
     from mlflow.exceptions import MlflowException
 
