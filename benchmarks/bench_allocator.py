@@ -13,7 +13,7 @@ stage's (``train_policy``) alternately, ``--repeat`` times each, and reports eac
 (the kernel's high-water mark, reset per call), its resident memory after, and its seconds.
 
 Usage:  .venv/bin/python benchmarks/bench_allocator.py [--repeat 2] [--prompts 12] [--pairs 12] [--dtype auto]
-Writes benchmarks/results/<host>-allocator.json and prints a table.
+Writes benchmarks/results/allocator-<machine kind>-<dtype>-<date>[-<label>].json (benchmarks/result_meta.py) and prints a table.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -78,14 +77,14 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".flywheel"))
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--label", help="a word or two that ends the results file's name, e.g. 'run2'")
     args = parser.parse_args()
     if args.tokens < 60:
         parser.error("--tokens must be at least 60: the built pairs' chosen answers are 60 tokens or more")
     if args.child:
         print("RESULT " + json.dumps(run_sequence(json.loads(args.child))), flush=True)
         return
-    from benchmarks.bench_speed import cpu_name
-    from infra.models import cpu_supports_bf16
+    from benchmarks.result_meta import build_meta, effective_dtype, write_result
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,13 +100,10 @@ def main() -> None:
         results[mode] = json.loads(lines[-1][len("RESULT "):])
         print(f"{mode}: " + " | ".join(f"{c['stage']} peak {c['peak_mb'] / 1024:.2f} GB {c['seconds']:.0f} s" for c in results[mode]),
               flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{platform.node() or 'host'}-allocator.json"
-    path.write_text(json.dumps({
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_native": cpu_supports_bf16()},
+    path = write_result(build_meta(__file__, effective_dtype(args.dtype), label=args.label), {
         "load_average_after": os.getloadavg(),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "child")},
-        "calls": results}, indent=2, default=str))
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "child", "label")},
+        "calls": results}, args.out)
     print(f"{'call':<12}" + "".join(f"{m + ' peak GB':>22}{'s':>7}" for m in MODES))
     for i, first in enumerate(results["glibc-default"]):
         print(f"{first['stage'] + ' ' + str(i // 2 + 1):<12}" + "".join(

@@ -3,15 +3,16 @@ time, side by side in one run, against a local OpenAI-compatible endpoint answer
 fixed latency (the scripted server of the tests, on a loopback socket).
 
 Usage (from the repository root):  .venv/bin/python -m benchmarks.bench_judge [--pairs 32] [--latency 0.25]
+Writes benchmarks/results/judge-<machine kind>-none-<date>[-<label>].json (benchmarks/result_meta.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from benchmarks.result_meta import RESULTS_DIR, build_meta, write_result
 from infra.records import Prompt
 from infra.settings import JudgeConfig
 from tasks.judge import build_judge
@@ -32,6 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=32, help="pairs (each judged in both orders)")
     parser.add_argument("--latency", type=float, default=0.25, help="server latency per request, seconds")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--label", help="a word or two that ends the results file's name, e.g. 'run2'")
     args = parser.parse_args()
     server = OpenAIStub(latency_s=args.latency)
     prompt = Prompt(id="p", text="Name a colour.", constraints=[], topic="t", split="train")
@@ -43,11 +46,9 @@ def main() -> None:
         server.close()
     result = {"requests": n, "latency_s": args.latency, "sequential_per_s": sequential, "in_flight_16_per_s": concurrent,
               "speedup": concurrent / sequential}
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    (out / "judge-throughput.json").write_text(json.dumps(result, indent=2))
+    path = write_result(build_meta(__file__, "none", label=args.label), result, args.out)
     print(f"{n} judge requests at {args.latency:.2f} s latency: sequential {sequential:.1f}/s, "
-          f"16 in flight {concurrent:.1f}/s, ratio {concurrent / sequential:.1f}x")
+          f"16 in flight {concurrent:.1f}/s, ratio {concurrent / sequential:.1f}x\nwritten to {path}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ stage's pairs.jsonl (--pairs-file).
 Usage:  .venv/bin/python benchmarks/bench_memory.py                     (every variant, 12 pairs)
         .venv/bin/python benchmarks/bench_memory.py --variants today,default --pairs 24
         .venv/bin/python benchmarks/bench_memory.py --list               (the variants and what they change)
-Writes the figures as JSON to benchmarks/results/<host>-memory.json and prints a table.
+Writes benchmarks/results/memory-<machine kind>-mixed-<date>[-<label>].json (benchmarks/result_meta.py) and prints a table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import random
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `benchmarks.*` importable whether run as a file or with -m
 
 # name: (what it changes, TrainConfig changes, ModelConfig changes, LM-head tile on a CPU, separate reference copy)
 # As before the memory work: the whole batch per forward, and evaluation keeping the full-vocabulary logits.
@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--pairs-file", type=Path, help="a filter stage's pairs.jsonl instead of built pairs")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--label", help="a word or two that ends the results file's name, e.g. 'run2'")
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_variant(json.loads(args.child))), flush=True)
@@ -205,9 +206,8 @@ def main() -> None:
             print(f"{name:20s} {what}")
         return
 
-    from bench_speed import cpu_name  # this script's folder is on the path
-
-    from infra.models import cpu_supports_bf16, resolve_checkpoint
+    from benchmarks.result_meta import build_meta, write_result
+    from infra.models import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.model, args.data_dir)
     names = [v for v in args.variants.split(",") if v]
@@ -227,15 +227,11 @@ def main() -> None:
         r = runs[-1]
         print(f"{name:20s} peak {r['peak_rss_mb']:7.0f} MB  " + "  ".join(f"{k} {v:.0f}" for k, v in r["phase_peak_mb"].items())
               + f"  first loss {r['first_loss']:.4f}  {r['seconds']:.0f} s", flush=True)
-    import torch
-
-    result = {"machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "bf16_native": cpu_supports_bf16()},
-              "model": args.model, "pairs": args.pairs, "response_tokens": args.response_tokens,
+    result = {"model": args.model, "pairs": args.pairs, "response_tokens": args.response_tokens,
               "variants": {name: VARIANTS[name][0] for name in names}, "runs": runs, "notes": [n for n in [logits_to_keep_note()] if n]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{platform.node() or 'host'}-memory.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(f"\nmachine: {result['machine']}")
+    meta = build_meta(__file__, "mixed", label=args.label, note="each variant sets its own dtype (see results.variants)")
+    path = write_result(meta, result, args.out)
+    print(f"\nmachine: {meta['machine']}")
     print("| variant | peak RSS (MB) | reference pass | training step | held-out eval | first loss |\n|---|---|---|---|---|---|")
     for r in runs:
         p = r["phase_peak_mb"]

@@ -11,7 +11,8 @@ temporary API starting, the bundled model converted on first use) are paid by a 
 the first size, so no size carries them.
 
 Usage:  .venv/bin/python benchmarks/bench_round.py [--sizes 32,64,128,256] [--config configs/demo.yaml]
-Writes benchmarks/results/<host>-round-scaling.json and .png, and prints the table.
+Writes benchmarks/results/round-<machine kind>-<dtype>-<date>[-<label>].json and a .png of the same name
+(benchmarks/result_meta.py), and prints the table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -109,9 +109,10 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="YAML config (default: the built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--label", help="a word or two that ends the results file's name, e.g. 'run2'")
     args = parser.parse_args()
-    from benchmarks.bench_speed import cpu_name
-    from infra.models import cpu_supports_bf16
+    from benchmarks.result_meta import build_meta, effective_dtype, write_result
+    from tasks.config_checks import load_checked_config
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -122,20 +123,18 @@ def main() -> None:
         for size in [int(s) for s in args.sizes.split(",")]:
             rows.append(run_size(size, args.overrides, args.config, Path(work)))
             print(json.dumps(rows[-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{platform.node() or 'host'}-round-scaling"
-    stem.with_suffix(".json").write_text(json.dumps({
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_native": cpu_supports_bf16()},
+    dtype = effective_dtype(load_checked_config(args.config, args.overrides).model.dtype)
+    path = write_result(build_meta(__file__, dtype, label=args.label), {
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "config": str(args.config) if args.config else "defaults", "overrides": args.overrides, "rounds": rows}, indent=2))
-    figure(rows, stem.with_suffix(".png"))
+        "config": str(args.config) if args.config else "defaults", "overrides": args.overrides, "rounds": rows}, args.out)
+    figure(rows, path.with_suffix(".png"))
     header = f"{'prompts':>7} {'round min':>9} " + " ".join(f"{s[:8]:>8}" for s in STAGES) + f" {'tokens':>8} {'pairs':>5} {'outside':>7} {'peak GB':>7}"
     print(header)
     for r in rows:
         stages = " ".join(f"{r['stage_seconds'].get(s, 0) / 60:8.2f}" for s in STAGES)
         print(f"{r['n_train']:>7} {r['wall_s'] / 60:9.2f} {stages} {r['tokens_generated']:>8} {r['pairs_trained']:>5.0f} "
               f"{r['outside_stages_share']:7.1%} {r['peak_rss_mb'] / 1024:7.2f}")
-    print(f"written to {stem}.json and .png")
+    print(f"written to {path} and its .png")
 
 
 if __name__ == "__main__":

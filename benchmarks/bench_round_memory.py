@@ -6,7 +6,8 @@ log line of the stage (and in MLflow, ``<stage>/peak_rss_mb``).
 
 Usage:  .venv/bin/python benchmarks/bench_round_memory.py [--rounds 3] [--set SECTION.FIELD=VALUE ...]
 (default: small rounds that still train: 12 prompts, 4 candidates of 100 tokens, 8 held-out prompts,
-answers of 40 tokens in the pairwise eval, benchmarks at 4 items). Prints one line per round.
+answers of 40 tokens in the pairwise eval, benchmarks at 4 items). Prints one line per round; --save also writes
+benchmarks/results/round-memory-<machine kind>-<dtype>-<date>[-<label>].json (benchmarks/result_meta.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    parser.add_argument("--out", type=Path, help="also write the rounds' figures to this JSON file")
+    parser.add_argument("--save", action="store_true", help="also write the rounds' figures to benchmarks/results/")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"), help="folder for --save")
+    parser.add_argument("--label", help="a word or two that ends the results file's name, e.g. 'run2'")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,8 +84,12 @@ def main() -> None:
             peaks = {s: round(metrics[f"{s}/peak_rss_mb"]) for s in STAGES if f"{s}/peak_rss_mb" in metrics}
             rows.append({"round": i + 1, "seconds": round(seconds), **live_objects(), "stage_peak_rss_mb": peaks})
             print(f"after round {i + 1} ({seconds:.0f} s)", json.dumps(rows[-1]), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps({"overrides": [*SMALL, *args.overrides], "rounds": rows}, indent=1))
+    if args.save:
+        from benchmarks.result_meta import build_meta, effective_dtype, write_result
+
+        dtype = effective_dtype(load_checked_config(None, [*SMALL, *args.overrides]).model.dtype)
+        path = write_result(build_meta(__file__, dtype, label=args.label), {"overrides": [*SMALL, *args.overrides], "rounds": rows}, args.out)
+        print(f"written to {path}")
 
 
 if __name__ == "__main__":

@@ -14,29 +14,20 @@ token budget, one process, one run:
 
 Usage:  .venv/bin/python benchmarks/bench_speed.py [--prompts 32] [--tokens 64] [--pairs 32]
         .venv/bin/python benchmarks/bench_speed.py --generation-only --dtype fp32   (generation alone, fp32)
-Writes the figures as JSON to benchmarks/results/<host>-speed.json and prints a table.
+Writes benchmarks/results/speed-<machine kind>-<dtype>-<date>[-<label>].json (benchmarks/result_meta.py) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` importable whether run as a file or with -m
 
 
 def guide_generate(model, tokenizer, rendered: list[str], temperatures: list[float], max_new_tokens: int, eos_ids) -> int:
@@ -174,6 +165,8 @@ def make_pairs(checkpoint: str, prompts, max_new_tokens: int):
 
 
 def main() -> None:
+    from benchmarks.result_meta import build_meta, write_result
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (default: the bundled model)")
     parser.add_argument("--data-dir", type=Path, default=Path(".flywheel"))
@@ -187,9 +180,10 @@ def main() -> None:
                         help="Flywheel's dtype, generation and training (auto: bf16 where the CPU has it); the guide stays fp32")
     parser.add_argument("--generation-only", action="store_true", help="skip the training comparison")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results"))
+    parser.add_argument("--label", help="a word or two that ends the results file's name, e.g. 'run2'")
     args = parser.parse_args()
 
-    from infra.models import cpu_supports_bf16, resolve_checkpoint
+    from infra.models import resolve_checkpoint
     from tasks.prompts import builtin_prompts
 
     checkpoint = resolve_checkpoint(args.model, args.data_dir)
@@ -200,16 +194,11 @@ def main() -> None:
     if not args.generation_only:
         pairs = make_pairs(checkpoint, train[args.prompts : args.prompts + args.pairs], args.tokens)
         training = bench_training(checkpoint, pairs, args.train_batch, args.dtype)
-    result = {
-        "machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "bf16_native": cpu_supports_bf16(),
-                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "model": args.model, "dtype": args.dtype, "generation": generation, "training": training,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{platform.node() or 'host'}-speed{'-generation' if args.generation_only else ''}.json"
-    path.write_text(json.dumps(result, indent=2))
+    meta = build_meta(__file__, generation["dtype"], label=args.label)
+    path = write_result(meta, {"model": args.model, "requested_dtype": args.dtype, "threads": torch.get_num_threads(),
+                               "generation": generation, "training": training}, args.out)
     g, t = generation, training
-    print(f"\nmachine: {result['machine']}")
+    print(f"\nmachine: {meta['machine']}")
     print(f"generation  flywheel {g['flywheel_tokens_per_s']:8.1f} tok/s   guide loop {g['guide_tokens_per_s']:7.1f} tok/s   ratio {g['speedup']:5.1f}x"
           f"   (without shared prefill {g['no_sharing_tokens_per_s']:.1f} tok/s, {g['no_sharing_speedup']:.1f}x;"
           f" sharing gains {g['shared_prefill_gain']:.2f}x; peak RSS {g['flywheel_peak_rss_mb']:.0f} MB)")

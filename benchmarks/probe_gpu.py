@@ -6,13 +6,13 @@
   pass and with 2-pair passes (gradient accumulation), timing each optimizer step;
 * the guide's DPOTrainer (batch 1) on 64 of those pairs, timing each step.
 
-Usage:  python benchmarks/probe_gpu.py CHECKPOINT OUT_DIR   (writes OUT_DIR/probe.json as it goes)
+Usage:  python -m benchmarks.probe_gpu CHECKPOINT [OUT_DIR [LABEL]]   (OUT_DIR: benchmarks/results by default)
+Writes OUT_DIR/probe-gpu-<machine kind>-<dtype>-<date>[-<label>].json (benchmarks/result_meta.py) as it goes.
 Made for a CUDA machine; runs on a CPU too (slowly), where the timings mean little.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import sys
@@ -24,6 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from benchmarks.bench_speed import guide_train
+from benchmarks.result_meta import RESULTS_DIR, build_meta, dump_result, effective_dtype, new_result_path
 from infra.models import load_model, load_tokenizer
 from infra.records import PreferencePair
 from infra.settings import ModelConfig, TrainConfig
@@ -71,13 +72,15 @@ class StepClock(TrainerCallback):
         return statistics.median(gaps) if gaps else None
 
 
-def main(checkpoint: str, out: Path) -> None:
+def main(checkpoint: str, out: Path, label: str | None = None) -> None:
     result: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    meta = build_meta(__file__, effective_dtype(ModelConfig().dtype), label=label)
+    path = new_result_path(meta, out)
 
-    def record(key, value):
+    def record(key, value):  # the file is rewritten after each figure, so a probe cut short keeps what it measured
         result[key] = value
         print(key, value, flush=True)
-        (out / "probe.json").write_text(json.dumps(result, indent=1))
+        dump_result(path, meta, result)
 
     prompts = [p for p in builtin_prompts(0, 0.25) if p.split == "train"]
     tokenizer, model = load_tokenizer(checkpoint), load_model(checkpoint, ModelConfig())
@@ -105,4 +108,4 @@ def main(checkpoint: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]) if len(sys.argv) > 2 else RESULTS_DIR, sys.argv[3] if len(sys.argv) > 3 else None)
