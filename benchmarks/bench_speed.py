@@ -165,7 +165,7 @@ def make_pairs(checkpoint: str, prompts, max_new_tokens: int):
 
 
 def main() -> None:
-    from benchmarks.result_meta import build_meta, write_result
+    from benchmarks.result_meta import build_meta, effective_dtype, write_result
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="checkpoint (default: the bundled model)")
@@ -194,7 +194,7 @@ def main() -> None:
     if not args.generation_only:
         pairs = make_pairs(checkpoint, train[args.prompts : args.prompts + args.pairs], args.tokens)
         training = bench_training(checkpoint, pairs, args.train_batch, args.dtype)
-    meta = build_meta(__file__, generation["dtype"], label=args.label)
+    meta = build_meta(__file__, effective_dtype(args.dtype), label=args.label)
     path = write_result(meta, {"model": args.model, "requested_dtype": args.dtype, "threads": torch.get_num_threads(),
                                "generation": generation, "training": training}, args.out)
     g, t = generation, training
