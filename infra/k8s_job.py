@@ -27,6 +27,7 @@ KUBERNETES_VERSION = "1.33"  # the API schema a rendered Job is checked against 
 # without them), where the Kubernetes API does not define them: the API server drops them as unknown
 # fields (with a warning) when it creates the Job. The strict schema check leaves them out for the same reason.
 PREFECT_ONLY_POD_FIELDS = ("completions", "parallelism")
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$"  # the template's pattern for sizes and CPU counts
 
 
 class JobVariablesError(ValueError):
@@ -50,8 +51,12 @@ def check_job_variables(job_variables: dict[str, Any], template: dict, where: st
 
 def _describe(error) -> str:
     field = ".".join(str(part) for part in error.absolute_path)
+    if error.validator == "anyOf" and error.context:  # e.g. a quantity or null: say what is wrong with the non-null form
+        error = next((sub for sub in error.context if sub.validator != "type"), error)
     if error.validator == "required":  # the missing field is in the message, not the path
         return f"{error.message.split()[0].strip(chr(39))} is required (no default)"
+    if error.validator == "pattern" and error.validator_value == QUANTITY_PATTERN:
+        return f"{field}: {error.instance!r} is not a Kubernetes quantity (such as 16Gi, 512Mi, 8 or 500m)"
     return f"{field or '(top level)'}: {error.message}"
 
 

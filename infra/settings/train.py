@@ -173,7 +173,7 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed of the trainer: the order of the pairs, the LoRA initialisation and dropout.")
     deployment: str | None = Field(
         None,
-        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/gpu') that runs training, "
+        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/train-gpu') that runs training, "
         "typically on a GPU work pool; None trains inside the round's own process.",
     )
     num_processes: int = Field(
