@@ -158,3 +158,4 @@ def test_the_cuda_image_pins_vllm_and_the_clusters_ray_version():
     assert "vllm==0.29.0" in installs and not re.search(r"\bvllm(\s|$)", installs)
     ray_pin = re.search(r'"ray\[train\]==([0-9.]+)"', installs)
     assert ray_pin and ray_pin.group(1) == "2.60.0" == raycluster()["spec"]["rayVersion"]
+
