@@ -7,6 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+
 def test_the_multinode_config_starts_torchrun_on_each_machine():
     """accelerate's own parser and DeepSpeed launch preparation (no DeepSpeed needed) on the command a
     second machine runs: DeepSpeed's standard launcher, so torchrun there as node 1 of 2, meeting at the
