@@ -188,6 +188,13 @@ class TrainConfig(Section):
         "ZeRO-3; relative paths in it are read from its own folder); train.num_processes overrides its "
         "num_processes. None: plain DDP across train.num_processes.",
     )
+    launch_dir: Path | None = Field(
+        None,
+        description="A folder every training machine mounts at the same path (NFS, Lustre, a shared volume), for an "
+        "accelerate_config over several machines (num_machines > 1, e.g. configs/accelerate-multinode.yaml): the "
+        "launch's job folder goes there, this machine runs machine 0 and prints the command each other machine runs. "
+        "The champion checkpoint and the repository must be at the same paths there too. None: one machine.",
+    )
     heldout_share: float = Field(
         0.1, ge=0, lt=1,
         description="Share of the round's pairs held out of training and scored each epoch; training margins "
