@@ -83,9 +83,16 @@ def accelerate_config(config: TrainConfig, cpu: bool) -> dict:
                                "with plain DDP (train.accelerate_config: null)")
         if cpu:
             raise RuntimeError(f"train.accelerate_config: {path} trains with DeepSpeed, which needs GPUs; none was found")
-        ds = loaded.get("deepspeed_config", {})
-        if ds.get("deepspeed_config_file") and not Path(ds["deepspeed_config_file"]).is_absolute():
-            ds["deepspeed_config_file"] = str((path.parent / ds["deepspeed_config_file"]).resolve())
+        with_absolute_paths(loaded, path)
+    return loaded
+
+
+def with_absolute_paths(loaded: dict, path: Path) -> dict:
+    """The config's DeepSpeed settings file read from the config's own folder, as an absolute path
+    (the launched processes, and the other machines, run elsewhere)."""
+    ds = loaded.get("deepspeed_config", {})
+    if ds.get("deepspeed_config_file") and not Path(ds["deepspeed_config_file"]).is_absolute():
+        ds["deepspeed_config_file"] = str((path.parent / ds["deepspeed_config_file"]).resolve())
     return loaded
 
 

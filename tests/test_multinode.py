@@ -20,22 +20,25 @@ import yaml
 from flows.stages import train_policy_task
 from infra.settings import TrainConfig
 from infra.stack import free_port
-from tasks.launch import MACHINES, accelerate_config
+from tasks.launch import MACHINES, accelerate_config, with_absolute_paths
 from tests.test_multiprocess_train import TOLERANCE, _losses, _stage
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_multinode_config_starts_torchrun_on_each_machine():
-    """accelerate's own parser and DeepSpeed launch preparation (no DeepSpeed needed) on the command a
-    second machine runs: DeepSpeed's standard launcher, so torchrun there as node 1 of 2, meeting at the
-    main machine's address; not pdsh."""
+def test_the_multinode_config_starts_torchrun_on_each_machine(tmp_path):
+    """The ZeRO-3 file as the train stage writes it into the job (its DeepSpeed settings file made
+    absolute), planned by accelerate's own parser and DeepSpeed launch preparation (no DeepSpeed
+    needed) for the command a second machine runs: DeepSpeed's standard launcher, so torchrun there
+    as node 1 of 2, meeting at machine 0's address; not pdsh."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
     config = REPO / "configs" / "accelerate-multinode.yaml"
+    job_config = tmp_path / "accelerate.yaml"
+    job_config.write_text(yaml.safe_dump(with_absolute_paths(yaml.safe_load(config.read_text()), config)))
     args = launch_command_parser().parse_args(
-        ["--config_file", str(config), "--machine_rank", "1", "-m", "tasks.launch", "/shared/job/job.json"])
+        ["--config_file", str(job_config), "--num_processes", "16", "--machine_rank", "1", "-m", "tasks.launch", "/shared/job/job.json"])
     args, defaults, _ = _validate_launch_command(args)
     assert args.use_deepspeed and args.deepspeed_multinode_launcher == "standard"
     args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as `accelerate launch` sets it
@@ -43,8 +46,7 @@ def test_the_multinode_config_starts_torchrun_on_each_machine():
     assert command is None  # no deepspeed/pdsh runner command: accelerate hands the args to torchrun
     assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "8")
     assert args.rdzv_endpoint == f"{defaults.main_process_ip}:{defaults.main_process_port}" and args.rdzv_backend == "static"
-    settings = REPO / env["ACCELERATE_DEEPSPEED_CONFIG_FILE"]  # read from the repository root, where the command runs
-    assert settings == REPO / "configs" / "deepspeed-zero3.json" and settings.is_file()
+    assert env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(REPO / "configs" / "deepspeed-zero3.json")
 
 
 def two_machine_config(folder: Path, **changes) -> Path:
