@@ -167,10 +167,17 @@ def _stack_commands(sub) -> None:
     stack.add_argument("action", choices=["up", "down", "env"], help="up: start it; down: stop it; env: print its export lines")
     stack.add_argument("--dir", type=Path, default=Path(".flywheel/stack"), help="where its state and logs live (default .flywheel/stack)")
     deploy = _command(sub, "deploy", "apply prefect.yaml's deployments to the Prefect server (PREFECT_API_URL)", """
-        flywheel deploy --config configs/demo.yaml --cron '0 3 * * *'""")
+        flywheel deploy --config configs/demo.yaml --cron '0 3 * * *'
+        flywheel deploy --kubernetes --image registry.example.com/flywheel:cuda""")
     deploy.add_argument("--cron", default="0 3 * * *", help="schedule of the loop deployment (default: 03:00 UTC daily)")
     deploy.add_argument("--config", default=DEFAULT_SCHEDULED_CONFIG, metavar="FILE",
                         help=f"config of the scheduled loop, inside the repository the workers run from (default {DEFAULT_SCHEDULED_CONFIG})")
+    deploy.add_argument("--kubernetes", action="store_true",
+                        help="also the deployments on the Kubernetes work pool 'gpu-k8s' (docs/scaling.md), after --check")
+    deploy.add_argument("--check", action="store_true",
+                        help="only check the Kubernetes deployments' job variables against docker/k8s/gpu-job-template.json "
+                             "and the rendered Job against the Kubernetes schema; no server needed")
+    deploy.add_argument("--image", metavar="IMAGE", help="the Kubernetes jobs' image (sets FLYWHEEL_IMAGE; default: that variable)")
     trigger = _command(sub, "trigger", "run the loop deployment now, wait for it, and print its round summary", """
         flywheel trigger --config configs/demo.yaml --set train.epochs=1
         flywheel trigger --json > run.json""")

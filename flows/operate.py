@@ -15,11 +15,12 @@ DEFAULT_SCHEDULED_CONFIG = "configs/demo.yaml"  # the scheduled loop's config wh
 
 
 def run(args) -> int:
+    from infra.k8s_job import JobVariablesError
     from infra.settings import ConfigError
 
     try:
         return {"stack": _stack, "deploy": _deploy, "trigger": _trigger}[args.command](args)
-    except ConfigError as err:  # deploy --config naming a file that is missing or invalid
+    except (ConfigError, JobVariablesError) as err:  # deploy --config naming a bad file; a Kubernetes deployment's job variables refused
         print(f"flywheel {args.command}: {err}", file=sys.stderr)
         return USAGE_OR_CONFIG
     except Exception as err:  # a clear line, not a traceback, for operators and CI logs
@@ -60,19 +61,43 @@ def scheduled_config(path: str) -> str:
 
 
 def _deploy(args) -> int:
+    """Apply prefect.yaml's deployments: those on process work pools, and with --kubernetes those on the
+    Kubernetes pool too, after checking their job variables against its template (--check: only that)."""
+    from infra import k8s_job
+
     config_file = scheduled_config(args.config)  # before the server is asked anything
+    env = {**os.environ, "FLYWHEEL_REPO": str(REPO), "FLYWHEEL_CRON": args.cron, "FLYWHEEL_CONFIG": config_file}
+    if args.image:
+        env["FLYWHEEL_IMAGE"] = args.image
+    if args.check or args.kubernetes:
+        checked = k8s_job.check_deployments(env)
+        if args.check:
+            print(f"checked against {k8s_job.JOB_TEMPLATE.relative_to(REPO)} and the Kubernetes {k8s_job.KUBERNETES_VERSION} "
+                  f"schema: {', '.join(checked)}")
+            return SUCCESS
     if not os.environ.get("PREFECT_API_URL"):
         raise RuntimeError("PREFECT_API_URL is not set: point it at a Prefect server (see `flywheel stack env`)")
-    env = {**os.environ, "FLYWHEEL_REPO": str(REPO), "FLYWHEEL_CRON": args.cron, "FLYWHEEL_CONFIG": config_file}
+    names = deployment_names(kubernetes=args.kubernetes)
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml")],
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(REPO / "prefect.yaml"),
+         *(f"--name={name}" for name in names)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     if done.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    print(f"deployed from {REPO / 'prefect.yaml'}: flywheel-scheduled-loop/scheduled (cron {args.cron!r}, config {config_file}), "
-          "flywheel-train/gpu, flywheel-generate/gpu")
+    print(f"deployed from {REPO / 'prefect.yaml'}: {', '.join(names)} (the scheduled loop: cron {args.cron!r}, config {config_file})")
     return SUCCESS
+
+
+def deployment_names(kubernetes: bool) -> list[str]:
+    """prefect.yaml's deployments to apply, by name: every one, less those on the Kubernetes work pool
+    unless asked (that pool exists only where a cluster does, and `prefect deploy` refuses a missing pool)."""
+    import yaml
+
+    from infra.k8s_job import KUBERNETES_POOL
+
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    return [d["name"] for d in deployments if kubernetes or d["work_pool"]["name"] != KUBERNETES_POOL]
 
 
 def _trigger(args) -> int:

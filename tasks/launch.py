@@ -17,7 +17,13 @@ The job folder:
 * ``shared/``: what the processes share: the datasets (and TRL's caches beside them), the epoch
   checkpoints of ``keep_best_epoch``;
 * ``launch.log``: the processes' output (copied to this process's stdout too), whose first
-  traceback a failure shows.
+  traceback a failure shows;
+* ``machines.txt``: over several machines, the command each other machine runs.
+
+Over several machines (an accelerate config with ``num_machines`` > 1) the job folder is made in
+``train.launch_dir``, which every machine mounts at the same path; this machine runs machine 0,
+and each other machine runs ``machine_command`` with its own rank. Only rank 0 writes the
+checkpoints, so the stage's folder may stay local to this machine.
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ from infra.settings import TrainConfig
 from tasks.train import TrainJob, TrainResult, train_policy
 from tasks.training.callbacks import NonFiniteLoss
 
-JOB, LAUNCH_CONFIG, STEPS, RESULT, DIVERGED, SHARED, LOG = (
-    "job.json", "accelerate.yaml", "steps.jsonl", "result.json", "diverged.json", "shared", "launch.log")
+JOB, LAUNCH_CONFIG, STEPS, RESULT, DIVERGED, SHARED, LOG, MACHINES = (
+    "job.json", "accelerate.yaml", "steps.jsonl", "result.json", "diverged.json", "shared", "launch.log", "machines.txt")
 DIVERGED_EXIT = 3  # a process's exit status when the loss diverged
 FAILED_PREFIX = "failed-rank"  # a failing process's own traceback: failed-rank<N>.txt
 TAIL_LINES = 40  # lines of the processes' output a failure shows
@@ -68,9 +74,8 @@ def accelerate_config(config: TrainConfig, cpu: bool) -> dict:
         raise FileNotFoundError(f"train.accelerate_config: {path} does not exist (relative paths are read from {Path.cwd()})") from None
     if not isinstance(loaded, dict) or "distributed_type" not in loaded:
         raise ValueError(f"train.accelerate_config: {path} is not an accelerate config (no distributed_type)")
-    if loaded.get("num_machines", 1) != 1:
-        raise ValueError(f"train.accelerate_config: {path} asks for {loaded['num_machines']} machines; "
-                         "training runs on one machine (the train stage's folder is there)")
+    if machines(loaded) > 1:
+        _check_several_machines(config, path, loaded)
     if loaded["distributed_type"] == "DEEPSPEED":
         if importlib.util.find_spec("deepspeed") is None:
             raise RuntimeError(f"train.accelerate_config: {path} trains with DeepSpeed, which is not installed here: "
@@ -78,17 +83,50 @@ def accelerate_config(config: TrainConfig, cpu: bool) -> dict:
                                "with plain DDP (train.accelerate_config: null)")
         if cpu:
             raise RuntimeError(f"train.accelerate_config: {path} trains with DeepSpeed, which needs GPUs; none was found")
-        ds = loaded.get("deepspeed_config", {})
-        if ds.get("deepspeed_config_file") and not Path(ds["deepspeed_config_file"]).is_absolute():
-            ds["deepspeed_config_file"] = str((path.parent / ds["deepspeed_config_file"]).resolve())
+        with_absolute_paths(loaded, path)
     return loaded
 
 
-def launch_command(job_dir: Path, num_processes: int) -> list[str]:
+def with_absolute_paths(loaded: dict, path: Path) -> dict:
+    """The config's DeepSpeed settings file read from the config's own folder, as an absolute path
+    (the launched processes, and the other machines, run elsewhere)."""
+    ds = loaded.get("deepspeed_config", {})
+    if ds.get("deepspeed_config_file") and not Path(ds["deepspeed_config_file"]).is_absolute():
+        ds["deepspeed_config_file"] = str((path.parent / ds["deepspeed_config_file"]).resolve())
+    return loaded
+
+
+def machines(launch: dict) -> int:
+    return int(launch.get("num_machines", 1))
+
+
+def _check_several_machines(config: TrainConfig, path: Path, loaded: dict) -> None:
+    """An accelerate config over several machines: the others must find the job and the first machine."""
+    n = machines(loaded)
+    if config.launch_dir is None:
+        raise ValueError(f"train.accelerate_config: {path} asks for {n} machines: set train.launch_dir to a folder "
+                         "every machine mounts at the same path, where the job goes (docs/scaling.md)")
+    missing = [key for key in ("main_process_ip", "main_process_port") if not loaded.get(key)]
+    if missing:
+        raise ValueError(f"train.accelerate_config: {path} asks for {n} machines but sets no {' or '.join(missing)}: "
+                         "the other machines meet the first there")
+    if config.num_processes % n:
+        raise ValueError(f"train.num_processes ({config.num_processes}) must be a multiple of num_machines ({n}) in "
+                         f"train.accelerate_config {path}: each machine runs the same number of processes")
+    loaded["machine_rank"] = 0  # this machine; each other one passes its own --machine_rank
+
+
+def launch_command(job_dir: Path, num_processes: int, several_machines: bool = False) -> list[str]:
+    # One machine: a free port, so trainings side by side do not meet. Several: the config's port, which the others know.
+    port = [] if several_machines else ["--main_process_port", "0"]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(job_dir / LAUNCH_CONFIG),
-            "--num_processes", str(num_processes),
-            "--main_process_port", "0",  # a free port: trainings side by side on one machine do not meet
-            "-m", "tasks.launch", str(job_dir / JOB)]
+            "--num_processes", str(num_processes), *port, "-m", "tasks.launch", str(job_dir / JOB)]
+
+
+def machine_command(job_dir: Path, machine_rank: int | str, num_processes: int) -> str:
+    """What another machine runs, from its checkout of the repository, to take part in the launch."""
+    return (f"accelerate launch --config_file {job_dir / LAUNCH_CONFIG} --num_processes {num_processes} "
+            f"--machine_rank {machine_rank} -m tasks.launch {job_dir / JOB}")
 
 
 def launch_training(job: TrainJob, on_log: Callable[[dict, int], None] | None = None) -> TrainResult:
@@ -101,22 +139,36 @@ def launch_training(job: TrainJob, on_log: Callable[[dict, int], None] | None = 
     check_trl_internals()  # here too: a moved TRL name is named once, before any process starts
     config = job.config
     cpu = pick_device(job.model).type == "cpu"
-    _check_gpus(config, cpu)
     launch = accelerate_config(config, cpu)
-    with tempfile.TemporaryDirectory(prefix="flywheel-train-") as folder:
-        job_dir = Path(folder)
+    _check_gpus(config, cpu, machines(launch))
+    several = machines(launch) > 1
+    if several:
+        Path(config.launch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="flywheel-train-", dir=config.launch_dir if several else None) as folder:
+        job_dir = Path(folder).resolve()
         (job_dir / JOB).write_text(job.model_copy(update={"output_dir": Path(job.output_dir).resolve()}).model_dump_json())
         (job_dir / LAUNCH_CONFIG).write_text(yaml.safe_dump(launch))
-        status = _run(launch_command(job_dir, config.num_processes), job_dir, on_log)
+        if several:
+            _announce(job_dir, machines(launch), config.num_processes)
+        status = _run(launch_command(job_dir, config.num_processes, several), job_dir, on_log)
         return _outcome(job_dir, status, config.num_processes)
 
 
-def _check_gpus(config: TrainConfig, cpu: bool) -> None:
+def _announce(job_dir: Path, n_machines: int, num_processes: int) -> None:
+    """Say (and write beside the job) what the other machines run; this one waits for them to meet it."""
+    command = machine_command(job_dir, "N", num_processes)
+    (job_dir / MACHINES).write_text(command + "\n")
+    print(f"training on {n_machines} machines; this one is machine 0 and waits for the others. On each machine N "
+          f"of 1..{n_machines - 1}, from the repository:\n  {command}", flush=True)
+
+
+def _check_gpus(config: TrainConfig, cpu: bool, n_machines: int = 1) -> None:
     import torch
 
-    if not cpu and config.num_processes > torch.cuda.device_count():
-        raise RuntimeError(f"train.num_processes is {config.num_processes} but this machine has {torch.cuda.device_count()} "
-                           "GPUs: one process a GPU")
+    here = config.num_processes // n_machines
+    if not cpu and here > torch.cuda.device_count():
+        raise RuntimeError(f"train.num_processes is {config.num_processes} ({here} on each of {n_machines} machines) but "
+                           f"this machine has {torch.cuda.device_count()} GPUs: one process a GPU")
 
 
 def _outcome(job_dir: Path, status: int, num_processes: int) -> TrainResult:

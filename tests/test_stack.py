@@ -57,8 +57,8 @@ def config_file(tiny_model, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stackrun")
     config = tiny_round_config(
         tiny_model, LOOP, word_band_prompt_file(root / "prompts.jsonl"), root / "data",
-        train={"deployment": "flywheel-train/gpu"},
-        generate={"deployment": "flywheel-generate/gpu"},
+        train={"deployment": "flywheel-train/train-gpu"},
+        generate={"deployment": "flywheel-generate/generate-gpu"},
         regression={"tolerance": 1.0},
         # A bar any challenger clears, so the registry path runs: win rate above 0 (ties count
         # half), no failure-mode or benchmark limit worth the name.

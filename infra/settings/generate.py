@@ -85,7 +85,7 @@ class GenerateConfig(Section):
     )
     deployment: str | None = Field(
         None,
-        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-generate/gpu') that samples the round's "
+        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-generate/generate-gpu') that samples the round's "
         "candidates on its work pool (a GPU worker, with backend 'vllm' where its image has vLLM); None: in the round's process.",
     )
     dispatch_timeout_s: float = Field(2 * 3600, gt=0, description="How long the round waits for a dispatched generation run.")

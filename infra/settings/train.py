@@ -173,7 +173,7 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed of the trainer: the order of the pairs, the LoRA initialisation and dropout.")
     deployment: str | None = Field(
         None,
-        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/gpu') that runs training, "
+        description="Prefect deployment ('flow/deployment', e.g. 'flywheel-train/train-gpu') that runs training, "
         "typically on a GPU work pool; None trains inside the round's own process.",
     )
     num_processes: int = Field(
@@ -187,6 +187,13 @@ class TrainConfig(Section):
         description="An accelerate config file for the launch (e.g. configs/accelerate-zero3.yaml for DeepSpeed "
         "ZeRO-3; relative paths in it are read from its own folder); train.num_processes overrides its "
         "num_processes. None: plain DDP across train.num_processes.",
+    )
+    launch_dir: Path | None = Field(
+        None,
+        description="A folder every training machine mounts at the same path (NFS, Lustre, a shared volume), for an "
+        "accelerate_config over several machines (num_machines > 1, e.g. configs/accelerate-multinode.yaml): the "
+        "launch's job folder goes there, this machine runs machine 0 and prints the command each other machine runs. "
+        "The champion checkpoint and the repository must be at the same paths there too. None: one machine.",
     )
     heldout_share: float = Field(
         0.1, ge=0, lt=1,
