@@ -26,7 +26,8 @@ instruction(
     describe=lambda marker, count: f'Give exactly {count} bullet points, each on its own line starting with "{marker} ", and no other bullets.',
     draw=lambda rng, ctx: {"marker": rng.choice(("-", "+")), "count": rng.choice((2, 3, 4, 5))},
     valid=lambda marker, count: None if marker in ("-", "+", "•") and 1 <= count <= 20 else "marker must be -, + or •; count 1-20",
-    conflicts={ifeval.BULLETS, ifeval.PARAGRAPHS, ifeval.QUOTATION, "flywheel:numbered_steps"},
+    # Each bullet is a sentence or more, which makes a sentence limit a trap (as for IFEval's bullets).
+    conflicts={ifeval.BULLETS, ifeval.PARAGRAPHS, ifeval.QUOTATION, ifeval.SENTENCES, "flywheel:numbered_steps"},
 )
 
 _NUMBERED = re.compile(r"^\s*(\d+)[.)]\s+\S")
@@ -44,7 +45,8 @@ instruction(
     describe=lambda count: f'Lay the answer out as exactly {count} numbered steps, "1." to "{count}.", each on its own line.',
     draw=lambda rng, ctx: {"count": rng.choice((2, 3, 3, 4, 5))},
     valid=lambda count: None if 1 <= count <= 20 else "count must be 1-20",
-    conflicts={ifeval.BULLETS, ifeval.PARAGRAPHS, ifeval.QUOTATION, "flywheel:no_digits"},
+    # punkt counts "1." as a sentence of its own, which makes a sentence limit a trap.
+    conflicts={ifeval.BULLETS, ifeval.PARAGRAPHS, ifeval.QUOTATION, ifeval.SENTENCES, "flywheel:no_digits"},
 )
 
 
