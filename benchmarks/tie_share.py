@@ -1,27 +1,35 @@
 """The verifier judge's tie share on rule-made answers: how often two candidates for one prompt tie.
 
-No model answers are generated here (too slow on a CPU): each built-in training prompt gets
-k rule-made answers about its topic whose forms are drawn at random and independently of what
-the prompt asks (case; a <<title>>, a heading, an opening phrase; bullets of several markers,
-numbered steps, paragraphs or sections; some of the topic's keywords, in any order and number;
-a parenthetical, a number or none, commas or none, bold, an exclamation; and a close: an end
-phrase, a question, a sign-off, a postscript or nothing). So an answer meets a prompt's
-constraints by chance, about as often whichever generator wrote the prompt, and the tie share
-reflects how finely the judge's score tells answers apart. The verifier judge (its failure-mode
-penalties included) compares every pair; the "all or nothing" line scores 1 only when every
-constraint is met, for the share that partial credit itself removes.
+No model answers are generated here (too slow on a CPU). Each of N built-in training prompts
+(seed 0) gets k rule-made answers, written two ways:
+
+* ``attempts``: tests/answer_builder.py's answer told to meet each of the prompt's constraints
+  with probability q (independently, per answer; its filler varies), as a model that tries
+  each instruction and lands some; q = 0.4 is about the base model's satisfaction in the proof.
+* ``form-blind``: an answer about the topic whose forms are drawn without reading the prompt
+  (case; a <<title>>, a heading, an opening phrase; bullets of several markers, numbered steps,
+  paragraphs or sections; some of the topic's keywords in any order; a parenthetical, a number,
+  commas, bold, an exclamation; an end phrase, a question, a sign-off, a postscript or nothing):
+  it meets constraints only by chance.
+
+The verifier judge (failure-mode penalties included) compares every pair of a prompt's answers;
+``all_or_nothing`` scores 1 only when every constraint is met, for the share that partial credit
+itself removes. Rule-made answers are not a model's: the figures compare prompt sets and scorings
+under one answerer, not the tie share a round will see.
 
 Usage:  python benchmarks/tie_share.py [N_PROMPTS] [K]   (default 256 prompts, 6 answers each)
-Runs against whichever ``tasks.prompts`` is on the path, so the same script measures an older
-checkout with ``PYTHONPATH=<old checkout>:<this checkout's benchmarks parent>``.
+Runs against whichever ``tasks`` is on the path, so ``PYTHONPATH=<older checkout> python
+<this checkout>/benchmarks/tie_share.py`` measures an older prompt generator with the same answerers.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import random
 import sys
+from pathlib import Path
 
 from infra.records import Prompt
 from infra.settings import JudgeConfig
@@ -91,24 +99,54 @@ def all_or_nothing(judge: VerifierJudge, prompt: Prompt, answer: str) -> float:
     return float(all(check_constraints(answer, prompt.constraints))) - sum(judge.penalty(m) for m in modes)
 
 
-def measure(n_prompts: int, k: int) -> dict[str, float]:
-    judge = VerifierJudge(JudgeConfig())
-    keywords = {t[0]: t[2] for t in TOPICS}
-    prompts = select_prompts(builtin_prompts(0, 0.25), "train", n_prompts, seed=0)
-    ties = strict_ties = pairs = 0
+def _answer_builder():
+    """tests/answer_builder.py of this checkout, loaded by path (an older checkout on the path has none)."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "answer_builder.py"
+    spec = importlib.util.spec_from_file_location("flywheel_answer_builder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_answer
+
+
+def attempts(q: float):
+    build = _answer_builder()
+
+    def answer(rng: random.Random, prompt: Prompt) -> str:
+        return build(prompt, meet={c.id for c in prompt.constraints if rng.random() < q}, rng=rng)
+
+    return answer
+
+
+def form_blind(rng: random.Random, prompt: Prompt) -> str:
+    return rule_made_answer(rng, {t[0]: t[2] for t in TOPICS}[prompt.topic])
+
+
+def tie_shares(prompts: list[Prompt], answerer, k: int, judge: VerifierJudge) -> dict[str, float]:
+    ties = strict_ties = pairs = met = checked = 0
     for prompt in prompts:
-        rng = random.Random(f"tie-share-{prompt.topic}-{prompt.text[:40]}")
-        answers = [rule_made_answer(rng, keywords[prompt.topic]) for _ in range(k)]
+        rng = random.Random(f"tie-share-{prompt.id}")
+        answers = [answerer(rng, prompt) for _ in range(k)]
         strict = [all_or_nothing(judge, prompt, a) for a in answers]
+        for answer in answers:
+            verdicts = check_constraints(answer, prompt.constraints)
+            met, checked = met + sum(verdicts), checked + len(verdicts)
         for i, j in itertools.combinations(range(k), 2):
             pairs += 1
             ties += judge.compare(prompt, answers[i], answers[j]).verdict == "tie"
             strict_ties += abs(strict[i] - strict[j]) <= judge.config.tie_margin
-    per_prompt = sum(len(p.constraints) for p in prompts) / len(prompts)
-    return {"prompts": len(prompts), "answers_per_prompt": k, "pairs": pairs, "constraints_per_prompt": round(per_prompt, 2),
-            "tie_share": round(ties / pairs, 3), "tie_share_all_or_nothing": round(strict_ties / pairs, 3)}
+    return {"constraints_met": round(met / checked, 3), "tie_share": round(ties / pairs, 3),
+            "tie_share_all_or_nothing": round(strict_ties / pairs, 3)}
+
+
+def measure(n_prompts: int, k: int) -> dict[str, object]:
+    judge = VerifierJudge(JudgeConfig())
+    prompts = select_prompts(builtin_prompts(0, 0.25), "train", n_prompts, seed=0)
+    answerers = {"attempts q=0.4": attempts(0.4), "attempts q=0.6": attempts(0.6), "form-blind": form_blind}
+    return {"prompts": len(prompts), "answers_per_prompt": k, "pairs": len(prompts) * k * (k - 1) // 2,
+            "constraints_per_prompt": round(sum(len(p.constraints) for p in prompts) / len(prompts), 2),
+            **{name: tie_shares(prompts, answerer, k, judge) for name, answerer in answerers.items()}}
 
 
 if __name__ == "__main__":
     args = [int(a) for a in sys.argv[1:3]]
-    print(json.dumps(measure(*(args + [256, 6][len(args):]))))
+    print(json.dumps(measure(*(args + [256, 6][len(args):])), indent=1))
