@@ -1,4 +1,5 @@
-"""Checking IFEval constraints offline, with lm-eval's own instruction checkers.
+"""Checking constraints offline: IFEval's with lm-eval's own instruction checkers, Flywheel's own
+(ids under ``flywheel:``, tasks/verifiable/) with theirs.
 
 Reads nothing but a response and its constraints; writes only nltk's punkt_tab
 sentence-splitter data, once, under ``<data_dir>/nltk_data`` (``ensure_punkt``).
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.records import Constraint
+from tasks import verifiable
 
 PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
 # Written after the four files, so an interrupted build is redone rather than trusted.
@@ -112,8 +114,18 @@ def _instruction_dict() -> dict[str, type]:
 
 
 def known_constraints() -> tuple[str, ...]:
-    """Every supported IFEval instruction id, sorted."""
-    return tuple(sorted(_instruction_dict()))
+    """Every supported instruction id (IFEval's and Flywheel's own), sorted."""
+    return tuple(sorted([*_instruction_dict(), *verifiable.ids()]))
+
+
+class _FlywheelChecker:
+    """A flywheel instruction type with its kwargs, answering as lm-eval's checkers do."""
+
+    def __init__(self, constraint: Constraint):
+        self.constraint = constraint
+
+    def check_following(self, response: str) -> bool:
+        return verifiable.check(response, self.constraint)
 
 
 def _kwargs_key(kwargs: dict[str, Any]) -> str:
@@ -126,10 +138,15 @@ def _kwargs_key(kwargs: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def _checker(constraint_id: str, kwargs_key: str) -> Any:
-    """A built lm-eval checker for one constraint; built once, reused for every response."""
+    """A built checker for one constraint; built once, reused for every response."""
+    if verifiable.is_flywheel(constraint_id):
+        constraint = Constraint(id=constraint_id, kwargs=json.loads(kwargs_key))
+        if problem := verifiable.problem(constraint):
+            raise ValueError(f"constraint {constraint_id!r}: {problem}")
+        return _FlywheelChecker(constraint)
     classes = _instruction_dict()
     if constraint_id not in classes:
-        raise ValueError(f"unknown constraint id {constraint_id!r}; known: {', '.join(sorted(classes))}")
+        raise ValueError(f"unknown constraint id {constraint_id!r}; known: {', '.join(known_constraints())}")
     checker = classes[constraint_id](constraint_id)
     kwargs = json.loads(kwargs_key)
     # lm-eval fills a missing argument with a random value: refuse instead, so scores repeat.

@@ -6,8 +6,8 @@ Writes: ``judgments.jsonl`` (one Judgment per compared pair of candidates).
 A ``Judge`` maps (prompt, response A, response B) to a verdict with scores and
 a reason. Judges register by name (``JUDGES``) and configs refer to them so;
 the default ``verifier`` judge runs offline: a response scores the share of its
-prompt's constraints it satisfies (IFEval's checkers), minus a penalty for each
-failure mode it shows (verbose, sycophantic, evasive, repetitive, degenerate, and
+prompt's constraints it satisfies (partial credit: IFEval's checkers and Flywheel's own, a
+prompt carrying one to four), minus a penalty for each failure mode it shows (verbose, sycophantic, evasive, repetitive, degenerate, and
 the gaming a checker invites: stuffed, off_topic, echo, too_short).
 """
 

@@ -3,16 +3,22 @@
 Reads: nothing for the built-in set; a JSONL file for source ``jsonl``.
 Writes: nothing; returns ``Prompt`` records, each marked ``train`` or ``eval``.
 
-The built-in set crosses ~90 topics with eight task forms and draws one or two
-compatible constraints per prompt from a fixed seed, e.g. "Write a short note to
-a neighbour about the parking rules on our street. Answer in fewer than 60
-words. Do not use the word "car"." Each constraint is stated in plain words that
-its checker kwargs encode exactly. Train and eval are split by topic, so the
-held-out set shares no prompt and no topic with the training pool.
+The built-in set crosses ~100 topics with eight task forms and draws one to four
+compatible constraints per prompt (``CONSTRAINT_COUNTS``) from a fixed seed, e.g. "Write a
+short note to a neighbour about the parking rules on our street. Answer in fewer than 60
+words. Do not use the word "car". Make "permit" the very last word of your answer." The
+types are IFEval's (``IFEVAL_WEIGHTS``) and Flywheel's own (``flywheel:`` ids,
+tasks/verifiable/). Each constraint is stated in plain words that its checker kwargs encode
+exactly. Train and eval are split by topic, so the held-out set shares no prompt and no topic
+with the training pool.
 
 Some constraint types are *unseen* (``prompts.unseen_types``; by default a quarter of the
-generator's types, drawn by seed): no training prompt carries one, and about half the held-out
-prompts do, so the eval can tell gains that generalise from gains on the types trained on.
+generator's IFEval types, drawn by seed; the ``flywheel:`` types are always trained on): no
+training prompt carries one, and about half the held-out prompts do, so the eval can tell
+gains that generalise from gains on the types trained on.
+
+Each round trains on prompts no earlier round saw (``round_prompts``): the training pool is
+shuffled once by seed and dealt out in consecutive slices; the held-out set is the same every round.
 
 ``tasks/data/unconstrained.jsonl`` holds everyday requests with nothing to check, written apart
 from the templates; the eval answers them too (length, failure modes, a model judge's verdicts).
@@ -33,6 +39,7 @@ from pydantic import BaseModel
 from infra.records import Constraint, Prompt
 from infra.registry import Registry
 from infra.settings import PromptsConfig
+from tasks import verifiable
 from tasks.constraints import ensure_punkt, known_constraints, validate_constraint
 
 # (slug, subject, keywords to require, tempting words to forbid). Forbidden words never
@@ -155,12 +162,16 @@ FORMS: tuple[tuple[str, bool], ...] = (
     ("Write a short note to a neighbour about {subject}.", True),
     ("Answer a coworker who asked you about {subject}.", False),
 )
-PROMPTS_PER_FORM = 2
+PROMPTS_PER_FORM = 3
+
+# How many constraints a built-in prompt carries, with the weight of each count: several per
+# prompt is what transfers to unseen types (IFBench), one now and then keeps easy wins in the mix.
+CONSTRAINT_COUNTS: dict[int, float] = {1: 2, 2: 3, 3: 3, 4: 2}
 
 END_PHRASES = ("Any other questions?", "Is there anything else I can help with?", "Hope this helps.", "That is all.")
 
 # Draw weights: biased toward what a 135M instruct model can learn to satisfy.
-WEIGHTS: dict[str, float] = {
+IFEVAL_WEIGHTS: dict[str, float] = {
     "length_constraints:number_words": 4,
     "change_case:english_lowercase": 3,
     "startend:end_checker": 3,
@@ -177,6 +188,8 @@ WEIGHTS: dict[str, float] = {
     "detectable_format:json_format": 1,
     "detectable_content:number_placeholders": 1,
 }
+# Every type the generator draws: IFEval's and Flywheel's own (always training types by default).
+WEIGHTS: dict[str, float] = {**IFEVAL_WEIGHTS, **{kind: verifiable.get(kind).weight for kind in verifiable.ids()}}
 
 # Pairs never drawn together: they contradict, or fight over the same part of the answer.
 _CONFLICTS = {
@@ -211,6 +224,9 @@ def compatible(a: str, b: str) -> bool:
         return False
     if "detectable_format:json_format" in (a, b):
         return ({a, b} - {"detectable_format:json_format"}) <= _JSON_PARTNERS
+    for one, other in ((a, b), (b, a)):
+        if verifiable.is_flywheel(one) and other in verifiable.get(one).conflicts:
+            return False
     return frozenset((a, b)) not in _CONFLICTS
 
 
@@ -222,6 +238,8 @@ def _quoted(words: list[str], joiner: str) -> str:
 def describe(constraint: Constraint) -> str:
     """The constraint in plain words, stating exactly what its kwargs encode."""
     kw = constraint.kwargs
+    if verifiable.is_flywheel(constraint.id) and constraint.id in verifiable.INSTRUCTIONS:
+        return verifiable.describe(constraint)
     match constraint.id:
         case "length_constraints:number_words":
             bound = "fewer than" if kw["relation"] == "less than" else "at least"
@@ -262,7 +280,10 @@ def describe(constraint: Constraint) -> str:
 
 def _draw_kwargs(kind: str, rng: random.Random, topic: tuple, taken: dict[str, Any]) -> dict[str, Any]:
     """Arguments for one constraint of type ``kind`` on ``topic``."""
-    _, _, keywords, tempting = topic
+    _, subject, keywords, tempting = topic
+    if verifiable.is_flywheel(kind):
+        forbidden = frozenset(taken.get("forbidden_words", ()))
+        return verifiable.get(kind).draw(rng, verifiable.DrawContext(keywords, subject, forbidden))
     match kind:
         case "length_constraints:number_words":
             # Generation stops near 96 tokens (~70 words), so "at least" stays modest.
@@ -296,11 +317,11 @@ def _draw_kwargs(kind: str, rng: random.Random, topic: tuple, taken: dict[str, A
 def _draw_constraints(
     rng: random.Random, topic: tuple, letter_form: bool, kinds: Collection[str], first_from: Collection[str] = ()
 ) -> list[Constraint]:
-    """One or two compatible constraints of ``kinds`` for a prompt on ``topic``; the first of
-    ``first_from`` when given (and one fits the form)."""
+    """One to four (``CONSTRAINT_COUNTS``) pairwise compatible constraints of ``kinds`` for a prompt
+    on ``topic``; the first of ``first_from`` when given (and one fits the form)."""
     usable = [k for k in WEIGHTS if letter_form or k != "detectable_content:number_placeholders"]
     chosen: list[str] = []
-    for i in range(rng.choice((1, 2, 2))):
+    for i in range(rng.choices(list(CONSTRAINT_COUNTS), weights=list(CONSTRAINT_COUNTS.values()))[0]):
         pool = first_from if i == 0 and any(k in first_from for k in usable) else kinds
         options = [k for k in usable if k in pool and all(compatible(k, c) for c in chosen)]
         if not options:
@@ -336,14 +357,15 @@ UNSEEN_EVAL_SHARE = 0.5
 
 
 def default_unseen_types(seed: int) -> tuple[str, ...]:
-    """A quarter of the built-in generator's constraint types (4 of 15), drawn by ``seed``."""
-    kinds = sorted(WEIGHTS)
+    """A quarter of the built-in generator's IFEval constraint types (4 of 15), drawn by ``seed``.
+    Flywheel's own types are never held out by default: they are there to widen training."""
+    kinds = sorted(IFEVAL_WEIGHTS)
     return tuple(sorted(random.Random(f"flywheel-unseen-types-{seed}").sample(kinds, round(len(kinds) / 4))))
 
 
 def unseen_types(config: PromptsConfig) -> frozenset[str]:
     """The constraint types held out of training: ``prompts.unseen_types``, or by default a seeded
-    quarter of the built-in types for the built-in source and none for a prompt file."""
+    quarter of the built-in IFEval types for the built-in source and none for a prompt file."""
     if config.unseen_types is not None:
         return frozenset(config.unseen_types)
     return frozenset(default_unseen_types(config.seed)) if config.source == "builtin" else frozenset()
@@ -583,10 +605,34 @@ class PromptsSummary(BaseModel):
     constraints_per_prompt: float
 
 
+def fresh_rounds(n_pool: int, n_train: int) -> int:
+    """How many rounds can each train on prompts no earlier round saw, from a pool of ``n_pool``."""
+    return n_pool // n_train if n_train else 0
+
+
+def training_slice(prompts: list[Prompt], n: int, seed: int, round_index: int) -> list[Prompt]:
+    """Round ``round_index``'s (from 1) ``n`` training prompts: the training pool shuffled once by
+    ``seed`` and dealt out in consecutive slices, so rounds share no prompt until the pool is spent;
+    after that the deal starts over on a new shuffle (logged), and texts repeat."""
+    pool = sorted((p for p in prompts if p.split == "train"), key=lambda p: p.id)
+    if not pool:
+        raise ValueError("no 'train' prompts to select from")
+    n = min(n, len(pool))
+    per_deal = fresh_rounds(len(pool), n)
+    deal, slot = divmod(max(round_index - 1, 0), per_deal)
+    if deal:
+        logging.getLogger("flywheel").warning(
+            "round %d: the %d training prompts hold %d rounds of %d fresh prompts; reusing them (deal %d)",
+            round_index, len(pool), per_deal, n, deal + 1)
+    random.Random(f"flywheel-rounds-{seed}-{deal}").shuffle(pool)
+    return pool[slot * n : (slot + 1) * n]
+
+
 def round_prompts(config: PromptsConfig, data_dir: Path, round_index: int) -> tuple[list[Prompt], list[Prompt]]:
-    """The round's prompts: a fresh training sample per round, the same held-out set every round."""
+    """The round's prompts: training prompts no earlier round saw (``training_slice``), the same
+    held-out set every round."""
     prompts = load_prompts(config, data_dir)
-    train = select_prompts(prompts, "train", config.n_train, seed=config.seed * 1000 + round_index)
+    train = training_slice(prompts, config.n_train, config.seed, round_index)
     held_out = select_prompts(prompts, "eval", config.n_eval, seed=config.seed)
     return train, held_out
 

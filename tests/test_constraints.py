@@ -62,9 +62,10 @@ def test_capital_word_frequency_works_offline():
     assert met("at least") and not met("less than")
 
 
-def test_known_constraints_lists_every_ifeval_type():
+def test_known_constraints_lists_every_ifeval_type_and_the_flywheel_ones():
     known = known_constraints()
-    assert len(known) == 25
+    assert len([k for k in known if not k.startswith("flywheel:")]) == 25
+    assert len([k for k in known if k.startswith("flywheel:")]) >= 15
     assert {"length_constraints:number_sentences", "change_case:capital_word_frequency"} <= set(known)
 
 

@@ -38,6 +38,37 @@ def test_scores_are_share_of_constraints_met(judge):
     assert judge.score(PROMPT, LOWERCASE_ONLY)[0] == pytest.approx(0.5 - 0.25)
 
 
+# Three constraints, two of them Flywheel's own: partial credit tells apart answers that a
+# met-all-or-nothing score would tie.
+THREE = Prompt(
+    id="p3",
+    text='Give some practical tips about brewing tea. Use the word "kettle" exactly 2 times. '
+    'Make "minutes" the very last word of your answer. Do not use any commas.',
+    constraints=[
+        Constraint(id="flywheel:word_exactly", kwargs={"word": "kettle", "times": 2}),
+        Constraint(id="flywheel:last_word", kwargs={"word": "minutes"}),
+        Constraint(id="punctuation:no_comma"),
+    ],
+    topic="tea",
+)
+ALL_THREE = ("Good tea needs soft water and a clean pot. "
+             "Fill the kettle with fresh water. Warm the pot from the kettle first. Then let the leaves steep for four minutes")
+TWO_OF_THREE = "Good tea needs soft water and a clean pot. Fill the kettle with fresh water. Warm the pot first. Then let the leaves steep for four minutes"
+ONE_OF_THREE = "Good tea needs soft water and a clean pot. Fill the kettle with fresh water. Warm the pot first. Then let the leaves steep for a while"
+NONE_OF_THREE = "Good tea needs soft water and a clean pot. Warm the pot first. Pour the water over the leaves, then let them steep for a while."
+
+
+def test_partial_credit_orders_answers_by_how_many_constraints_they_meet(judge):
+    scores = [judge.score(THREE, text)[0] for text in (ALL_THREE, TWO_OF_THREE, ONE_OF_THREE, NONE_OF_THREE)]
+    assert scores == pytest.approx([1, 2 / 3, 1 / 3, 0])
+    assert judge.compare(THREE, TWO_OF_THREE, ONE_OF_THREE).verdict == "A"
+    assert judge.compare(THREE, ONE_OF_THREE, TWO_OF_THREE).verdict == "B"
+    assert judge.compare(THREE, NONE_OF_THREE, ONE_OF_THREE).verdict == "B"
+    # Meeting the same number of constraints, different ones, is still a tie.
+    other_one = "Good tea needs soft water and a clean pot. Fill the pot with fresh water. Warm it first. Then let the leaves steep for a while"
+    assert judge.compare(THREE, ONE_OF_THREE, other_one).verdict == "tie"
+
+
 def test_failure_modes_are_penalised_and_named(judge):
     score, reason = judge.score(PROMPT, FLATTERING)
     assert score == pytest.approx(1.0 - 0.25)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import re
 from pathlib import Path
@@ -12,7 +14,9 @@ from infra.records import Constraint, Prompt
 from infra.settings import PromptsConfig
 from tasks.constraints import check_constraints, constraint_score, ensure_punkt, known_constraints
 from tasks.prompts import (
+    CONSTRAINT_COUNTS,
     FORMS,
+    IFEVAL_WEIGHTS,
     PROMPT_SOURCES,
     TOPICS,
     UNCONSTRAINED_FILE,
@@ -22,6 +26,7 @@ from tasks.prompts import (
     compatible,
     default_unseen_types,
     describe,
+    fresh_rounds,
     load_prompt_file,
     load_prompts,
     round_prompts,
@@ -29,6 +34,7 @@ from tasks.prompts import (
     unconstrained_prompts,
     unseen_types,
 )
+from tests.answer_builder import build_answer
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +89,7 @@ def test_eval_topic_share_sets_the_split():
 def test_every_constraint_is_known_and_builds(builtin):
     known = set(known_constraints())
     for prompt in builtin:
-        assert 1 <= len(prompt.constraints) <= 2
+        assert 1 <= len(prompt.constraints) <= 4
         assert {c.id for c in prompt.constraints} <= known
         assert check_constraints("Some answer.", prompt.constraints)  # builds every checker
 
@@ -93,10 +99,9 @@ def test_constraint_pairs_are_compatible_and_respect_ifeval_conflicts(builtin):
 
     conflicts = conflict_make({k: set(v) for k, v in INSTRUCTION_CONFLICTS.items()})
     for prompt in builtin:
-        if len(prompt.constraints) == 2:
-            a, b = (c.id for c in prompt.constraints)
+        for a, b in itertools.combinations([c.id for c in prompt.constraints], 2):
             assert compatible(a, b), prompt.text
-            assert b not in conflicts[a], prompt.text
+            assert b not in conflicts.get(a, ()), prompt.text
 
 
 def test_prompt_text_states_every_constraint_with_its_values(builtin):
@@ -122,57 +127,9 @@ def test_forbidden_words_never_appear_in_the_task(builtin):
         assert not set(tempting) & set(keywords), slug
 
 
-def compliant_response(prompt: Prompt) -> str:
-    """A hand-built answer meant to satisfy every constraint of ``prompt``."""
-    kw = {c.id: c.kwargs for c in prompt.constraints}
-    if "detectable_format:json_format" in kw:
-        words = kw.get("keywords:existence", {}).get("keywords", [])
-        return json.dumps({"answer": " ".join(["plan ahead", *words])})
-    # Long enough for langdetect to call it English even in capitals.
-    sentences = ["Check the details first and make a simple plan."]
-    if words := kw.get("keywords:existence", {}).get("keywords"):
-        sentences = [f"Check the details first and think about {' and '.join(words)}."]
-    sentence_rule = kw.get("length_constraints:number_sentences")
-    extra = iter(["Stay patient.", "Ask a friend.", "Take notes.", "Go step by step.", "Check twice."] * 10)
-    if sentence_rule and sentence_rule["relation"] == "at least":
-        sentences += [next(extra) for _ in range(sentence_rule["num_sentences"])]
-    word_rule = kw.get("length_constraints:number_words")
-    if word_rule and word_rule["relation"] == "at least":
-        while len(re.findall(r"\w+", " ".join(sentences))) < word_rule["num_words"] + 12:
-            sentences.append(next(extra))
-    if n := kw.get("detectable_format:number_bullet_lists", {}).get("num_bullets"):
-        sentences += [next(extra) for _ in range(max(0, n - len(sentences)))]
-        items = sentences[: n - 1] + [" ".join(sentences[n - 1 :])]
-        body = "\n".join(f"* {s}" for s in items)
-    elif n := kw.get("length_constraints:number_paragraphs", {}).get("num_paragraphs"):
-        sentences += [next(extra) for _ in range(max(0, n - len(sentences)))]
-        parts = sentences[: n - 1] + [" ".join(sentences[n - 1 :])]
-        body = "\n\n***\n\n".join(parts)
-    else:
-        body = " ".join(sentences)
-    if n := kw.get("detectable_content:number_placeholders", {}).get("num_placeholders"):
-        body = f"Dear [name] at [place] on [date]:\n{body}"
-    if "detectable_format:title" in kw:
-        body = f"<<Notes>>\n{body}"
-    if "detectable_content:postscript" in kw:
-        body += "\n\nP.S. Thanks."
-    if "startend:end_checker" in kw:
-        body += " " + kw["startend:end_checker"]["end_phrase"]
-    if "startend:quotation" in kw:
-        body = f'"{body}"'
-    if "change_case:english_lowercase" in kw:
-        body = body.lower()
-    if "change_case:english_capital" in kw:
-        body = body.upper()
-    return body
-
-
 def test_every_builtin_prompt_is_satisfiable(builtin):
-    failures = [
-        (p.text, compliant_response(p))
-        for p in builtin
-        if not all(check_constraints(compliant_response(p), p.constraints))
-    ]
+    """A hand-built answer meets every constraint of every built-in prompt (one to four, of both families)."""
+    failures = [(p.text, build_answer(p)) for p in builtin if not all(check_constraints(build_answer(p), p.constraints))]
     assert not failures, failures[:3]
 
 
@@ -322,9 +279,11 @@ def carries(prompt: Prompt, kinds) -> bool:
     return any(c.id in kinds for c in prompt.constraints)
 
 
-def test_default_unseen_types_are_a_seeded_quarter_of_the_builtin_types():
+def test_default_unseen_types_are_a_seeded_quarter_of_the_builtin_ifeval_types():
     unseen = default_unseen_types(0)
-    assert len(unseen) == round(len(WEIGHTS) / 4) and set(unseen) <= set(WEIGHTS)
+    assert len(unseen) == round(len(IFEVAL_WEIGHTS) / 4) == 4 and set(unseen) <= set(IFEVAL_WEIGHTS)
+    # Flywheel's own types are training types under every seed.
+    assert not any(k.startswith("flywheel:") for seed in range(20) for k in default_unseen_types(seed))
     assert default_unseen_types(0) == unseen and default_unseen_types(1) != unseen
     assert unseen_types(PromptsConfig()) == frozenset(unseen)
     assert unseen_types(PromptsConfig(unseen_types=[])) == frozenset()
@@ -346,6 +305,57 @@ def test_no_training_prompt_of_any_round_carries_an_unseen_type(data_dir):
         assert {c.id for p in held_out for c in p.constraints} >= unseen - {"detectable_content:number_placeholders"}
     # Every type the generator draws still appears somewhere, seen ones in training.
     assert {c.id for p in pool if p.split == "train" for c in p.constraints} == set(WEIGHTS) - unseen
+
+
+def test_flywheel_types_are_trained_on_and_a_configured_one_stays_out_of_training(data_dir):
+    config = PromptsConfig()
+    train_types = {c.id for p in load_prompts(config, data_dir) if p.split == "train" for c in p.constraints}
+    assert {k for k in WEIGHTS if k.startswith("flywheel:")} <= train_types
+    assert len([k for k in WEIGHTS if k.startswith("flywheel:")]) >= 15
+    chosen = ["flywheel:last_word", "punctuation:no_comma"]
+    config = PromptsConfig(unseen_types=chosen)
+    for round_index in range(1, 6):
+        train, held_out = round_prompts(config, data_dir, round_index)
+        assert not [p.text for p in train if carries(p, chosen)], round_index
+        assert any(carries(p, ["flywheel:last_word"]) for p in held_out)
+
+
+def test_each_round_trains_on_fresh_prompts_and_evaluates_on_the_same_ones(data_dir):
+    config = PromptsConfig()
+    rounds = [round_prompts(config, data_dir, r) for r in range(1, 6)]
+    texts = [p.text for train, _ in rounds for p in train]
+    assert len(texts) == len(set(texts)) == 5 * config.n_train
+    assert all(held_out == rounds[0][1] for _, held_out in rounds)
+    assert rounds[0] == round_prompts(config, data_dir, 1)  # the same seed deals the same prompts
+    assert rounds[0][0] != round_prompts(PromptsConfig(seed=1), data_dir, 1)[0]
+
+
+def test_the_builtin_pool_holds_the_defaults_fresh_for_many_rounds(builtin, data_dir):
+    """The proof (configs/proof.yaml) runs the defaults: n_train prompts a round, n_eval held out."""
+    defaults = PromptsConfig()
+    n_train_pool = sum(p.split == "train" for p in load_prompts(defaults, data_dir))
+    assert fresh_rounds(n_train_pool, defaults.n_train) >= 10  # 5 rounds need 640 of ~1850
+    assert sum(p.split == "eval" for p in builtin) >= 4 * defaults.n_eval
+
+
+def test_a_spent_pool_is_dealt_again_with_a_warning(caplog):
+    prompts = [Prompt(id=f"p{i}", text=f"Prompt {i}.") for i in range(10)]
+    from tasks.prompts import training_slice
+
+    first, second = training_slice(prompts, 4, 0, 1), training_slice(prompts, 4, 0, 2)
+    assert not {p.id for p in first} & {p.id for p in second}
+    with caplog.at_level("WARNING", logger="flywheel"):
+        third = training_slice(prompts, 4, 0, 3)  # 10 prompts hold two rounds of 4
+    assert len(third) == 4 and "reusing them" in caplog.text
+
+
+def test_prompts_carry_one_to_four_constraints_in_the_drawn_shares(builtin):
+    counts = collections.Counter(len(p.constraints) for p in builtin)
+    assert set(counts) == set(CONSTRAINT_COUNTS) == {1, 2, 3, 4}
+    total = sum(CONSTRAINT_COUNTS.values())
+    for n, weight in CONSTRAINT_COUNTS.items():
+        # Drawn shares; a few fall short when no compatible type is left for the last slot.
+        assert abs(counts[n] / len(builtin) - weight / total) < 0.08, (n, counts)
 
 
 def test_unseen_types_are_configurable(data_dir):

@@ -20,13 +20,15 @@ class PromptsConfig(Section):
         "'id', 'topic', 'split' ('train'/'eval') and 'constraints' ([{id, kwargs}]).",
     )
     n_train: int = Field(
-        128, ge=1, description="Training-pool prompts sampled per round (drawn by prompts.seed and the round). Each gives "
+        128, ge=1, description="Training prompts per round, none of them trained on by an earlier round (the pool, "
+        "shuffled by prompts.seed, is dealt out a round at a time; the built-in one holds ~1850, 14 rounds of 128, "
+        "after which the deal starts over and says so in the log). Each gives "
         "generate.n_candidates candidates and at most one pair, so a round trains on at most this many pairs (plus "
         "train.replay_share of earlier ones). The pool must hold this many: checked when the config loads.",
     )
     n_eval: int = Field(
         128, ge=1,
-        description="Held-out prompts for the pairwise eval (fixed across rounds; the built-in pool holds ~415). "
+        description="Held-out prompts for the pairwise eval (fixed across rounds; the built-in pool holds ~620). "
         "Sized for promotion.win_rate_bound 'lower': a per-prompt score (win 1, tie 0.5, loss 0) has a standard "
         "deviation of at most 0.5, so the 95% interval reaches at most 1.96 x 0.5 / sqrt(n) below the win rate: "
         "0.087 at 128 prompts (0.071 at 192, 0.141 at 48), less with ties. A challenger winning ~59% without "
@@ -37,9 +39,10 @@ class PromptsConfig(Section):
     )
     unseen_types: list[str] | None = Field(
         None,
-        description="IFEval constraint ids held out of training to measure generalisation: no training prompt "
+        description="Constraint ids (IFEval's or `flywheel:`) held out of training to measure generalisation: no training prompt "
         "carries one, and the eval reports satisfaction on them apart from the others. None: for the built-in "
-        "source, a quarter of its 15 types drawn by `seed` (tasks/prompts.py::default_unseen_types; about half "
+        "source, a quarter of its 15 IFEval types drawn by `seed` (tasks/prompts.py::default_unseen_types; Flywheel's own "
+        "`flywheel:` types are always trained on, though a list here may name them; about half "
         "the held-out prompts then carry one); for a prompt file, none. For a prompt file, training prompts "
         "carrying a listed type are left out of the training pool (the count is logged); its eval prompts keep them. "
         "[] turns the split off.",

@@ -1,0 +1,11 @@
+"""IFEval's instruction ids that the flywheel types name in their conflicts (lm-eval's spelling)."""
+
+LOWERCASE = "change_case:english_lowercase"
+CAPITALS = "change_case:english_capital"
+END_PHRASE = "startend:end_checker"
+QUOTATION = "startend:quotation"
+POSTSCRIPT = "detectable_content:postscript"
+TITLE = "detectable_format:title"
+BULLETS = "detectable_format:number_bullet_lists"
+PARAGRAPHS = "length_constraints:number_paragraphs"
+SENTENCES = "length_constraints:number_sentences"
