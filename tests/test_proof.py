@@ -16,7 +16,7 @@ from tests.tiny_round import tiny_round_config, word_band_prompt_file
 def proofs(tiny_model, prefect_harness, tmp_path_factory):
     root = tmp_path_factory.mktemp("proof")
     prompts = word_band_prompt_file(root / "prompts.jsonl")
-    config = tiny_round_config(tiny_model, "proof", prompts, root / "data",
+    config = tiny_round_config(tiny_model, "proof", prompts, root / "data", evaluate={"n_unconstrained": 0},
                                promotion={"max_failure_increase": 1.0, "require_regression_pass": False})
     two = run_proof(config=config, seeds=2, rounds=1)
     again = run_proof(config=config.model_copy(update={"loop": "again"}), seeds=1, rounds=1)  # seed 0 once more
