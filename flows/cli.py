@@ -5,6 +5,7 @@
     flywheel check --config configs/demo.yaml   # config, input files and services, writing nothing
     flywheel history                         # the loop's rounds so far
     flywheel compare                         # the champion against round 0 (the base model)
+    flywheel proof --seeds 3 --config configs/proof.yaml   # round 1 over 3 seeds: mean ± spread of every figure
     flywheel ablate                          # DPO vs SimPO at LoRA r16 and r8 on the latest round's pairs
     flywheel sweep-beta --values 0.01,0.05,0.1,0.3,0.5
     flywheel loop --adopt-ablation 1         # the next rounds train with ablation 1's recommended cell
@@ -103,6 +104,15 @@ def _round_commands(sub) -> None:
     loop.add_argument("--adopt-ablation", type=int, metavar="N",
                       help="train with ablation N's recommended objective, LoRA rank and beta (recorded with each round)")
     _add_config_options(loop)
+    proof = _command(sub, "proof", "run round 1 (or N rounds) once per seed and report every figure over the seeds", """
+        flywheel proof --seeds 3 --config configs/proof.yaml              # round 1, three seeds
+        flywheel proof --seeds 2 --rounds 4 --config configs/proof.yaml   # the 4-round loop per seed
+        flywheel proof --seeds 3 --config configs/proof.yaml --json > proof.json""")
+    proof.add_argument("--seeds", type=int, default=3, metavar="N",
+                       help="seeds (default 3): seed k runs the loop <loop>-seed<k> with generate.seed and train.seed plus k")
+    proof.add_argument("--rounds", type=int, default=1, metavar="N", help="rounds per seed (default 1); rounds a seed loop has are read, not rerun")
+    _add_json_option(proof, "the proof report (every figure per seed, with mean and spread)")
+    _add_config_options(proof)
     rnd = _command(sub, "round", "run the next round of the loop", """
         flywheel round --config configs/demo.yaml
         flywheel round --set 'train.beta=[0.2]'""")
@@ -313,6 +323,18 @@ def _loop(config: FlywheelConfig, args) -> int:
     return SUCCESS
 
 
+def _proof(config: FlywheelConfig, args) -> int:
+    from flows.proof import proof_markdown, run_proof
+
+    report = run_proof(config=config, seeds=args.seeds, rounds=args.rounds)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return SUCCESS
+    print(proof_markdown(report))
+    print(f"artifacts: {report.artifacts}")
+    return SUCCESS
+
+
 def _split(text: str, kind: type) -> list:
     return [kind(item) for item in text.split(",") if item.strip()]
 
@@ -367,10 +389,10 @@ def _spec(build):
 
 # Commands that need a loop's config; those that operate the stack (flows/operate.py) do not.
 # Commands that run flows: Prefect, MLflow and S3 must answer before they start.
-NEEDS_SERVICES = {"round", "loop", "compare", "ablate", "sweep-beta"}
+NEEDS_SERVICES = {"round", "loop", "proof", "compare", "ablate", "sweep-beta"}
 HOLD_THE_LOOP = {"round", "loop"}  # they choose and write the loop's next round numbers
 COMMANDS = {"config": _show_config, "check": _check, "history": _history, "report": _report, "compare": _compare, "round": _round, "loop": _loop,
-            "ablate": _ablate, "sweep-beta": _sweep_beta}
+            "proof": _proof, "ablate": _ablate, "sweep-beta": _sweep_beta}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_OR_CONFIG
     if args.command == "check":
         return _check(config, args)
+    if args.command == "proof" and (args.seeds < 1 or args.rounds < 1):
+        print(f"flywheel proof: --seeds and --rounds must be at least 1 (got {args.seeds} and {args.rounds})", file=sys.stderr)
+        return USAGE_OR_CONFIG
     if args.command != "config":
         _prepare_environment(config)
     if args.command in NEEDS_SERVICES:

@@ -41,6 +41,11 @@ class RoundSummary(BaseModel):
     seen_rate_challenger: float | None = None
     unseen_rate_champion: float | None = None
     unseen_rate_challenger: float | None = None
+    # The paired 95% interval of each kind's change (challenger - champion); None: not measured.
+    seen_change_low: float | None = None
+    seen_change_high: float | None = None
+    unseen_change_low: float | None = None
+    unseen_change_high: float | None = None
     # The unconstrained prompts: mean words (round 0, champion, challenger), share of answers with
     # any failure mode, and a model judge's win rate when one is configured.
     unconstrained_words_round0: float | None = None
@@ -100,6 +105,7 @@ class RoundSummary(BaseModel):
             seen_rate_challenger=pairwise.challenger_seen_rate if pairwise else None,
             unseen_rate_champion=pairwise.champion_unseen_rate if pairwise else None,
             unseen_rate_challenger=pairwise.challenger_unseen_rate if pairwise else None,
+            **_split_changes(pairwise),
             **_unconstrained_figures(pairwise.unconstrained if pairwise else None),
             failure_rates_champion=pairwise.champion_failure_rates if pairwise else {},
             failure_rates_challenger=pairwise.challenger_failure_rates if pairwise else {},
@@ -109,6 +115,11 @@ class RoundSummary(BaseModel):
             reasons=decision.reasons,
             artifacts=artifacts,
         )
+
+
+def _split_changes(pairwise: PairwiseResult | None) -> dict[str, float | None]:
+    names = ("seen_change_low", "seen_change_high", "unseen_change_low", "unseen_change_high")
+    return {name: getattr(pairwise, name) for name in names} if pairwise else {}
 
 
 def _unconstrained_figures(u: UnconstrainedResult | None) -> dict[str, float | None]:

@@ -26,6 +26,16 @@ def _interval(rate: float | None, low: float | None, high: float | None) -> str:
     return "-" if rate is None else f"{_num(rate)} [{_num(low)}, {_num(high)}]"
 
 
+def _split(before: float | None, after: float | None, low: float | None, high: float | None, prompts: int | None = None) -> str:
+    """A kind's satisfaction before → after, then, when measured, its change in points with the paired
+    95% interval (and over how many prompts)."""
+    change = _change(before, after)
+    if change == "-" or before is None or after is None or low is None or high is None:
+        return change
+    over = "" if prompts is None else f", {prompts} prompts"
+    return f"{change} ({(after - before) * 100:+.1f} points [{low * 100:+.1f}, {high * 100:+.1f}]{over})"
+
+
 def _rates(before: dict[str, float], after: dict[str, float]) -> str:
     """Each failure mode either policy shows, as 'mode before → after' in percent; "any" first."""
     modes = sorted({m for m, r in [*before.items(), *after.items()] if r and not math.isnan(r)}, key=lambda m: (m != "any", m))
@@ -52,8 +62,9 @@ def summary_rows(s: RoundSummary) -> list[Row]:
         ("win rate [95% CI]", _interval(s.win_rate, s.win_rate_low, s.win_rate_high)),
         ("LC win rate", _num(s.lc_win_rate)),
         ("constraints champion → new", _change(s.constraint_rate_champion, s.constraint_rate_challenger)),
-        ("seen types champion → new", _change(s.seen_rate_champion, s.seen_rate_challenger)),
-        ("unseen types champion → new", _change(s.unseen_rate_champion, s.unseen_rate_challenger)),
+        ("seen types champion → new", _split(s.seen_rate_champion, s.seen_rate_challenger, s.seen_change_low, s.seen_change_high)),
+        ("unseen types champion → new",
+         _split(s.unseen_rate_champion, s.unseen_rate_challenger, s.unseen_change_low, s.unseen_change_high)),
         ("unconstrained: words", _words(s.unconstrained_words_round0, s.unconstrained_words_champion,
                                         s.unconstrained_words_challenger)),
         ("unconstrained: with a failure mode",
@@ -82,8 +93,10 @@ def comparison_rows(c: Comparison) -> list[Row]:
         ("every constraint met", _change(r.champion_strict_rate, r.challenger_strict_rate)),
         ("mean words", _change(r.champion_mean_words, r.challenger_mean_words, ".0f")),
         ("answers with a failure mode", _change(r.champion_failure_rates.get("any"), r.challenger_failure_rates.get("any"))),
-        ("seen types met", _change(r.champion_seen_rate, r.challenger_seen_rate)),
-        ("unseen types met", _change(r.champion_unseen_rate, r.challenger_unseen_rate)),
+        ("seen types met", _split(r.champion_seen_rate, r.challenger_seen_rate, r.seen_change_low, r.seen_change_high,
+                                  r.n_seen_prompts)),
+        ("unseen types met", _split(r.champion_unseen_rate, r.challenger_unseen_rate, r.unseen_change_low,
+                                    r.unseen_change_high, r.n_unseen_prompts)),
         *_unconstrained_rows(r.unconstrained),
         ("failure modes", _rates(r.champion_failure_rates, r.challenger_failure_rates)),
         *((t.task, f"{t.before:.3f} → {t.after:.3f} ({t.delta * 100:+.1f} points{'' if t.passed else ', beyond the gate'})")

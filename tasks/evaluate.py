@@ -90,6 +90,14 @@ class PairwiseResult(BaseModel):
     challenger_seen_rate: float | None = None
     champion_unseen_rate: float | None = None
     challenger_unseen_rate: float | None = None
+    # The change (challenger - champion) of each kind's satisfaction, with its paired 95% bootstrap
+    # interval: prompts resampled, both policies' answers to a prompt kept together. None: no such constraint.
+    n_seen_prompts: int = 0  # held-out prompts carrying a seen (unseen) constraint
+    n_unseen_prompts: int = 0
+    seen_change_low: float | None = None
+    seen_change_high: float | None = None
+    unseen_change_low: float | None = None
+    unseen_change_high: float | None = None
     unconstrained: UnconstrainedResult | None = None  # None: evaluate.n_unconstrained is 0
 
 
@@ -186,6 +194,47 @@ def rates_by_kind(prompts: list[Prompt], completions: list[Completion], unseen: 
     return met
 
 
+def met_by_prompt(prompts: list[Prompt], completions: list[Completion], unseen: Collection[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per kind ("seen", "unseen"), each answered prompt's (constraints of that kind met, constraints of that kind)."""
+    texts = {c.prompt_id: c.text for c in completions}
+    counts: dict[str, dict[str, tuple[int, int]]] = {"seen": {}, "unseen": {}}
+    for p in prompts:
+        if p.id not in texts or not p.constraints:
+            continue
+        for constraint, ok in zip(p.constraints, check_constraints(texts[p.id], p.constraints)):
+            kind = counts["unseen" if constraint.id in unseen else "seen"]
+            met, total = kind.get(p.id, (0, 0))
+            kind[p.id] = (met + ok, total + 1)
+    return counts
+
+
+def paired_change_interval(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], n_samples: int,
+                           seed: int) -> tuple[float | None, float | None]:
+    """95% percentile interval of the change of a pooled satisfaction rate (after - before), by a
+    paired bootstrap: prompts are resampled, and a prompt's answers by both policies go together, so
+    what the two share (a hard prompt is hard for both) cancels. (None, None): no prompt in common."""
+    ids = sorted(before.keys() & after.keys())
+    if not ids:
+        return None, None
+    met_before, met_after, total = (np.array(column) for column in zip(*((before[i][0], after[i][0], before[i][1]) for i in ids)))
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_samples, len(ids)))
+    changes = (met_after[draws].sum(axis=1) - met_before[draws].sum(axis=1)) / total[draws].sum(axis=1)
+    low, high = np.quantile(changes, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def split_changes(prompts: list[Prompt], champion: list[Completion], challenger: list[Completion], unseen: Collection[str],
+                  config: EvalConfig) -> dict[str, float | int | None]:
+    """The PairwiseResult fields of each kind's change: prompts counted, and the paired interval."""
+    before, after = met_by_prompt(prompts, champion, unseen), met_by_prompt(prompts, challenger, unseen)
+    fields: dict[str, float | int | None] = {}
+    for kind in ("seen", "unseen"):
+        low, high = paired_change_interval(before[kind], after[kind], config.bootstrap_samples, config.seed)
+        fields.update({f"n_{kind}_prompts": len(before[kind].keys() & after[kind].keys()),
+                       f"{kind}_change_low": low, f"{kind}_change_high": high})
+    return fields
+
+
 def _share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
@@ -244,6 +293,7 @@ def evaluate_pairwise(
             challenger_seen_rate=_share(kinds["challenger"]["seen"]),
             champion_unseen_rate=_share(kinds["champion"]["unseen"]),
             challenger_unseen_rate=_share(kinds["challenger"]["unseen"]),
+            **split_changes(prompts, champion, challenger, unseen_types, config),
         ),
         verdicts,
     )

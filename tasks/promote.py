@@ -1,7 +1,7 @@
 """promote: the gate that decides whether the challenger becomes champion.
 
-Reads: the pairwise result (with the unconstrained prompts' figures), the regression result and
-the training alarms.
+Reads: the pairwise result (with the unconstrained prompts' figures and the unseen types' change),
+the regression result and the training alarms.
 Writes: ``decision.json``. When the challenger is promoted, the flow makes it the
 champion (infra/champion.py); a rejected round leaves the champion untouched.
 """
@@ -100,6 +100,42 @@ def keeps_its_length(pairwise: PairwiseResult, config: PromotionConfig) -> Itera
         yield Check(False, f"answers {how} {abs(drift):.0%} against round 0's ({figures})")
 
 
+def keeps_unseen_types(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
+    """Satisfaction on the unseen constraint types (held out of training) does not drop by more than
+    ``max_unseen_drop`` with its paired interval below 0; decided only when that interval's
+    half-width is at most ``unseen_decisive_half_width``, reported either way."""
+    before, after = pairwise.champion_unseen_rate, pairwise.challenger_unseen_rate
+    low, high = pairwise.unseen_change_low, pairwise.unseen_change_high
+    if config.max_unseen_drop is None or before is None or after is None or low is None or high is None:
+        return  # off, or no unseen type held out (or a result from before the intervals were measured)
+    change, half, margin = after - before, (high - low) / 2, config.max_unseen_drop
+    figures = (f"unseen types {before:.3f} → {after:.3f} ({change * 100:+.1f} points, paired 95% CI "
+               f"{low * 100:+.1f} to {high * 100:+.1f}, ±{half * 100:.1f}, over {pairwise.n_unseen_prompts} prompts)")
+    if half > config.unseen_decisive_half_width:
+        yield Check(True, f"unseen-type check not deciding: {figures}: the interval is wider than "
+                          f"±{config.unseen_decisive_half_width * 100:.1f} points (more held-out prompts: prompts.n_eval)")
+    elif -change > margin and high < 0:
+        yield Check(False, f"lost on the unseen instruction types: {figures}: a drop beyond {margin * 100:.1f} points with "
+                           "its interval below 0 (training fitted the types it saw)")
+    else:
+        yield Check(True, f"kept the unseen instruction types: {figures}; allowed drop {margin * 100:.1f} points")
+
+
+def clears_not_learning_bar(pairwise: PairwiseResult, alarms: list[Alarm], config: PromotionConfig) -> Iterator[Check]:
+    """A challenger whose training raised not_learning (not blocking) must win clearly: its win
+    rate's interval's lower end above ``not_learning_min_win_rate``."""
+    bar = config.not_learning_min_win_rate
+    if bar is None or "not_learning" in config.blocking_alarms or not any(a.name == "not_learning" for a in alarms):
+        return
+    low = pairwise.win_rate_low
+    if low > bar:
+        yield Check(True, f"its training raised not_learning, but the win is clear: the 95% interval's lower end {low:.3f} > "
+                          f"{bar:.3f} (promotion.not_learning_min_win_rate)")
+    else:
+        yield Check(False, f"its training raised not_learning and the win is not clear enough for that: the 95% interval's "
+                           f"lower end {low:.3f} <= {bar:.3f} (promotion.not_learning_min_win_rate)")
+
+
 def passes_regression(regression: RegressionResult | None, config: PromotionConfig) -> Iterator[Check]:
     """No benchmark dropped beyond tolerance; blocking only when ``require_regression_pass``."""
     enforced = config.require_regression_pass
@@ -133,8 +169,9 @@ def decide_promotion(
 ) -> Decision:
     """Promote only if the challenger wins the pairwise eval (by its interval's lower end unless
     configured otherwise; at equal length too, unless it got shorter), shows no more failure modes,
-    kept its answers to unconstrained prompts near round 0's length, passes the regression check
-    and raised no blocking training alarm. ``pairwise`` is None when no challenger was trained
+    kept its answers to unconstrained prompts near round 0's length, did not clearly lose on the
+    unseen instruction types, passes the regression check and raised no blocking training alarm
+    (and, after a not_learning alarm, won by a stricter bar). ``pairwise`` is None when no challenger was trained
     (``not_trained`` says why), ``regression`` when it did not run."""
     if pairwise is None:
         return Decision(promote=False, reasons=[not_trained or "no challenger was trained this round"])
@@ -143,7 +180,9 @@ def decide_promotion(
         *wins_at_equal_length(pairwise, config),
         *no_more_failure_modes(pairwise, config),
         *keeps_its_length(pairwise, config),
+        *keeps_unseen_types(pairwise, config),
         *passes_regression(regression, config),
         *no_blocking_alarm(alarms or [], config),
+        *clears_not_learning_bar(pairwise, alarms or [], config),
     ]
     return Decision(promote=all(c.ok for c in checks), reasons=[c.reason for c in checks])

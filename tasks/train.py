@@ -282,7 +282,8 @@ def _result(job: TrainJob, plan: _Plan, trainer, start: Start, fit: _Fit) -> Tra
         log_history=fit.log_history,
         start=start,
         **_reference_figures(trainer),
-        alarms=diagnose_training(fit.log_history, config.diagnostics, start, fit.kept_step),
+        alarms=diagnose_training(fit.log_history, config.diagnostics, start, fit.kept_step,
+                                 pairs_per_step=len(data.train_pairs) * config.epochs / max(trainer.state.global_step, 1)),
     )
 
 

@@ -313,3 +313,12 @@ def test_a_hub_id_not_downloaded_stops_the_cli_offline(workdir, capsys, monkeypa
     err = capsys.readouterr().err
     assert "hf download flywheel-tests/no-such-model-in-the-cache" in err and "Traceback" not in err
     assert not data_dir.exists() and _written(workdir) == []
+
+
+def test_proof_refuses_no_seeds_or_rounds_before_anything_runs(workdir, capsys):
+    from flows.exit_codes import USAGE_OR_CONFIG
+
+    assert main(["proof", "--seeds", "0"]) == USAGE_OR_CONFIG
+    assert "--seeds and --rounds must be at least 1 (got 0 and 1)" in capsys.readouterr().err
+    assert main(["proof", "--rounds", "0", "--seeds", "2"]) == USAGE_OR_CONFIG
+    assert _written(workdir) == []

@@ -177,3 +177,34 @@ def test_round_zero_answers_handed_in_are_cached_as_the_baseline(tmp_path):
     assert baseline_answers(store, config, everyday) == given
     with pytest.raises(Exception):  # nothing cached for other prompts: it must load the (missing) model
         baseline_answers(store, config, [Prompt(id="u", text="Describe coffee.")])
+
+
+def test_each_kinds_change_comes_with_a_paired_interval(judge):
+    result, _ = evaluate_pairwise(
+        PROMPTS, completions("champion", CHAMPION), completions("challenger", CHALLENGER), judge, EvalConfig(), UNSEEN
+    )
+    # Unseen: a's no-comma and c's no-car, both gained (0 -> 1) on every resample.
+    assert (result.n_unseen_prompts, result.unseen_change_low, result.unseen_change_high) == (2, 1.0, 1.0)
+    # Seen: a's title kept, b's lowercase gained: +0.5 pooled, between 0 and +1 by resample.
+    assert result.n_seen_prompts == 2 and 0.0 <= result.seen_change_low <= 0.5 <= result.seen_change_high <= 1.0
+    plain, _ = evaluate_pairwise(PROMPTS, completions("champion", CHAMPION), completions("challenger", CHALLENGER), judge, EvalConfig())
+    assert plain.n_unseen_prompts == 0 and plain.unseen_change_low is None and plain.unseen_change_high is None
+
+
+def test_the_paired_interval_sees_a_small_shared_drop_that_independent_ones_cannot():
+    import numpy as np
+
+    from tasks.evaluate import paired_change_interval
+
+    rng = np.random.default_rng(0)
+    # 300 prompts of 2 constraints; the champion meets ~40%; the challenger keeps each outcome but
+    # loses 1 in 10 of those met: a drop of ~4 points that both answers' shared difficulty hides.
+    before = {f"p{i}": (int(rng.binomial(2, 0.4)), 2) for i in range(300)}
+    after = {k: (met - int(rng.binomial(met, 0.1)), total) for k, (met, total) in before.items()}
+    low, high = paired_change_interval(before, after, 2000, 0)
+    drop = sum(a[0] - b[0] for a, b in zip(after.values(), before.values())) / 600
+    assert low <= drop <= high < 0, (low, drop, high)
+    assert (high - low) / 2 < 0.02  # a binomial interval of either rate over 600 constraints is about +-0.039
+    same = paired_change_interval(before, before, 500, 0)
+    assert same == (0.0, 0.0)
+    assert paired_change_interval({}, after, 500, 0) == (None, None)

@@ -64,7 +64,7 @@ def test_non_finite_loss_stops_training_and_rejects_the_round(tiny_model, prefec
 
     from flows.round import run_next_round
 
-    # Warm-up makes step 1's rate 0; step 2 moves the LoRA weights by 1e30, so step 3's forward overflows.
+    # Step 1 moves the LoRA weights by 1e30 (no warm-up), so step 2's forward overflows.
     config = tiny_round_config(tiny_model, "nan", word_band_prompt_file(tmp_path / "prompts.jsonl"), tmp_path / "data",
                                train={"learning_rate": [1e30], "batch_size": 1, "epochs": 2})
     summary = run_next_round(config)

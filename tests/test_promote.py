@@ -181,3 +181,57 @@ def test_without_a_challenger_the_decision_says_why():
     why = "no challenger: training stopped at step 3: the loss diverged (grad_norm not finite)"
     decision = decide_promotion(None, None, PromotionConfig(), not_trained=why)
     assert not decision.promote and decision.reasons == [why]
+
+
+def with_unseen(result: PairwiseResult, before: float, after: float, low: float, high: float, prompts: int = 200) -> PairwiseResult:
+    """``result`` with the unseen types' satisfaction moving ``before`` → ``after``, its paired interval [low, high]."""
+    return result.model_copy(update=dict(champion_unseen_rate=before, challenger_unseen_rate=after, n_unseen_prompts=prompts,
+                                         unseen_change_low=low, unseen_change_high=high))
+
+
+@pytest.mark.parametrize(
+    "after, low, high, promote, fragment",
+    [
+        # -8 points, interval -11..-5 (±3): clear of 0 and tight enough: refused.
+        (0.32, -0.11, -0.05, False, "lost on the unseen instruction types"),
+        # The same drop, interval -18..+2: not clear of 0.
+        (0.32, -0.18, 0.02, True, "not deciding"),
+        # -8 points clear of 0 but ±7: too wide to decide (the proof's 128 prompts), so reported, not blocking.
+        (0.32, -0.15, -0.01, True, "not deciding"),
+        # -1 point, clear of 0 (a tight interval): within the 2-point margin.
+        (0.39, -0.015, -0.005, True, "kept the unseen instruction types"),
+        # A gain.
+        (0.45, 0.02, 0.08, True, "kept the unseen instruction types"),
+    ],
+)
+def test_a_challenger_that_loses_on_unseen_types_is_refused_once_the_interval_decides(after, low, high, promote, fragment):
+    decision = decide_promotion(with_unseen(pairwise(0.8), 0.40, after, low, high), regression(), PromotionConfig())
+    assert decision.promote is promote, decision.reasons
+    [reason] = [r for r in decision.reasons if "unseen" in r]
+    assert fragment in reason and "over 200 prompts" in reason, reason
+
+
+def test_the_unseen_check_is_silent_without_unseen_types_and_when_off():
+    assert not [r for r in decide_promotion(pairwise(0.8), regression(), PromotionConfig()).reasons if "unseen" in r]
+    dropped = with_unseen(pairwise(0.8), 0.40, 0.30, -0.13, -0.07)
+    assert decide_promotion(dropped, regression(), PromotionConfig(max_unseen_drop=None)).promote
+    # A wider decisive half-width turns the check on for a smaller held-out set.
+    wide = with_unseen(pairwise(0.8), 0.40, 0.32, -0.15, -0.01)
+    assert not decide_promotion(wide, regression(), PromotionConfig(unseen_decisive_half_width=0.08)).promote
+
+
+def test_a_challenger_that_did_not_learn_must_win_by_a_stricter_bar():
+    stalled = [Alarm(name="not_learning", message="reward accuracy 0.00 over the last 3 steps is below 0.55")]
+    # Lower end 0.52: clears the 0.5 bar, not the 0.55 one a not_learning challenger must clear.
+    narrow = decide_promotion(pairwise(0.62), regression(), PromotionConfig(), stalled)
+    assert not narrow.promote
+    assert any("not_learning and the win is not clear enough" in r and "0.520 <= 0.550" in r for r in narrow.reasons), narrow.reasons
+    # Without the alarm the same win is promoted; with a clear win the alarm is only recorded.
+    assert decide_promotion(pairwise(0.62), regression(), PromotionConfig()).promote
+    clear = decide_promotion(pairwise(0.7), regression(), PromotionConfig(), stalled)
+    assert clear.promote and any("but the win is clear" in r for r in clear.reasons), clear.reasons
+    # The point bound does not loosen it; None turns it off; a blocking not_learning blocks alone.
+    assert not decide_promotion(pairwise(0.62), regression(), PromotionConfig(win_rate_bound="point"), stalled).promote
+    assert decide_promotion(pairwise(0.62), regression(), PromotionConfig(not_learning_min_win_rate=None), stalled).promote
+    blocking = decide_promotion(pairwise(0.7), regression(), PromotionConfig(blocking_alarms=["not_learning"]), stalled)
+    assert not blocking.promote and not any("not_learning_min_win_rate" in r for r in blocking.reasons)

@@ -167,3 +167,18 @@ def test_a_comparison_shows_seen_and_unseen_types_and_the_unconstrained_prompts(
     unjudged = dict(comparison_rows(c.model_copy(update={"result": _pairwise(unconstrained=_unconstrained())})))
     assert not any("win rate (" in name for name in unjudged) and unjudged["unseen types met"] == "-"
     assert "| unconstrained: words | 45 → 35 (round 0: 55) |" in comparison_markdown(c)
+
+
+def test_the_split_shows_its_change_with_the_paired_interval():
+    measured = dict(SEEN_UNSEEN, n_seen_prompts=50, n_unseen_prompts=35, seen_change_low=0.12, seen_change_high=0.28,
+                    unseen_change_low=-0.04, unseen_change_high=0.14)
+    c = Comparison(loop="rows", challenger_round=3, baseline_round=0, n_prompts=40, artifacts="x", result=_pairwise(**measured))
+    rows = dict(comparison_rows(c))
+    assert rows["seen types met"] == "0.400 → 0.600 (+20.0 points [+12.0, +28.0], 50 prompts)"
+    assert rows["unseen types met"] == "0.300 → 0.350 (+5.0 points [-4.0, +14.0], 35 prompts)"
+    s = RoundSummary.from_results(
+        "rows", 1, flow_run_id="", mlflow_run_id="", champion_round=0,
+        filter_report=FilterReport(n_judgments=4, n_kept=4, dropped={}, validation={}), train=None,
+        pairwise=_pairwise(**measured), regression=None, decision=Decision(promote=False, reasons=[]), artifacts="",
+    )
+    assert dict(summary_rows(s))["unseen types champion → new"] == "0.300 → 0.350 (+5.0 points [-4.0, +14.0])"

@@ -222,7 +222,7 @@ def test_work_survives_a_killed_and_restarted_stack(triggered, running_stack, co
     champion = client.get_model_version_by_alias(f"{LOOP}-policy", "champion")
 
     shutil.rmtree(config_file.parent / "data" / "s3-cache", ignore_errors=True)  # the worker too reads S3 again
-    # Round 2 diverges on the gpu worker (warm-up, then a step of 1e30: NaN from step 3): the
+    # Round 2 diverges on the gpu worker (a first step of 1e30: NaN from step 2): the
     # worker's run completes, the round is rejected with the reason, the champion stays.
     diverging = yaml.safe_load(config_file.read_text())
     diverging["train"].update(learning_rate=[1e30], batch_size=1, epochs=2)

@@ -170,7 +170,7 @@ def test_micro_batches_learn_what_the_whole_batch_does(objective, tiny_model, tm
     for a, b in zip(whole, micro):
         for key in keys:
             if key == "rewards/accuracies" and abs(a["rewards/margins"]) < 1e-4:
-                continue  # the policy has not moved yet (a warm-up step at rate 0): each pair a tie, decided by rounding
+                continue  # the policy has not moved yet (step 1's rewards precede its update): each pair a tie, decided by rounding
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a["step"])
 
 

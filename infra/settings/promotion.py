@@ -39,6 +39,25 @@ class PromotionConfig(Section):
         description="Largest accepted rise in the share of answers showing any failure mode (tasks/failure_modes.py), "
         "on the held-out prompts and, apart, on the unconstrained prompts.",
     )
+    max_unseen_drop: float | None = Field(
+        0.02, ge=0, le=1,
+        description="Largest accepted drop of held-out satisfaction on the unseen constraint types (prompts.unseen_types; "
+        "challenger minus champion, absolute: 0.02 = 2 points). A larger drop whose paired 95% interval lies wholly "
+        "below 0 refuses the challenger, but only when that interval is tight enough to decide (unseen_decisive_half_width); "
+        "the reasons say which case applied. None disables; no check without unseen types.",
+    )
+    unseen_decisive_half_width: float = Field(
+        0.05, gt=0, le=1,
+        description="Half-width (in rate, 0.05 = 5 points) of the unseen-type change's paired 95% interval at or below "
+        "which max_unseen_drop decides; a wider interval (too few held-out prompts carry an unseen type: prompts.n_eval) "
+        "is reported and does not block.",
+    )
+    not_learning_min_win_rate: float | None = Field(
+        0.55, ge=0, le=1,
+        description="A challenger whose training raised not_learning (when it is not in blocking_alarms) is promoted only "
+        "if its win rate's 95% interval's lower end is above this too, whatever win_rate_bound says: its own diagnostics "
+        "say it learnt little, so its win must be clearer. None: no stricter bar.",
+    )
     blocking_alarms: list[str] = Field(
         ["reference_mismatch", "over_optimization"],
         description="Training alarms that block promotion (of reference_mismatch, not_learning, overfitting, "

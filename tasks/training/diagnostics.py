@@ -6,8 +6,11 @@
   with the round-0 policy as reference from round 2 on, within what the starting policy's own
   log-ratios (measured on the pairs before training, ``Start``) allow for a batch's mean. Anything
   else means the reference, or the starting policy, is not what it should be.
-* Reward accuracy (mean over the second half of the steps) below 0.55: not learning;
-  above 0.95: memorising the pairs.
+* Reward accuracy (mean over the second half of the steps, never the first, whose rewards are
+  measured before any update) below 0.55 by more than its sampling error: not learning; above
+  0.95: memorising the pairs. With a demo's three steps of 8 pairs the second half is a dozen
+  pairs, whose accuracy a policy at 0.6 puts below 0.55 one time in three: a bare threshold
+  would call noise "not learning".
 * Chosen and rejected rewards moving the same way by similar amounts: the policy is shifting
   all likelihoods (e.g. lengthening or shortening everything) rather than separating pairs.
 * Training margins rising while the held-out pairs' stay flat: over-optimization.
@@ -18,12 +21,15 @@ The thresholds are ``train.diagnostics`` (the numbers above are their defaults).
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 from pydantic import BaseModel, Field
 
 from infra.settings import DiagnosticsConfig
 
 LN2 = math.log(2)
+# One-sided 95%: not_learning needs the late accuracy below the band's low end by this many standard errors.
+NOT_LEARNING_Z = NormalDist().inv_cdf(0.95)
 ALARMS = ("reference_mismatch", "not_learning", "overfitting", "same_direction_drift", "over_optimization")
 
 
@@ -57,12 +63,13 @@ _DEFAULTS = DiagnosticsConfig()
 
 
 def diagnose_training(log_history: list[dict], config: DiagnosticsConfig, start: Start | None = None,
-                      kept_step: int | None = None) -> list[Alarm]:
+                      kept_step: int | None = None, pairs_per_step: float | None = None) -> list[Alarm]:
     """Every alarm TRL's per-step log raises under ``config``'s thresholds, for training that
-    started at ``start`` and kept the policy of ``kept_step`` (None: the last)."""
+    started at ``start``, kept the policy of ``kept_step`` (None: the last) and took
+    ``pairs_per_step`` pairs a step on average (None: unknown, no allowance for sampling error)."""
     start = start or Start()
     return training_alarms(log_history, config.initial_loss_tolerance, config.reward_accuracy_band, start,
-                           config.initial_reward_tolerance) + over_optimization_alarms(
+                           config.initial_reward_tolerance, pairs_per_step) + over_optimization_alarms(
         log_history, config.over_optimization_min_margin, config.over_optimization_ratio, start, kept_step
     )
 
@@ -89,6 +96,7 @@ def training_alarms(
     accuracy_band: tuple[float, float] = _DEFAULTS.reward_accuracy_band,
     start: Start | None = None,
     reward_tolerance: float = _DEFAULTS.initial_reward_tolerance,
+    pairs_per_step: float | None = None,
 ) -> list[Alarm]:
     alarms = []
     # KTO logs no reward accuracy: its first loss is still checked.
@@ -101,12 +109,16 @@ def training_alarms(
     steps = _steps(log_history)
     if not steps:
         return alarms
-    late = steps[len(steps) // 2:]
+    late = late_steps(steps)
+    if not late:  # one step: its rewards were measured before any update
+        return alarms
     accuracy = sum(h["rewards/accuracies"] for h in late) / len(late)
     low, high = accuracy_band
-    if accuracy < low:
-        alarms.append(Alarm(name="not_learning",
-                            message=f"reward accuracy {accuracy:.2f} over the last {len(late)} steps is below {low}: not learning"))
+    floor = not_learning_floor(low, len(late), pairs_per_step)
+    if accuracy < floor:
+        allowance = "" if floor == low else f" by more than its sampling error over ~{len(late) * pairs_per_step:.0f} pairs (floor {floor:.2f})"
+        alarms.append(Alarm(name="not_learning", message=(
+            f"reward accuracy {accuracy:.2f} over the last {len(late)} steps is below {low}{allowance}: not learning")))
     elif accuracy > high:
         alarms.append(Alarm(name="overfitting",
                             message=f"reward accuracy {accuracy:.2f} over the last {len(late)} steps is above {high}: memorising the pairs"))
@@ -118,6 +130,21 @@ def training_alarms(
             f"chosen ({chosen:+.3f}) and rejected ({rejected:+.3f}) rewards both moved {direction}: the policy shifts all "
             "likelihoods instead of separating the pairs")))
     return alarms
+
+
+def late_steps(steps: list[dict]) -> list[dict]:
+    """The second half of the logged steps, never the first: a step's rewards are measured in its
+    forward pass, before its update, so the first step's are the starting policy's."""
+    return steps[max(1, len(steps) // 2):]
+
+
+def not_learning_floor(low: float, n_steps: int, pairs_per_step: float | None) -> float:
+    """The accuracy below which not_learning is raised: the band's ``low`` less one-sided 95% of
+    the sampling error of an accuracy over ``n_steps`` steps of ``pairs_per_step`` pairs (at
+    ``low``), so a handful of pairs at chance cannot raise it alone; ``low`` itself when the count is unknown."""
+    if not pairs_per_step:
+        return low
+    return low - NOT_LEARNING_Z * math.sqrt(low * (1 - low) / (n_steps * pairs_per_step))
 
 
 def over_optimization_alarms(

@@ -91,11 +91,12 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
         use_cpu=device.type == "cpu",
         activation_checkpointing=False,  # recomputation costs more than it saves on small models
         dataloader_num_workers=0,
-        lr_scheduler_type="constant_with_warmup",
+        # No warm-up: with one warm-up step the first step ran at learning rate 0 (a third of a demo round's
+        # three steps wasted, and the second step's rewards still the reference's, which read as not learning).
+        lr_scheduler_type="constant",
         # Evaluation computes the loss alone: otherwise TRL runs a second forward for the full-vocabulary
         # logits and the Trainer keeps every held-out batch's (unused: no compute_metrics).
         prediction_loss_only=True,
-        warmup_steps=1,
         **objective.trl_args(config, beta),
     )
     if eval_each_epoch:
