@@ -33,6 +33,7 @@ from infra import layout
 from infra.champion import local_checkpoint, starting_champion
 from infra.effective_config import save_effective_config
 from infra.lease import hold_loop
+from infra.ray_cluster import join_cluster, uses_ray
 from infra.settings import FlywheelConfig
 from infra.store_factory import store_from_config
 from infra.tracking import Tracker
@@ -78,6 +79,9 @@ def open_round(config: FlywheelConfig, round_index: int) -> Iterator[RoundContex
                        champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir))
     tracker.start_round(config.loop, round_index, config)
     tracker.set_tags({"flywheel.champion_round": str(champion.round), "prefect.flow_run_id": str(flow_run.id)})
+    if uses_ray(config):
+        cluster = join_cluster(config.ray)
+        tracker.set_tags({"ray.address": cluster.address, "ray.job_id": cluster.job_id})
     if config.train.adopted_ablation is not None:  # the settings came from `flywheel loop --adopt-ablation N`
         tracker.set_tags({"flywheel.adopted_ablation": str(config.train.adopted_ablation)})
     try:
@@ -105,6 +109,7 @@ def summarize_round(ctx: RoundContext, pairs: StageResult, challenger: StageResu
         decision=decision.result,
         artifacts=ctx.store.uri(layout.round_key(ctx.loop, ctx.round_index)),
         generate=candidates.result if candidates else None,
+        ray=join_cluster(ctx.config.ray)._asdict() if uses_ray(ctx.config) else None,
     )
 
 

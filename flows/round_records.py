@@ -24,6 +24,7 @@ class RoundSummary(BaseModel):
     flow_run_id: str = ""
     mlflow_run_id: str = ""
     mlflow_experiment_id: str = ""  # with the run id, the round's page in MLflow's UI (infra/mlflow_links.py)
+    ray: dict[str, str] | None = None  # the Ray cluster's address (no credentials) and job id, when a stage ran on Ray
     champion_before: int  # round that produced the champion this round started from (0 = base)
     pairs_kept: int
     truncated_share: float | None = None  # of the round's candidates, cut off at generate.max_new_tokens
@@ -79,6 +80,7 @@ class RoundSummary(BaseModel):
         decision: Decision,
         artifacts: str,
         generate: GenerateSummary | None = None,
+        ray: dict[str, str] | None = None,
     ) -> RoundSummary:
         """The round's record from what its stages returned; ``train``, ``pairwise`` and
         ``regression`` are None when the round kept too few pairs to train."""
@@ -88,6 +90,7 @@ class RoundSummary(BaseModel):
             flow_run_id=flow_run_id,
             mlflow_run_id=mlflow_run_id,
             mlflow_experiment_id=mlflow_experiment_id,
+            ray=ray,
             champion_before=champion_round,
             pairs_kept=filter_report.n_kept,
             truncated_share=generate.truncated_share if generate else None,

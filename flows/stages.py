@@ -168,9 +168,13 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
 
         job = TrainJob(checkpoint=ctx.champion_checkpoint, pairs=kept, config=cfg.train, model=cfg.model, round_index=ctx.round_index,
                        output_dir=out, reference_checkpoint=reference, earlier_pairs=earlier, reference_logps=shared)
-        # One process hands them out before its first step; a launch's processes only with their result.
-        in_processes = launched(cfg.train)
-        result = launch_training(job, log_step) if in_processes else train_policy(job, log_step, on_reference_logps=keep)
+        if cfg.train.engine == "ray":
+            result = train_on_ray_cluster(ctx, job, logps_key, log_step, keep)
+            in_processes = False  # the relay handed the log-probs out as they came
+        else:
+            # One process hands them out before its first step; a launch's processes only with their result.
+            in_processes = launched(cfg.train)
+            result = launch_training(job, log_step) if in_processes else train_policy(job, log_step, on_reference_logps=keep)
         if shared is None and in_processes and shared_reference_logps(result):
             keep(shared_reference_logps(result))
         training_figure(result.log_history, out / layout.TRAINING_FIGURE,
@@ -183,6 +187,18 @@ def train_policy_task(ctx: RoundContext, pairs: StageResult) -> StageResult:
     ctx.tracker.log_artifact(ctx.store.local_path(trained.key) / layout.TRAINING_FIGURE, layout.FIGURES)
     ctx.tracker.set_tags({"flywheel.objective": trained.result.objective})
     return trained
+
+
+def train_on_ray_cluster(ctx: RoundContext, job, logps_key: str, log_step, keep) -> TrainResult:
+    """The training as a Ray Train run on the configured cluster (tasks/ray_training.py); Ray Train's
+    checkpoints under the train stage's key in the artifact store, in a run named after what it trains."""
+    from infra.ray_cluster import join_cluster, ray_storage
+    from tasks.ray_training import train_on_ray
+
+    join_cluster(ctx.config.ray)
+    storage = ray_storage(ctx.store.uri(f"{ctx.key(layout.TRAIN)}-ray"), ctx.config.storage.s3_endpoint_url)
+    run_name = "train-" + logps_key.rsplit("/", 1)[-1].removesuffix(".json")
+    return train_on_ray(job, storage, run_name, log_step, keep)
 
 
 def train_metrics(result: TrainResult) -> dict[str, float]:

@@ -103,6 +103,7 @@ class TrainResult(BaseModel):
     reference_logps: list[tuple[float, float]] = []  # the reference's (chosen, rejected) log-probs, per training pair
     heldout_reference_logps: list[tuple[float, float]] = []  # the same for the held-out pairs
     alarms: list[Alarm] = []
+    attempts: int = 1  # train.engine 'ray': the attempts Ray Train made (more than 1 after a worker or node died)
 
 
 def shared_reference_logps(result: TrainResult) -> ReferenceLogps | None:

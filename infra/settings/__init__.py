@@ -19,6 +19,7 @@ from infra.settings.loading import ConfigError, apply_overrides, config_origin, 
 from infra.settings.model import BUNDLED_MODEL, ModelConfig
 from infra.settings.promotion import PromotionConfig
 from infra.settings.prompts import PromptsConfig
+from infra.settings.ray import RayConfig, RayGenerateConfig, RayTrainConfig
 from infra.settings.regression import RegressionConfig
 from infra.settings.root import FlywheelConfig
 from infra.settings.storage import StorageConfig
@@ -47,6 +48,9 @@ __all__ = [
     "OpenAIJudgeConfig",
     "PromotionConfig",
     "PromptsConfig",
+    "RayConfig",
+    "RayGenerateConfig",
+    "RayTrainConfig",
     "RegressionConfig",
     "RobustConfig",
     "Section",

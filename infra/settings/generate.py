@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from infra.settings.base import Section
+from infra.settings.ray import RayGenerateConfig
 
 
 class OpenAIGenerateConfig(Section):
@@ -81,7 +82,7 @@ class GenerateConfig(Section):
     backend: str = Field(
         "hf", description="Registered generation backend (tasks/sampling/backends.py) of every stage that samples (candidates, "
         "pairwise eval, compare): 'hf' (transformers, in process), 'openai' (an OpenAI-compatible server, generate.openai) "
-        "or 'vllm' (vLLM's offline engine on a GPU, generate.vllm).",
+        "'vllm' (vLLM's offline engine on a GPU, generate.vllm) or 'ray' (the prompts split across Ray actors, generate.ray).",
     )
     deployment: str | None = Field(
         None,
@@ -96,6 +97,7 @@ class GenerateConfig(Section):
     )
     openai: OpenAIGenerateConfig = Field(default_factory=OpenAIGenerateConfig, description="Backend 'openai' settings.")
     vllm: VLLMGenerateConfig = Field(default_factory=VLLMGenerateConfig, description="Backend 'vllm' settings.")
+    ray: RayGenerateConfig = Field(default_factory=RayGenerateConfig, description="Backend 'ray' settings (the cluster: ray.address).")
 
     @model_validator(mode="after")
     def _positive_temperatures(self) -> "GenerateConfig":

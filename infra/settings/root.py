@@ -12,6 +12,7 @@ from infra.settings.judge import JudgeConfig
 from infra.settings.model import ModelConfig
 from infra.settings.promotion import PromotionConfig
 from infra.settings.prompts import PromptsConfig
+from infra.settings.ray import RayConfig
 from infra.settings.regression import RegressionConfig
 from infra.settings.storage import StorageConfig
 from infra.settings.train import TrainConfig
@@ -50,6 +51,10 @@ class FlywheelConfig(Section):
     )
     promotion: PromotionConfig = Field(
         default_factory=PromotionConfig, description="The gate a challenger must pass to become the champion."
+    )
+    ray: RayConfig = Field(
+        default_factory=RayConfig,
+        description="The Ray cluster that train.engine 'ray' and generate.backend 'ray' run on (ray.address or RAY_ADDRESS).",
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig,

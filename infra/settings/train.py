@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from infra.settings.base import Section
+from infra.settings.ray import RayTrainConfig
 
 
 class DiagnosticsConfig(Section):
@@ -184,6 +185,13 @@ class TrainConfig(Section):
         "than 1, or an accelerate_config, launches training with `accelerate launch` (DDP unless the config file says "
         "otherwise); the global batch stays train.batch_size, which must divide evenly among them.",
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="Where training runs: 'local' (this process, or train.num_processes processes launched with "
+        "accelerate) or 'ray' (a Ray Train TorchTrainer of train.ray.num_workers workers on the cluster at "
+        "ray.address; rank 0's steps logged once per step, the trained policy returned through the artifact store).",
+    )
+    ray: RayTrainConfig = Field(default_factory=RayTrainConfig, description="train.engine 'ray' settings.")
     accelerate_config: Path | None = Field(
         None,
         description="An accelerate config file for the launch (e.g. configs/accelerate-zero3.yaml for DeepSpeed "
@@ -250,6 +258,10 @@ class TrainConfig(Section):
         "are refused when the config loads.",
     )
 
+    def world_size(self) -> int:
+        """The training processes that share each step's batch: Ray workers (engine 'ray') or launched processes."""
+        return self.ray.num_workers if self.engine == "ray" else self.num_processes
+
     @field_validator("objective", mode="before")
     @classmethod
     def _one_name_is_a_schedule(cls, value: Any) -> Any:
@@ -264,4 +276,10 @@ class TrainConfig(Section):
         if self.batch_size % self.num_processes:
             raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.num_processes "
                              f"({self.num_processes}): the global batch is split evenly among the processes")
+        if self.engine == "ray" and self.batch_size % self.ray.num_workers:
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be a multiple of train.ray.num_workers "
+                             f"({self.ray.num_workers}): the global batch is split evenly among the Ray workers")
+        if self.engine == "ray" and (self.num_processes > 1 or self.accelerate_config is not None):
+            raise ValueError("train.engine 'ray' takes its workers from train.ray.num_workers: leave train.num_processes "
+                             "at 1 and train.accelerate_config unset (DeepSpeed: train.ray.deepspeed_config)")
         return self

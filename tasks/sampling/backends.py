@@ -7,6 +7,8 @@ pairwise eval's answers, `flywheel compare`), chosen by ``generate.backend``.
   the openai client, a prompt's samples at one temperature in one request (``n``).
 * ``vllm``: vLLM's offline engine with prefix caching, ``n`` samples per prompt and temperature,
   for GPU machines (``docker/Dockerfile.cuda`` installs vllm, which pins its own torch).
+* ``ray``: the work split across Ray actors (``ray_backend.py``), each running ``hf`` or ``vllm``;
+  the same seed gives the same samples whatever the number of actors.
 
 A backend is opened on one policy checkpoint and closed when the stage is done with it, so its
 model leaves memory before the next one loads. Every backend takes ``SampleRequest``s and answers
@@ -39,6 +41,10 @@ class SamplingBackend(ABC):
         """Every request's answer by its key; temperature 0 decodes greedily. ``batch_size`` is a
         hint (sequences decoded together) that servers and engines may ignore."""
 
+    def units(self, requests: list[SampleRequest], batch_size: int) -> int:
+        """How many independently seeded units of work (``sample``'s ``part`` numbers) the requests make."""
+        raise NotImplementedError(f"generate.backend '{self.name}' cannot be split across Ray actors")
+
     def close(self) -> None:
         """Free what the backend holds (its model, an engine)."""
 
@@ -64,12 +70,17 @@ class HFBackend(SamplingBackend):
         super().__init__(checkpoint, config, model)
         self.model, self.tokenizer = load_model(checkpoint, model), load_tokenizer(checkpoint)
 
-    def sample(self, requests, max_new_tokens, batch_size, seed, top_p=1.0, progress=None):
+    def sample(self, requests, max_new_tokens, batch_size, seed, top_p=1.0, progress=None, part=None):
         # torch and transformers load with the hf backend only, not with the registry
         from tasks.sampling.decode import sample_batched
 
         return sample_batched(self.model, self.tokenizer, requests, max_new_tokens, batch_size, seed, top_p=top_p,
-                              progress=progress, share_prefill=self.config.share_prefill)
+                              progress=progress, share_prefill=self.config.share_prefill, part=part)
+
+    def units(self, requests, batch_size):
+        from tasks.sampling.decode import batch_plan, encode_requests
+
+        return len(batch_plan(encode_requests(self.tokenizer, requests), requests, batch_size))
 
     def close(self) -> None:
         from infra.memory import release_memory
@@ -80,6 +91,7 @@ class HFBackend(SamplingBackend):
 
 BACKENDS.add_lazy("openai", "tasks.sampling.openai_backend:OpenAIBackend")
 BACKENDS.add_lazy("vllm", "tasks.sampling.vllm_backend:VLLMBackend")
+BACKENDS.add_lazy("ray", "tasks.sampling.ray_backend:RayBackend")
 
 
 def open_backend(checkpoint: str, config: GenerateConfig, model: ModelConfig) -> SamplingBackend:

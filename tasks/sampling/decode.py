@@ -10,6 +10,8 @@ A row ends at any of the model's or the tokenizer's EOS tokens (``eos_token_ids`
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from tqdm.auto import tqdm
 
@@ -30,6 +32,7 @@ def sample_batched(
     top_p: float = 1.0,
     progress: str | None = None,
     share_prefill: bool = True,
+    part: Collection[int] | None = None,
 ) -> dict[tuple, Decoded]:
     """Decode every request; returns key -> Decoded (text, new tokens, cut at the budget). Temperature 0 is greedy.
 
@@ -38,15 +41,20 @@ def sample_batched(
     copied to every row that asks them, instead of each row encoding its prompt again. The rows,
     their order and their random numbers are the same either way, so are the samples, up to
     rounding: the prefill groups its arithmetic differently, and where a distribution is flat a
-    last-bit difference can move a draw across a token boundary."""
-    rendered = [render_chat(tokenizer, r.prompt) for r in requests]
-    encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    lengths = [len(ids) for ids in encoded]
+    last-bit difference can move a draw across a token boundary.
+
+    ``part``: decode only the batches of these numbers (``batch_plan``'s order), as the ``ray``
+    backend's actors do; each batch has its own seed, so a batch's samples do not depend on which
+    process decodes it."""
+    encoded = encode_requests(tokenizer, requests)
+    batches = batch_plan(encoded, requests, batch_size)
     device = next(model.parameters()).device
     eos_ids = eos_token_ids(model, tokenizer)
     results: dict[tuple, Decoded] = {}
-    bar = tqdm(total=len(requests), desc=progress, unit="seq", disable=progress is None)
-    for batch_no, batch in enumerate(length_grouped_batches(requests, lengths, batch_size)):
+    chosen = range(len(batches)) if part is None else sorted(set(part))
+    bar = tqdm(total=sum(len(batches[b]) for b in chosen), desc=progress, unit="seq", disable=progress is None)
+    for batch_no in chosen:
+        batch = batches[batch_no]
         temperatures = torch.tensor([requests[i].temperature for i in batch])
         prompts = [encoded[i] for i in batch]
         prefill = shared_prefill(model, prompts, tokenizer.pad_token_id, device, room=max_new_tokens + 1) if share_prefill else None
@@ -66,6 +74,16 @@ def sample_batched(
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def encode_requests(tokenizer, requests: list[SampleRequest]) -> list[list[int]]:
+    """Each request's prompt in the chat template, as token ids."""
+    return tokenizer([render_chat(tokenizer, r.prompt) for r in requests], add_special_tokens=False)["input_ids"]
+
+
+def batch_plan(encoded: list[list[int]], requests: list[SampleRequest], batch_size: int) -> list[list[int]]:
+    """The batches ``sample_batched`` decodes (request indices), numbered by position."""
+    return list(length_grouped_batches(requests, [len(ids) for ids in encoded], batch_size))
 
 
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int, eos_ids: list[int],

@@ -40,16 +40,24 @@ class VLLMBackend(SamplingBackend):
                           gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
                           tensor_parallel_size=settings.tensor_parallel_size)
 
-    def sample(self, requests, max_new_tokens, batch_size, seed, top_p=1.0, progress=None):
+    def units(self, requests, batch_size):
+        return len(group_requests(requests))
+
+    def sample(self, requests, max_new_tokens, batch_size, seed, top_p=1.0, progress=None, part=None):
+        """``part``: only the prompt groups of these numbers (each group's seed is its number's)."""
         from vllm import SamplingParams
 
-        groups = group_requests(requests)
+        numbered = list(enumerate(group_requests(requests)))
+        if part is not None:
+            wanted = set(part)
+            numbered = [(no, g) for no, g in numbered if no in wanted]
+        groups = [g for _, g in numbered]
         prompts = [{"prompt_token_ids": self.tokenizer(render_chat(self.tokenizer, g.prompt), add_special_tokens=False)["input_ids"]}
                    for g in groups]
         params = [
             SamplingParams(n=len(g.keys), temperature=max(g.temperature, 0.0), top_p=top_p if g.temperature > 0 else 1.0,
                            max_tokens=max_new_tokens, seed=seed * 100_003 + no)
-            for no, g in enumerate(groups)
+            for no, g in numbered
         ]
         outputs = self.engine.generate(prompts, params, use_tqdm=progress is not None)
         results: dict[tuple, Decoded] = {}

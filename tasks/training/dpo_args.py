@@ -56,7 +56,7 @@ def micro_batch_size(config: TrainConfig, objective: Objective, device: torch.de
     ``train.batch_size`` not above ``train.micro_batch_size`` (the whole share when it is None or
     the objective cannot accumulate; 'auto': ``CPU_MICRO_BATCH`` of the training dtype on a CPU,
     the whole share on a GPU)."""
-    share = config.batch_size // config.num_processes
+    share = config.batch_size // config.world_size()
     wanted = config.micro_batch_size
     if wanted == "auto":
         wanted = None if device is not None and device.type == "cuda" else CPU_MICRO_BATCH.get(dtype, 1)
@@ -72,7 +72,7 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
     it only holds the epoch checkpoints of ``keep_best_epoch``."""
     objective = objective or objective_for(config, round_index)
     beta = objective.beta(config, round_index)
-    share = config.batch_size // config.num_processes  # the global batch, split among the processes
+    share = config.batch_size // config.world_size()  # the global batch, split among the processes
     micro = micro_batch_size(config, objective, device, dtype)
     args = dict(
         output_dir=output_dir,
@@ -99,6 +99,8 @@ def trainer_args(config: TrainConfig, round_index: int, device: torch.device, dt
         prediction_loss_only=True,
         **objective.trl_args(config, beta),
     )
+    if config.engine == "ray" and config.ray.deepspeed_config:
+        args["deepspeed"] = config.ray.deepspeed_config  # the Ray workers' DeepSpeed (ZeRO-3) config, read by the Trainer
     if eval_each_epoch:
         args.update(_heldout_args(config, share))
     args.update(_user_args(config))

@@ -101,7 +101,7 @@ class _DPOLoss(Objective):
             # separate reference model (the round-0 policy) can be freed before the first step.
             precompute_ref_log_probs=True,
             # No gradients kept in that pass: larger batches than training's (length-sorted, tasks/training/trl_internals.py).
-            precompute_ref_batch_size=max(REFERENCE_BATCH_PAIRS, config.batch_size // config.num_processes),
+            precompute_ref_batch_size=max(REFERENCE_BATCH_PAIRS, config.batch_size // config.world_size()),
             loss_type=[self.loss_type, "sft"] if weight > 0 else [self.loss_type],
             loss_weights=[1.0, weight] if weight > 0 else None,
         )
