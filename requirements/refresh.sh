@@ -11,7 +11,9 @@ tools=$(mktemp -d)
 trap 'rm -rf "$tools"' EXIT
 "$PYTHON" -m venv "$tools/venv"
 "$tools/venv/bin/pip" install --quiet pip-tools
-"$tools/venv/bin/pip-compile" --quiet --upgrade --generate-hashes --extra test --strip-extras --allow-unsafe \
+# UPGRADE=1 moves every pin to the newest version that fits; otherwise the pins already in cpu.lock stay
+# and only what pyproject.toml added is resolved.
+"$tools/venv/bin/pip-compile" --quiet ${UPGRADE:+--upgrade} --generate-hashes --extra test --extra scale --strip-extras --allow-unsafe \
     --no-emit-index-url --no-emit-find-links -o requirements/cpu.lock pyproject.toml
 "$tools/venv/bin/pip" download --quiet --no-deps -d "$tools/data" "$@"
 {
