@@ -77,5 +77,8 @@ class RayGenerateConfig(Section):
         "hf", description="What each actor runs: 'hf' (transformers, CPU or GPU) or 'vllm' (vLLM's offline engine, "
         "one per GPU actor, generate.vllm's settings). Same seed: the same samples whatever num_actors is.",
     )
-    cpus_per_actor: float = Field(1, gt=0, description="Ray CPUs each actor reserves.")
+    cpus_per_actor: float = Field(
+        1, gt=0, description="Ray CPUs each actor reserves (> 0); on CPU actors also the torch threads it uses. "
+        "num_actors x this must be free in the cluster, or the actors wait for it.",
+    )
     gpus_per_actor: float = Field(0, ge=0, description="Ray GPUs each actor reserves (1 for a vLLM engine).")

@@ -48,7 +48,10 @@ class SamplerActor:
     def __init__(self, checkpoint: str, generate: dict, model: dict, shipped: list):
         import ray
 
+        import torch
+
         config, model_config = GenerateConfig.model_validate(generate), ModelConfig.model_validate(model)
+        torch.set_num_threads(max(1, int(config.ray.cpus_per_actor)))  # its share of the node's cores, not all of them
         if not Path(checkpoint).exists():
             checkpoint = _unpack(ray.get(shipped[0]))  # a node of another machine: the copy sent by the driver
         self.engine = BACKENDS.get(config.ray.engine)(checkpoint, config, model_config)
