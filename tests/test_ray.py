@@ -152,3 +152,34 @@ def test_no_retries_left_fails_the_round_and_the_rerun_resumes(ray_cluster, tiny
     assert after == before, "a stage before training was redone"
     assert store.manifest(layout.stage_key(config.loop, 1, layout.TRAIN)) is not None
     assert summary.ray == {"address": ray_cluster.address, "job_id": summary.ray["job_id"]} and summary.ray["job_id"]
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() < 1, reason="needs CUDA")
+def test_training_on_a_gpu_worker(ray_cluster, tiny_model, tmp_path):
+    """The same training with use_gpu: one NCCL worker on the GPU (this cluster's nodes see the machine's GPUs)."""
+    ctx, pairs = _stage(tmp_path, tiny_model, "gpu-ray", engine="ray",
+                        ray={"num_workers": 1, "use_gpu": True, "resources_per_worker": {"CPU": 1, "GPU": 1}})
+    trained = train_policy_task.fn(ctx, pairs)
+    assert trained.result.n_steps == 4 and (ctx.store.local_path(trained.key) / layout.MERGED / "config.json").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() < 1, reason="needs CUDA")
+def test_vllm_actor_samples(ray_cluster, tiny_model):
+    pytest.importorskip("vllm")
+    from tasks.sampling.backends import open_backend
+    from tasks.sampling.requests import SampleRequest
+
+    config = FlywheelConfig.model_validate({"model": {"base": tiny_model}, "generate": {
+        "backend": "ray", "ray": {"num_actors": 1, "engine": "vllm", "gpus_per_actor": 1}}})
+    requests = [SampleRequest((i, k), f"Write about topic {i}.", 0.8) for i in range(4) for k in range(3)]
+    with open_backend(tiny_model, config.generate, config.model) as on_ray:
+        answers = on_ray.sample(requests, 8, 8, seed=1, top_p=0.95)
+    assert set(answers) == {r.key for r in requests}
