@@ -47,7 +47,6 @@ class SamplerActor:
 
     def __init__(self, checkpoint: str, generate: dict, model: dict, shipped: list):
         import ray
-
         import torch
 
         config, model_config = GenerateConfig.model_validate(generate), ModelConfig.model_validate(model)
