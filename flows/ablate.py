@@ -35,6 +35,7 @@ from flows.table import Table
 from flows.train_flow import train_challenger
 from infra import layout
 from infra.champion import local_checkpoint
+from infra.ray_cluster import join_if_used
 from infra.records import Champion
 from infra.retries import call_with_retries
 from infra.settings import FlywheelConfig
@@ -135,6 +136,7 @@ def run_cell(config: FlywheelConfig, round_index: int, cell: AblationCell, prefi
     from tasks.prompts import PromptsSummary
 
     cell_config = config.model_copy(update={"train": cell.train_config(config.train)})
+    join_if_used(cell_config)
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(cell_config)
     tracker.start_run(f"{config.loop}-{prefix.rsplit('/', 1)[-1]}-{cell.name}", {

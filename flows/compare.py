@@ -18,6 +18,7 @@ from flows.comparison_records import Comparison, record_comparison
 from flows.publish import examples_markdown, publish_comparison
 from infra import layout
 from infra.champion import current_champion, local_checkpoint, policy_of_round
+from infra.ray_cluster import join_if_used
 from infra.records import Champion, Prompt
 from infra.settings import FlywheelConfig
 from infra.store import ArtifactStore
@@ -36,6 +37,7 @@ def compare_rounds(config: FlywheelConfig, baseline_round: int = 0, challenger_r
 
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
+    join_if_used(config)  # generate.backend 'ray': the answers are sampled on config.ray's cluster
     challenger = current_champion(store, tracker, config) if challenger_round is None else policy_of_round(store, config, challenger_round)
     baseline = policy_of_round(store, config, baseline_round)
     if challenger.round == baseline.round:

@@ -8,6 +8,7 @@ from prefect import get_run_logger
 
 from flows.stage_runner import RoundContext
 from infra.champion import local_checkpoint
+from infra.ray_cluster import join_if_used
 from infra.records import Champion
 from infra.settings import FlywheelConfig
 from infra.store_factory import store_from_config
@@ -20,6 +21,7 @@ def worker_context(config: FlywheelConfig, round_index: int, champion: Champion,
     store = store_from_config(config.storage)
     tracker = Tracker.from_config(config)
     tracker.run_id = mlflow_run_id
+    join_if_used(config)
     return RoundContext(config=config, round_index=round_index, store=store, tracker=tracker, champion=champion,
                         champion_checkpoint=local_checkpoint(champion, store, config.storage.data_dir), **fields)
 

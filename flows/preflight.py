@@ -38,7 +38,7 @@ def check_services(config: FlywheelConfig, start_ephemeral: bool = True) -> None
     from concurrent.futures import ThreadPoolExecutor
 
     checks = (lambda: _prefect_problem(start_ephemeral), lambda: _tracking_problem(config), lambda: _s3_problem(config),
-              lambda: _hub_problem(config))
+              lambda: _hub_problem(config), lambda: _ray_problem(config))
     with ThreadPoolExecutor(len(checks)) as pool:  # each may wait ANSWER_WITHIN_S: wait once, not three times
         problems = [p for p in pool.map(lambda check: check(), checks) if p]
     if problems:
@@ -152,3 +152,23 @@ def _hub_problem(config: FlywheelConfig) -> str | None:
         return None
     return _http_problem(f"{hub_endpoint()}/api/models/{base}", f"the Hugging Face hub (model.base {base!r} is not downloaded yet)",
                          download_advice(base))
+
+
+def _ray_problem(config: FlywheelConfig) -> str | None:
+    """Whether the Ray cluster a stage would run on answers at its address (a TCP connection to the head's
+    GCS port or Ray Client's; nothing joins it). No address: Ray would start in the round's process."""
+    import socket
+    from urllib.parse import urlparse
+
+    from infra.ray_cluster import public_address, uses_ray
+
+    address = config.ray.resolved_address()
+    if not uses_ray(config) or address in (None, "auto", "local"):
+        return None
+    parsed = urlparse(address if "://" in address else f"gcs://{address}")
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 6379), timeout=ANSWER_WITHIN_S):
+            return None
+    except (OSError, ValueError) as err:
+        return (f"the Ray cluster does not answer at {public_address(address)} (ray.address or RAY_ADDRESS; {_first_line(err)}): "
+                "start it (`ray start --head` there), or leave train.engine 'local' and generate.backend 'hf'")

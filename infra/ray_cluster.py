@@ -43,6 +43,12 @@ def uses_ray(config: FlywheelConfig) -> bool:
     return config.train.engine == "ray" or config.generate.backend == "ray"
 
 
+def join_if_used(config: FlywheelConfig) -> RayCluster | None:
+    """Join ``config.ray``'s cluster when a stage runs on Ray (before a backend or training would
+    start a local instance instead); None otherwise."""
+    return join_cluster(config.ray) if uses_ray(config) else None
+
+
 def join_cluster(config: RayConfig) -> RayCluster:
     """This process connected to the configured cluster (once); what the round records of it.
     A cluster that cannot be reached raises ConnectionError naming the address and what to check."""

@@ -47,3 +47,23 @@ def test_servers_that_do_not_answer_are_each_named(tmp_path):
     assert any(f"the MLflow tracking server does not answer at {dead['mlflow']}/health" in line for line in lines)
     assert any(f"S3 does not answer at {dead['s3']}" in line for line in lines)
     assert _written(tmp_path / "data") == []
+
+
+def test_a_ray_cluster_that_does_not_answer_is_named():
+    import socket
+
+    from flows.preflight import _ray_problem
+    from infra.settings import FlywheelConfig
+    from tests.conftest import free_port
+
+    closed = free_port()
+    config = FlywheelConfig.model_validate({"train": {"engine": "ray"}, "ray": {"address": f"127.0.0.1:{closed}"}})
+    problem = _ray_problem(config)
+    assert problem and f"the Ray cluster does not answer at 127.0.0.1:{closed}" in problem and "ray start --head" in problem
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert _ray_problem(config.model_copy(update={"ray": config.ray.model_copy(update={"address": f"127.0.0.1:{port}"})})) is None
+    # Not used by any stage: nothing to check, whatever the address.
+    assert _ray_problem(FlywheelConfig.model_validate({"ray": {"address": f"127.0.0.1:{closed}"}})) is None
