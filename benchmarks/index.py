@@ -40,6 +40,9 @@ def _speed(results: dict) -> str:
 
 def _round(results: dict) -> str:
     rows = results["rounds"]
+    if any(r.get("engine", "local") != "local" for r in rows):
+        return "; ".join(f"{r['n_train']} prompts {r['engine']}: round {r['wall_s'] / 60:.1f} min"
+                         + (f" ({r['ray_extra_share']:+.0%} beyond one process)" if "ray_extra_share" in r else "") for r in rows)
     peaks = [r["peak_rss_mb"] / 1024 for r in rows]
     return (f"{rows[0]['n_train']}-{rows[-1]['n_train']} training prompts: round {rows[0]['wall_s'] / 60:.1f}-{rows[-1]['wall_s'] / 60:.1f} min, "
             f"highest stage peak {min(peaks):.2f}-{max(peaks):.2f} GB")
@@ -69,7 +72,13 @@ def _probe(results: dict) -> str:
     return "; ".join(f"{k}: {v['pairs_per_s']:.1f} pairs/s" for k, v in trains.items()) or "see the file"
 
 
-HEADLINES = {"bench_speed.py": _speed, "bench_round.py": _round, "bench_memory.py": _memory, "bench_allocator.py": _allocator,
+def _tie_share(results: dict) -> str:
+    shares = {k: v for k, v in results.items() if isinstance(v, dict)}
+    return (f"{results['constraints_per_prompt']} constraints a prompt: "
+            + ", ".join(f"{name} {v['tie_share']:.1%} ties" for name, v in shares.items()))
+
+
+HEADLINES = {"tie_share.py": _tie_share, "bench_speed.py": _speed, "bench_round.py": _round, "bench_memory.py": _memory, "bench_allocator.py": _allocator,
              "bench_round_memory.py": _round_memory, "bench_judge.py": _judge, "probe_gpu.py": _probe}
 
 

@@ -17,7 +17,8 @@ The verifier judge (failure-mode penalties included) compares every pair of a pr
 itself removes. Rule-made answers are not a model's: the figures compare prompt sets and scorings
 under one answerer, not the tie share a round will see.
 
-Usage:  python benchmarks/tie_share.py [N_PROMPTS] [K]   (default 256 prompts, 6 answers each)
+Usage:  python benchmarks/tie_share.py [N_PROMPTS] [K] [--save LABEL]   (default 256 prompts, 6 answers each;
+--save writes benchmarks/results/tie-share-<machine kind>-none-<date>-<LABEL>.json, benchmarks/result_meta.py)
 Runs against whichever ``tasks`` is on the path, so ``PYTHONPATH=<older checkout> python
 <this checkout>/benchmarks/tie_share.py`` measures an older prompt generator with the same answerers.
 """
@@ -148,5 +149,12 @@ def measure(n_prompts: int, k: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    print(json.dumps(measure(*(args + [256, 6][len(args):])), indent=1))
+    label = sys.argv[sys.argv.index("--save") + 1] if "--save" in sys.argv else None
+    args = [int(a) for a in sys.argv[1:] if a.isdigit()][:2]
+    results = measure(*(args + [256, 6][len(args):]))
+    print(json.dumps(results, indent=1))
+    if label:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from benchmarks.result_meta import build_meta, write_result
+
+        print(write_result(build_meta(__file__, "none", label=label, args=sys.argv[1:]), results))

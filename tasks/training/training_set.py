@@ -4,7 +4,10 @@ replayed into the training side, the objective's rows, and the rows as datasets.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -78,7 +81,14 @@ def as_dataset(rows: list[dict], args, folder: Path | None):
 
     if folder is None:
         return Dataset.from_list(rows)
-    with args.main_process_first(desc=f"dataset {folder.name}"):
+    # The first process of all (not of each machine): with train.launch_dir every machine's processes share the folder.
+    with args.main_process_first(local=False, desc=f"dataset {folder.name}"):
         if not folder.exists():
-            Dataset.from_list(rows).save_to_disk(str(folder))
+            # Written aside and renamed: a reader never meets a half-written dataset.
+            partial = folder.with_name(f".{folder.name}.{socket.gethostname()}.{os.getpid()}")
+            Dataset.from_list(rows).save_to_disk(str(partial))
+            try:
+                partial.rename(folder)
+            except OSError:  # saved meanwhile by another process: the same rows
+                shutil.rmtree(partial, ignore_errors=True)
         return Dataset.load_from_disk(str(folder))
