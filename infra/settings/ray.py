@@ -75,7 +75,8 @@ class RayGenerateConfig(Section):
     num_actors: int = Field(2, ge=1, description="Sampling actors; the round's batches are dealt out among them.")
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="What each actor runs: 'hf' (transformers, CPU or GPU) or 'vllm' (vLLM's offline engine, "
-        "one per GPU actor, generate.vllm's settings). Same seed: the same samples whatever num_actors is.",
+        "one per GPU actor, generate.vllm's settings). Same seed: the same samples whatever num_actors is (up to float "
+        "rounding where the threads per engine differ from one process's).",
     )
     cpus_per_actor: float = Field(
         1, gt=0, description="Ray CPUs each actor reserves (> 0); on CPU actors also the torch threads it uses. "

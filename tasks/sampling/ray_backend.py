@@ -4,7 +4,8 @@ engine (``generate.ray.engine``: ``hf`` on CPUs or GPUs, ``vllm`` on GPUs).
 The work is cut into the inner engine's own seeded units (the ``hf`` sampler's length-grouped
 batches, vLLM's prompt groups), numbered as one process would number them, and dealt out among
 ``generate.ray.num_actors`` actors; a unit's seed is its number's, so the samples are those of the
-one-process engine at the same seed, whatever the number of actors. An actor reads the policy
+one-process engine at the same seed, whatever the number of actors (up to float rounding when
+an actor's engine runs with another number of threads: the sums come in another order). An actor reads the policy
 checkpoint from its node's disk when it is there (nodes of one machine, a shared volume), otherwise
 from a copy sent once through Ray's object store.
 
