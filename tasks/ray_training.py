@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -191,7 +190,6 @@ def _fit_forwarding(trainer, relay, on_log, on_reference_logps) -> dict:
             on_reference_logps(news["reference"])
         if not thread.is_alive():
             return {**ended, "diverged": news["diverged"], "attempts": news["attempts"]}
-        time.sleep(0)
 
 
 def _collect(outcome: dict, job: TrainJob, max_failures: int) -> TrainResult:

@@ -12,6 +12,7 @@ when a test fails.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(s3_server):
+    """The nodes start after the S3 server's throwaway credentials are in the environment, which their workers inherit."""
     import ray
 
     cluster = LocalRayCluster(free_port())
@@ -74,6 +76,26 @@ def test_one_merged_checkpoint_each_step_logged_once(trained_on_ray):
     # Ray Train's checkpoint and the reference pass's log-probs lie in the artifact store, beside the stage.
     assert list(Path(ctx.store.uri(f"{ctx.key(layout.TRAIN)}-ray")).rglob("result.json"))
     assert list(Path(ctx.store.uri(f"{ctx.key(layout.TRAIN)}-reference-logps")).glob("*.json"))
+
+
+def test_training_on_ray_with_an_s3_store(ray_cluster, tiny_model, tmp_path, s3_server):
+    """The artifact store on S3 (moto on loopback): Ray Train's checkpoint and the reference log-probs go
+    there, and the stage's files come back from it."""
+    from infra.store_factory import open_store
+
+    s3_server.client().create_bucket(Bucket="ray-train")
+    ctx, pairs = _stage(tmp_path, tiny_model, "on-s3", engine="ray", ray={"num_workers": 2})
+    store = open_store("s3://ray-train/fw", tmp_path / "s3-cache", s3_server.url)
+    config = ctx.config.model_copy(update={"storage": ctx.config.storage.model_copy(update={"s3_endpoint_url": s3_server.url})})
+    with store.stage(ctx.key(layout.FILTER)) as out:
+        (out / layout.PAIRS).write_bytes(ctx.store.local_path(pairs.key).joinpath(layout.PAIRS).read_bytes())
+    ctx = dataclasses.replace(ctx, store=store, config=config)
+    trained = train_policy_task.fn(ctx, pairs)
+    keys = {o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket="ray-train")
+            for o in page.get("Contents", [])}
+    assert any(k.startswith(f"fw/{ctx.key(layout.TRAIN)}-ray/") and k.endswith("result.json") for k in keys)
+    assert any(k.startswith(f"fw/{ctx.key(layout.TRAIN)}-reference-logps/") for k in keys)
+    assert f"fw/{ctx.key(layout.TRAIN)}/{layout.MERGED}/config.json" in keys and store.manifest(trained.key) is not None
 
 
 def test_two_sampling_actors_give_the_hf_samples(ray_cluster, tiny_model):
