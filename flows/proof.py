@@ -9,7 +9,9 @@ run again, so a stopped proof continues where it stopped.
 
 Writes ``<loop>/proof/``: ``proof.json`` (the ``ProofReport``) and ``proof.md``: every figure of the
 round table as mean ± standard deviation and range over the seeds, beside the eval's own 95%
-interval (the win rate's bootstrap, the seen/unseen change's paired bootstrap); then, per seed, the
+interval (the win rate's bootstrap, the seen/unseen change's paired bootstrap) and, for those three
+figures, the mean's 95% interval with seeds and held-out prompts both resampled
+(flows/proof_intervals.py); then, per seed, the
 held-out split's size, the unrequested forms (titles, headings, postscripts, highlights) of round 0's
 answers and of the seed's champion's, and its three best and three worst held-out answers.
 """
@@ -20,7 +22,8 @@ import math
 
 from prefect import flow
 
-from flows.proof_records import ProofReport, SeedRun, metric_rows, rows_table
+from flows.proof_intervals import change_per_prompt, outcome_per_prompt, seeds_and_prompts_interval
+from flows.proof_records import MetricRow, ProofReport, SeedRun, metric_rows, rows_table
 from flows.publish import examples_markdown
 from flows.render import as_markdown
 from flows.round import run_next_round
@@ -31,7 +34,8 @@ from infra.records import Completion, Prompt, read_jsonl
 from infra.settings import FlywheelConfig
 from infra.store import ArtifactStore
 from infra.store_factory import store_from_config
-from tasks.evaluate import PairVerdict, PairwiseResult, telling_examples
+from tasks.evaluate import PairVerdict, PairwiseResult, met_by_prompt, telling_examples
+from tasks.prompts import unseen_types
 from tasks.unrequested_forms import FORMS, count_unrequested_forms
 
 TYPICAL_RATE = 0.4  # held-out satisfaction of the embedded default today: the binomial half-widths are quoted at it
@@ -57,7 +61,8 @@ def run_proof(config: FlywheelConfig, seeds: int = 3, rounds: int = 1) -> ProofR
         raise ValueError(f"flywheel proof needs at least one seed and one round (got --seeds {seeds}, --rounds {rounds})")
     store = store_from_config(config.storage)
     runs = [run_seed(store, seed_config(config, k), k, rounds) for k in range(seeds)]
-    report = ProofReport(loop=config.loop, seeds=seeds, rounds=rounds, runs=runs, rows=metric_rows(runs, rounds))
+    rows = with_mean_intervals(store, config, runs, metric_rows(runs, rounds))
+    report = ProofReport(loop=config.loop, seeds=seeds, rounds=rounds, runs=runs, rows=rows)
     key = proof_key(config.loop)
     report = report.model_copy(update={"artifacts": store.uri(key)})
     with store.stage(key) as out:
@@ -108,6 +113,27 @@ def read_answers(store: ArtifactStore, run: SeedRun) -> SeedRun:
     ))
 
 
+def with_mean_intervals(store: ArtifactStore, config: FlywheelConfig, runs: list[SeedRun], rows: list[MetricRow]) -> list[MetricRow]:
+    """``rows`` with the mean's interval (seeds and held-out prompts resampled) on the pairwise eval's
+    figures: the win rate and the seen and unseen types' change, from every seed's stored evaluation
+    of that round (a seed whose round trained no challenger is left out of it)."""
+    unseen = unseen_types(config.prompts)
+    intervals: dict[tuple[int, str], tuple[float | None, float | None]] = {}
+    for index in range(max((len(run.rounds) for run in runs), default=0)):
+        evaluations = [_Evaluation(store, run.loop, run.rounds[index].round) for run in runs if index < len(run.rounds)
+                       and store.is_complete(layout.stage_key(run.loop, run.rounds[index].round, layout.EVALUATE))]
+        if not evaluations:
+            continue
+        per_seed = {"win rate": [outcome_per_prompt(e.verdicts) for e in evaluations]}
+        for kind in ("seen", "unseen"):
+            per_seed[f"{kind} types change"] = [change_per_prompt(*(met_by_prompt(list(e.prompts.values()), e.answers[policy], unseen)[kind]
+                                                                    for policy in ("champion", "challenger"))) for e in evaluations]
+        for metric, per_prompt in per_seed.items():
+            intervals[(index + 1, metric)] = seeds_and_prompts_interval(per_prompt, config.evaluate.bootstrap_samples, config.evaluate.seed)
+    return [row.model_copy(update=dict(zip(("mean_low", "mean_high"), intervals[(row.round, row.metric)])))
+            if (row.round, row.metric) in intervals else row for row in rows]
+
+
 def held_out_counts(result: PairwiseResult) -> dict[str, int]:
     return {"prompts": result.n, "seen constraints": result.n_seen_constraints, "unseen constraints": result.n_unseen_constraints,
             "prompts with a seen type": result.n_seen_prompts, "prompts with an unseen type": result.n_unseen_prompts}
@@ -121,7 +147,8 @@ def binomial_half_width(rate: float, n: int) -> float:
 def proof_markdown(report: ProofReport) -> str:
     lines = [f"# {report.loop}: {report.rounds} round(s) over {report.seeds} seed(s)", "",
              "Each figure as mean ± standard deviation and range over the seeds; beside it the eval's own 95% interval "
-             "(half its width, mean over the seeds): the win rate's bootstrap, the seen/unseen change's paired bootstrap.", "",
+             "(half its width, mean over the seeds): the win rate's bootstrap, the seen/unseen change's paired bootstrap. "
+             "For those three figures, the mean's 95% interval: seeds and held-out prompts both resampled.", "",
              as_markdown(rows_table(report.rows, report.seeds)), ""]
     for run in report.runs:
         lines += _seed_markdown(run)

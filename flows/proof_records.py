@@ -1,6 +1,7 @@
 """What ``flywheel proof`` measured: each seed's rounds and answers (``SeedRun``), and every figure of
-the round table over the seeds as mean and spread beside the eval's own 95% interval
-(``MetricRow``), in one ``ProofReport``; ``proof_markdown`` writes it as the report reads it."""
+the round table over the seeds as mean and spread beside the eval's own 95% interval and, for the
+pairwise eval's figures, the mean's interval over seeds and prompts (``MetricRow``), in one
+``ProofReport``; ``proof_markdown`` writes it as the report reads it."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ class MetricRow(BaseModel):
     low: float | None  # smallest and largest over the seeds
     high: float | None
     eval_half_width: float | None = None  # the eval's own 95% interval, half its width, mean over the seeds
+    # The mean's 95% interval, seeds and held-out prompts both resampled (flows/proof_intervals.py); None:
+    # not a figure of the pairwise eval, or no stored evaluation to resample.
+    mean_low: float | None = None
+    mean_high: float | None = None
 
 
 class ProofReport(BaseModel):
@@ -121,6 +126,8 @@ def _num(value: float | None, spec: str = ".3f") -> str:
 
 def rows_table(rows: list[MetricRow], seeds: int) -> Table:
     """The rows as a table: mean ± std, the range over the seeds, the eval's interval, each seed's value."""
-    header = ["round", "figure", "mean ± std over seeds", "min..max", "eval's 95% CI (±)", *(f"seed {k}" for k in range(seeds))]
+    header = ["round", "figure", "mean ± std over seeds", "min..max", "mean's 95% CI", "eval's 95% CI (±)",
+              *(f"seed {k}" for k in range(seeds))]
     return Table(header, [[r.round, r.metric, f"{_num(r.mean)} ± {_num(r.std)}", f"{_num(r.low)}..{_num(r.high)}",
+                           "-" if r.mean_low is None else f"[{_num(r.mean_low)}, {_num(r.mean_high)}]",
                            _num(r.eval_half_width), *(_num(v) for v in r.values)] for r in rows])

@@ -7,8 +7,11 @@ from __future__ import annotations
 import pytest
 
 from flows.proof import proof_key, run_proof, seed_config
+from flows.proof_intervals import outcome_per_prompt, seeds_and_prompts_interval
 from infra import layout
+from infra.records import read_jsonl
 from infra.store_factory import store_from_config
+from tasks.evaluate import PairVerdict
 from tests.tiny_round import tiny_round_config, word_band_prompt_file
 
 
@@ -50,6 +53,7 @@ def test_a_seed_moves_the_sampling_and_training_seeds_only():
 def test_the_report_has_every_figure_over_the_seeds(proofs):
     config, two, _ = proofs
     rows = {r.metric: r for r in two.rows}
+    store = store_from_config(config.storage)
     win = rows["win rate"]
     values = [run.rounds[0].win_rate for run in two.runs]
     assert win.values == values and win.mean == pytest.approx(sum(values) / 2)
@@ -57,14 +61,21 @@ def test_the_report_has_every_figure_over_the_seeds(proofs):
     halves = [(s.win_rate_high - s.win_rate_low) / 2 for s in (run.rounds[0] for run in two.runs)]
     assert win.eval_half_width == pytest.approx(sum(halves) / 2)
     assert {"pairs", "reward acc.", "seen types change", "unconstrained: words new", "promoted"} <= rows.keys()
+    # the mean's interval (seeds and held-out prompts resampled) holds the mean, and only the eval's figures have one
+    for row in (rows[name] for name in ("win rate", "seen types change", "unseen types change")):
+        assert row.mean_low is None or row.mean_low <= row.mean <= row.mean_high, row
+    verdicts = [read_jsonl(store.local_path(layout.stage_key(run.loop, 1, layout.EVALUATE)) / layout.VERDICTS, PairVerdict)
+                for run in two.runs]
+    expected = seeds_and_prompts_interval([outcome_per_prompt(v) for v in verdicts], config.evaluate.bootstrap_samples, config.evaluate.seed)
+    assert (win.mean_low, win.mean_high) == expected
+    assert rows["pairs"].mean_low is None and rows["reward acc."].mean_high is None
     for run in two.runs:
         assert run.held_out["prompts"] == 4 and set(run.unrequested) == {"round 0", "champion"}
         assert run.unrequested["round 0"]["answers"] == 4
         assert len(run.best) == len(run.worst) == 3
-    store = store_from_config(config.storage)
     markdown = (store.local_path(proof_key("proof")) / "proof.md").read_text()
     assert "## seed 0 (loop proof-seed0)" in markdown and "## seed 1 (loop proof-seed1)" in markdown
-    assert "| 1 | win rate |" in markdown and "Unrequested forms" in markdown and "gained most" in markdown
+    assert "| 1 | win rate |" in markdown and "mean's 95% CI" in markdown and "Unrequested forms" in markdown and "gained most" in markdown
     assert store.read_json(f"{proof_key('proof')}/proof.json")["seeds"] == 2
 
 
