@@ -7,7 +7,7 @@ stay the same, so the seeds differ only where training's randomness does. Each s
 own artifacts, MLflow runs and registered model; a seed loop that already has its rounds is read, not
 run again, so a stopped proof continues where it stopped.
 
-Writes ``<loop>/proof/``: ``proof.json`` (the ``ProofReport``) and ``proof.md``: every figure of the
+Writes ``<loop>/proof/seeds-<S>-rounds-<R>/``: ``proof.json`` (the ``ProofReport``) and ``proof.md``: every figure of the
 round table as mean ± standard deviation and range over the seeds, beside the eval's own 95%
 interval (the win rate's bootstrap, the seen/unseen change's paired bootstrap) and, for those three
 figures, the mean's 95% interval with seeds and held-out prompts both resampled
@@ -50,8 +50,9 @@ def seed_config(config: FlywheelConfig, seed: int) -> FlywheelConfig:
     })
 
 
-def proof_key(loop: str) -> str:
-    return f"{loop}/proof"
+def proof_key(loop: str, seeds: int, rounds: int) -> str:
+    """Where a proof's report goes: one folder per (seeds, rounds), so `make proof`'s two reports both stay."""
+    return f"{loop}/proof/seeds-{seeds}-rounds-{rounds}"
 
 
 @flow(name="flywheel-proof", flow_run_name="{config.loop}-proof")
@@ -63,7 +64,7 @@ def run_proof(config: FlywheelConfig, seeds: int = 3, rounds: int = 1) -> ProofR
     runs = [run_seed(store, seed_config(config, k), k, rounds) for k in range(seeds)]
     rows = with_mean_intervals(store, config, runs, metric_rows(runs, rounds))
     report = ProofReport(loop=config.loop, seeds=seeds, rounds=rounds, runs=runs, rows=rows)
-    key = proof_key(config.loop)
+    key = proof_key(config.loop, seeds, rounds)
     report = report.model_copy(update={"artifacts": store.uri(key)})
     with store.stage(key) as out:
         (out / "proof.json").write_text(report.model_dump_json(indent=2))

@@ -73,13 +73,18 @@ def test_the_report_has_every_figure_over_the_seeds(proofs):
         assert run.held_out["prompts"] == 4 and set(run.unrequested) == {"round 0", "champion"}
         assert run.unrequested["round 0"]["answers"] == 4
         assert len(run.best) == len(run.worst) == 3
-    markdown = (store.local_path(proof_key("proof")) / "proof.md").read_text()
+    markdown = (store.local_path(proof_key("proof", 2, 1)) / "proof.md").read_text()
     assert "## seed 0 (loop proof-seed0)" in markdown and "## seed 1 (loop proof-seed1)" in markdown
     assert "| 1 | win rate |" in markdown and "mean's 95% CI" in markdown and "Unrequested forms" in markdown and "gained most" in markdown
-    assert store.read_json(f"{proof_key('proof')}/proof.json")["seeds"] == 2
+    assert store.read_json(f"{proof_key('proof', 2, 1)}/proof.json")["seeds"] == 2
 
 
 def test_a_finished_seed_is_read_not_run_again(proofs):
     config, two, _ = proofs
     rerun = run_proof(config=config, seeds=2, rounds=1)
     assert [r.rounds[0].mlflow_run_id for r in rerun.runs] == [r.rounds[0].mlflow_run_id for r in two.runs]
+    one = run_proof(config=config, seeds=1, rounds=1)  # a report over fewer seeds goes beside, not over, the other
+    assert one.runs[0].rounds[0].mlflow_run_id == two.runs[0].rounds[0].mlflow_run_id
+    store = store_from_config(config.storage)
+    assert store.read_json(f"{proof_key('proof', 1, 1)}/proof.json")["seeds"] == 1
+    assert store.read_json(f"{proof_key('proof', 2, 1)}/proof.json")["seeds"] == 2
