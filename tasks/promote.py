@@ -102,8 +102,9 @@ def keeps_its_length(pairwise: PairwiseResult, config: PromotionConfig) -> Itera
 
 def keeps_unseen_types(pairwise: PairwiseResult, config: PromotionConfig) -> Iterator[Check]:
     """Satisfaction on the unseen constraint types (held out of training) does not drop by more than
-    ``max_unseen_drop`` with its paired interval below 0; decided only when that interval's
-    half-width is at most ``unseen_decisive_half_width``, reported either way."""
+    ``max_unseen_drop`` with its paired interval below 0; decided when that interval's half-width is
+    at most ``unseen_decisive_half_width`` or the whole interval lies below ``-max_unseen_drop``,
+    reported either way."""
     before, after = pairwise.champion_unseen_rate, pairwise.challenger_unseen_rate
     low, high = pairwise.unseen_change_low, pairwise.unseen_change_high
     if config.max_unseen_drop is None or before is None or after is None or low is None or high is None:
@@ -111,12 +112,15 @@ def keeps_unseen_types(pairwise: PairwiseResult, config: PromotionConfig) -> Ite
     change, half, margin = after - before, (high - low) / 2, config.max_unseen_drop
     figures = (f"unseen types {before:.3f} → {after:.3f} ({change * 100:+.1f} points, paired 95% CI "
                f"{low * 100:+.1f} to {high * 100:+.1f}, ±{half * 100:.1f}, over {pairwise.n_unseen_prompts} prompts)")
-    if half > config.unseen_decisive_half_width:
+    # A wide interval lying wholly beyond the margin decides too: even its best end is a drop too large.
+    beyond_margin = high < -margin
+    if half > config.unseen_decisive_half_width and not beyond_margin:
         yield Check(True, f"unseen-type check not deciding: {figures}: the interval is wider than "
                           f"±{config.unseen_decisive_half_width * 100:.1f} points (more held-out prompts: prompts.n_eval)")
     elif -change > margin and high < 0:
+        how = "its whole interval beyond that" if half > config.unseen_decisive_half_width else "its interval below 0"
         yield Check(False, f"lost on the unseen instruction types: {figures}: a drop beyond {margin * 100:.1f} points with "
-                           "its interval below 0 (training fitted the types it saw)")
+                           f"{how} (training fitted the types it saw)")
     else:
         yield Check(True, f"kept the unseen instruction types: {figures}; allowed drop {margin * 100:.1f} points")
 

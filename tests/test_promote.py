@@ -198,6 +198,8 @@ def with_unseen(result: PairwiseResult, before: float, after: float, low: float,
         (0.32, -0.18, 0.02, True, "not deciding"),
         # -8 points clear of 0 but ±7: too wide to decide (the proof's 128 prompts), so reported, not blocking.
         (0.32, -0.15, -0.01, True, "not deciding"),
+        # -11 points, ±6.7 (the proof's seed 2, round 1): wide, but all of it beyond the 2-point margin: refused.
+        (0.29, -0.18, -0.046, False, "its whole interval beyond that"),
         # -1 point, clear of 0 (a tight interval): within the 2-point margin.
         (0.39, -0.015, -0.005, True, "kept the unseen instruction types"),
         # A gain.

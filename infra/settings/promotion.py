@@ -43,14 +43,14 @@ class PromotionConfig(Section):
         0.02, ge=0, le=1,
         description="Largest accepted drop of held-out satisfaction on the unseen constraint types (prompts.unseen_types; "
         "challenger minus champion, absolute: 0.02 = 2 points). A larger drop whose paired 95% interval lies wholly "
-        "below 0 refuses the challenger, but only when that interval is tight enough to decide (unseen_decisive_half_width); "
-        "the reasons say which case applied. None disables; no check without unseen types.",
+        "below 0 refuses the challenger when that interval is tight enough to decide (unseen_decisive_half_width) "
+        "or lies wholly below -max_unseen_drop, however wide; the reasons say which case applied. None disables; no check without unseen types.",
     )
     unseen_decisive_half_width: float = Field(
         0.05, gt=0, le=1,
         description="Half-width (in rate, 0.05 = 5 points) of the unseen-type change's paired 95% interval at or below "
         "which max_unseen_drop decides; a wider interval (too few held-out prompts carry an unseen type: prompts.n_eval) "
-        "is reported and does not block.",
+        "is reported and does not block, unless all of it lies below -max_unseen_drop.",
     )
     not_learning_min_win_rate: float | None = Field(
         0.55, ge=0, le=1,
