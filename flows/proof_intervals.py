@@ -47,5 +47,7 @@ def change_per_prompt(before: dict[str, tuple[int, int]], after: dict[str, tuple
 
 
 def outcome_per_prompt(verdicts) -> PerPrompt:
-    """A seed's pairwise outcome per prompt: (1 win, 0.5 tie, 0 loss; 1)."""
-    return {v.prompt_id: ({"win": 1.0, "tie": 0.5, "loss": 0.0}[v.outcome], 1.0) for v in verdicts}
+    """A seed's pairwise outcome per prompt: (1 win, 0.5 tie, 0 loss, as the eval scores it; 1)."""
+    from tasks.evaluate import outcome_scores
+
+    return {v.prompt_id: (float(score), 1.0) for v, score in zip(verdicts, outcome_scores(verdicts))}
