@@ -358,6 +358,44 @@ def test_prompts_carry_one_to_four_constraints_in_the_drawn_shares(builtin):
         assert abs(counts[n] / len(builtin) - weight / total) < 0.08, (n, counts)
 
 
+def test_unseen_led_prompts_are_held_out_unseen_only_and_leave_the_rest_of_the_pool_alone(builtin, data_dir):
+    unseen = set(default_unseen_types(0))
+    extended = builtin_prompts(0, 0.25, None, unseen_led_per_topic=8)
+    added = [p for p in extended if p not in builtin]
+    assert [p for p in extended if p in builtin] == builtin  # same prompts, same order, same ids
+    n_topics = len({p.topic for p in builtin if p.split == "eval"})
+    assert 0.9 * 8 * n_topics <= len(added) <= 8 * n_topics  # a few duplicate texts are dropped
+    assert all(p.split == "eval" and {c.id for c in p.constraints} <= unseen for p in added)
+    # The lead type is taken in turn, so every unseen type is in a good share of them, and none
+    # dominates the way no_comma (the largest draw weight) does among the mixed held-out prompts.
+    carried = collections.Counter(c.id for p in added for c in p.constraints)
+    assert set(carried) == unseen and min(carried.values()) >= 0.2 * len(added), carried
+    mixed = collections.Counter(c.id for p in builtin if p.split == "eval" for c in p.constraints if c.id in unseen)
+    assert max(carried.values()) / sum(carried.values()) < max(mixed.values()) / sum(mixed.values()) - 0.15, (carried, mixed)
+    assert sum(len(p.constraints) for p in added) / len(added) > 1.8  # each adds about two unseen constraints
+    assert not [p for p in added if p.split == "train"]
+    # Placeholders are only asked of letter forms, which have [name]-style gaps to fill.
+    letters = tuple(form.split("{")[0] for form, letter in FORMS if letter)
+    assert all(p.text.startswith(letters) for p in added if carries(p, ["detectable_content:number_placeholders"]))
+    # Through the config: training prompts are dealt exactly as without them.
+    config = PromptsConfig(unseen_led_per_topic=8, n_eval=len([p for p in extended if p.split == "eval"]))
+    for round_index in (1, 2):
+        assert round_prompts(config, data_dir, round_index)[0] == round_prompts(PromptsConfig(), data_dir, round_index)[0]
+
+
+def test_the_proof_config_holds_enough_unseen_constraints_for_a_4_point_interval(data_dir):
+    """configs/proof.yaml's claim: the held-out set is every held-out prompt of the pool, and its
+    unseen constraints are enough for +-4 points at the flip share measured in round 1 (~0.27)."""
+    from infra.settings import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "proof.yaml").prompts
+    _, held_out = round_prompts(config, data_dir, 1)
+    unseen = unseen_types(config)
+    assert len(held_out) == config.n_eval == sum(p.split == "eval" for p in load_prompts(config, data_dir))
+    n_unseen = sum(c.id in unseen for p in held_out for c in p.constraints)
+    assert n_unseen >= 650 and 1.96 * (0.27 / n_unseen) ** 0.5 <= 0.04, n_unseen
+
+
 def test_unseen_types_are_configurable(data_dir):
     chosen = ["detectable_format:title", "startend:end_checker"]
     prompts = builtin_prompts(0, 0.25, chosen)
