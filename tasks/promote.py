@@ -116,7 +116,7 @@ def keeps_unseen_types(pairwise: PairwiseResult, config: PromotionConfig) -> Ite
     beyond_margin = high < -margin
     if half > config.unseen_decisive_half_width and not beyond_margin:
         yield Check(True, f"unseen-type check not deciding: {figures}: the interval is wider than "
-                          f"±{config.unseen_decisive_half_width * 100:.1f} points (more held-out prompts: prompts.n_eval)")
+                          f"±{config.unseen_decisive_half_width * 100:.1f} points (more held-out prompts: prompts.n_eval, prompts.unseen_led_per_topic)")
     elif -change > margin and high < 0:
         how = "its whole interval beyond that" if half > config.unseen_decisive_half_width else "its interval below 0"
         yield Check(False, f"lost on the unseen instruction types: {figures}: a drop beyond {margin * 100:.1f} points with "
