@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tasks.evaluate import outcome_scores
+
 # A seed's per-prompt contribution: {prompt id: (value, weight)}; the pooled figure is
 # sum(value) / sum(weight) over the seeds and prompts drawn.
 PerPrompt = dict[str, tuple[float, float]]
@@ -48,6 +50,4 @@ def change_per_prompt(before: dict[str, tuple[int, int]], after: dict[str, tuple
 
 def outcome_per_prompt(verdicts) -> PerPrompt:
     """A seed's pairwise outcome per prompt: (1 win, 0.5 tie, 0 loss, as the eval scores it; 1)."""
-    from tasks.evaluate import outcome_scores
-
     return {v.prompt_id: (float(score), 1.0) for v, score in zip(verdicts, outcome_scores(verdicts))}
